@@ -1,0 +1,3 @@
+from dropbox_daemon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""Command line: argument parsing and printing only; the work is in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dropbox_daemon import __version__
+from dropbox_daemon import config as config_mod
+from dropbox_daemon.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    ConfigError,
+    IllegalTransition,
+)
+
+
+def _out(args: argparse.Namespace, human: str, data: Any) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(human)
+
+
+def _store(cfg: config_mod.Config):  # noqa: ANN202
+    from dropbox_daemon.outbox import Outbox
+    from dropbox_daemon.store import Store
+
+    return Store(cfg.db_path, Outbox(cfg.daemon.outbox))
+
+
+# -- commands ------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from dropbox_daemon import logs
+    from dropbox_daemon.daemon import run_daemon
+
+    logs.setup(cfg)
+    return run_daemon(cfg)
+
+
+def cmd_submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from dropbox_daemon import client
+
+    inbox = cfg.inbox_by_name(args.inbox) if args.inbox else cfg.inbox[0]
+    fields: dict[str, Any] = {}
+    if args.engine:
+        fields["engine"] = args.engine
+    if args.priority is not None:
+        fields["priority"] = args.priority
+    handle = client.submit(
+        inbox.path, args.audio, args.template, outbox=cfg.daemon.outbox, job_id=args.job_id, **fields
+    )
+    if not args.wait:
+        _out(args, f"submitted {handle.job_id} to inbox {inbox.name}; results in {handle.folder}",
+             {"job_id": handle.job_id, "outbox": str(handle.folder)})
+        return EXIT_OK
+    return _wait(args, handle)
+
+
+def _wait(args: argparse.Namespace, handle: Any) -> int:
+    from dropbox_daemon.client import JobFailed
+
+    last = [""]
+
+    def progress(rec: dict[str, Any]) -> None:
+        line = f"{rec['job_id']}: {rec['state']} {rec.get('progress', 0) * 100:5.1f}%"
+        if line != last[0] and not args.json:
+            print(line, file=sys.stderr, flush=True)
+            last[0] = line
+
+    try:
+        rec = handle.wait(timeout=args.timeout, on_progress=progress)
+    except JobFailed as e:
+        err = e.error or {}
+        _out(args, f"job {handle.job_id} {e.record['state']}: {err.get('message', '')}\n"
+                   f"hint: {err.get('hint', '')}\nfolder: {handle.folder}", e.record)
+        return EXIT_FAILURE
+    except TimeoutError as e:
+        _out(args, str(e), {"job_id": handle.job_id, "error": str(e)})
+        return EXIT_TIMEOUT
+    result = handle.folder / rec["output"]["name"]
+    _out(args, f"done: {result} ({rec['output']['duration']:.2f} s, "
+               f"{rec['output']['width']}x{rec['output']['height']})", rec)
+    return EXIT_OK
+
+
+def _daemon_pid(cfg: config_mod.Config) -> int | None:
+    from dropbox_daemon.daemon import read_pid
+
+    return read_pid(cfg)
+
+
+def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    pid = _daemon_pid(cfg)
+    counts: dict[str, int] = {}
+    if cfg.db_path.exists():
+        store = _store(cfg)
+        counts = store.counts()
+        store.close()
+    active = {k: v for k, v in counts.items() if v}
+    up = f"running (pid {pid})" if pid else "NOT running"
+    queue = ", ".join(f"{k} {v}" for k, v in active.items()) or "no jobs yet"
+    _out(args, f"dropbox-daemon {__version__}: {up}\njobs: {queue}",
+         {"running": bool(pid), "pid": pid, "jobs": counts, "version": __version__})
+    return EXIT_OK if pid else EXIT_FAILURE
+
+
+def cmd_jobs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from dropbox_daemon.outbox import utc_iso
+
+    store = _store(cfg)
+    rows = store.jobs(state=args.state, inbox=args.inbox, limit=args.limit)
+    if args.json:
+        print(json.dumps([j.record() for j in rows], indent=2, default=str))
+        return EXIT_OK
+    print(f"{'JOB':<40} {'STATE':<10} {'PROG':>5} {'ENGINE':<12} {'INBOX':<10} {'TRY':>3}  CREATED")
+    for j in rows:
+        print(f"{j.job_id[:40]:<40} {j.state:<10} {j.progress * 100:4.0f}% {(j.engine or '-'):<12} "
+              f"{j.inbox[:10]:<10} {j.attempts:>3}  {utc_iso(j.created_at)}")
+    if not rows:
+        print("(no jobs)")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    folder = cfg.daemon.outbox / args.job
+    try:
+        rec = json.loads((folder / "task.json").read_text())
+    except (OSError, ValueError):
+        print(f"no job {args.job!r} in {cfg.daemon.outbox}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    try:
+        log = (folder / "log.txt").read_text().splitlines()[-args.lines:]
+    except OSError:
+        log = []
+    human = json.dumps(rec, indent=2) + "\n--- log.txt (last lines) ---\n" + "\n".join(log)
+    _out(args, human, {"task": rec, "log": log})
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    store = _store(cfg)
+    job = store.get(args.job)
+    if job is None:
+        print(f"no job {args.job!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    try:
+        store.outbox.clear_previous_run(job.job_id)
+        job = store.transition(
+            job.job_id, "queued", expect=("failed", "cancelled"), attempts=0, error=None,
+            output=None, detail="retried by an operator",
+        )
+    except IllegalTransition as e:
+        print(f"cannot retry: {e.message} (only failed or cancelled jobs are retried)", file=sys.stderr)
+        return EXIT_FAILURE
+    _out(args, f"{job.job_id} queued again", job.record())
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from dropbox_daemon.store import RUNNING
+
+    store = _store(cfg)
+    job = store.get(args.job)
+    if job is None:
+        print(f"no job {args.job!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if job.state in ("queued", "received"):
+        try:
+            job = store.transition(job.job_id, "cancelled", expect=("queued",), detail="cancelled by an operator")
+            _out(args, f"{job.job_id} cancelled", job.record())
+            return EXIT_OK
+        except IllegalTransition:
+            job = store.get(args.job) or job  # it just started: cancel the running job
+    if job.state in RUNNING:
+        store.update(job.job_id, cancel_requested=1, log="cancel requested by an operator")
+        _out(args, f"{job.job_id}: cancel requested; the daemon stops it within seconds",
+             {"job_id": job.job_id, "cancel_requested": True})
+        return EXIT_OK
+    print(f"{job.job_id} is {job.state}: nothing to cancel", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def cmd_demo(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from dropbox_daemon import demo
+
+    return demo.run(cfg, json_out=args.json)
+
+
+# -- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dropbox-daemon",
+        description="Turns job drops on folders into lip-synced videos. See README.md.",
+    )
+    p.add_argument("--version", action="version", version=f"dropbox-daemon {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help=f"config file (default: ${config_mod.ENV_CONFIG} or ./config.toml)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", parents=[common], help="run the service in the foreground")
+    s = sub.add_parser("submit", parents=[common], help="drop a job into an inbox")
+    s.add_argument("audio")
+    s.add_argument("template")
+    s.add_argument("--inbox", help="inbox name (default: the first configured)")
+    s.add_argument("--engine", choices=["auto", "wav2lip", "preview", "passthrough", "http"])
+    s.add_argument("--job-id")
+    s.add_argument("--priority", type=int)
+    s.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    s.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits")
+    sub.add_parser("status", parents=[common], help="is the daemon up; jobs by state")
+    j = sub.add_parser("jobs", parents=[common], help="list jobs")
+    j.add_argument("--state")
+    j.add_argument("--inbox")
+    j.add_argument("--limit", type=int, default=50)
+    sh = sub.add_parser("show", parents=[common], help="a job's task.json and log")
+    sh.add_argument("job")
+    sh.add_argument("--lines", type=int, default=20)
+    r = sub.add_parser("retry", parents=[common], help="run a failed or cancelled job again")
+    r.add_argument("job")
+    c = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
+    c.add_argument("job")
+    sub.add_parser("demo", parents=[common], help="render a sample job end to end")
+    return p
+
+
+COMMANDS = {
+    "run": cmd_run, "submit": cmd_submit, "status": cmd_status, "jobs": cmd_jobs,
+    "show": cmd_show, "retry": cmd_retry, "cancel": cmd_cancel, "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as e:
+        print(f"config error: {e.message}\nhint: {e.hint}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return COMMANDS[args.command](args, cfg)
+    except ConfigError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

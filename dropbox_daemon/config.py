@@ -1,0 +1,209 @@
+"""config.toml as pydantic models; load() names the file and key of any error.
+
+Defaults live here; config.toml at the repository root documents every key.
+Relative paths are resolved against the folder of the config file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dropbox_daemon.errors import ConfigError
+
+ENV_CONFIG = "DROPBOX_DAEMON_CONFIG"
+DEFAULT_CONFIG_NAME = "config.toml"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class OutputDefaults(_Strict):
+    """Defaults for a manifest's [output] table (inbox first, then these)."""
+
+    name: str = "result.mp4"
+    height: int | None = Field(default=None, ge=16, le=4320)
+    fps: float | None = Field(default=None, gt=0, le=120)
+    crf: int = Field(default=20, ge=0, le=51)
+    ai_label: bool = True
+    preset: str = "veryfast"  # libx264 preset: speed against file size
+
+
+class InboxConfig(_Strict):
+    """One watched inbox folder."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    path: Path
+    watch: Literal["auto", "events", "poll"] = "auto"
+    settle_seconds: float = Field(default=3.0, ge=0, le=3600)
+    keep_days: float = Field(default=7.0, gt=0)
+    engine: Literal["auto", "wav2lip", "preview", "passthrough", "http"] = "auto"
+    priority: int = Field(default=0, ge=-10, le=10)
+    output: OutputDefaults = Field(default_factory=OutputDefaults)
+
+
+class LogConfig(_Strict):
+    level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+    file: bool = True  # JSON lines in <state_dir>/logs/daemon.jsonl
+    rotation: str = "50 MB"
+    retention: int = Field(default=10, ge=1)  # rotated files kept
+
+
+class DaemonConfig(_Strict):
+    state_dir: Path = Path(".state")
+    outbox: Path = Path("outbox")
+    host: str = Field(default_factory=socket.gethostname)
+    rescan_seconds: float = Field(default=5.0, gt=0, le=3600)
+    loop_seconds: float = Field(default=0.1, gt=0, le=5)  # main loop wake-up
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    job_timeout_seconds: float = Field(default=3600.0, gt=0)
+    hang_seconds: float = Field(default=120.0, gt=0)
+    stop_timeout_seconds: float = Field(default=60.0, ge=0)
+    stale_claim_seconds: float = Field(default=600.0, gt=0)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+class LimitsConfig(_Strict):
+    """Ceilings on untrusted input."""
+
+    max_manifest_bytes: int = Field(default=256 * 1024, gt=0)
+    max_audio_bytes: int = Field(default=1 << 30, gt=0)
+    max_template_bytes: int = Field(default=4 << 30, gt=0)
+    max_audio_seconds: float = Field(default=3600.0, gt=0)
+    max_template_seconds: float = Field(default=600.0, gt=0)
+    max_pixels: int = Field(default=3840 * 2160, gt=0)  # per frame, template and output
+    max_fps: float = Field(default=120.0, gt=0)
+    # The loop cache holds a template's decoded frames so it can play backwards.
+    max_loop_cache_bytes: int = Field(default=16 << 30, gt=0)
+
+
+class MediaConfig(_Strict):
+    ffmpeg: str | None = None  # None: the binary shipped by imageio-ffmpeg
+    default_fps: float = Field(default=25.0, gt=0, le=120)  # for image templates
+    audio_bitrate: str = "192k"
+    encode_threads: int = Field(default=0, ge=0)  # 0: ffmpeg decides
+
+
+class ModelsConfig(_Strict):
+    wav2lip: Path | None = None
+
+
+class Config(_Strict):
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    inbox: list[InboxConfig] = Field(default_factory=list)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    # Where the file was read from; not a key of the file.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("inbox")
+    @classmethod
+    def _unique_inboxes(cls, inboxes: list[InboxConfig]) -> list[InboxConfig]:
+        names = [i.name for i in inboxes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"inbox names must be unique, repeated: {', '.join(dupes)}")
+        return inboxes
+
+    @model_validator(mode="after")
+    def _need_an_inbox(self) -> Config:
+        if not self.inbox:
+            raise ValueError("at least one [[inbox]] is needed")
+        return self
+
+    def inbox_by_name(self, name: str) -> InboxConfig:
+        """The inbox called `name`; ConfigError naming the known ones otherwise."""
+        for inbox in self.inbox:
+            if inbox.name == name:
+                return inbox
+        known = ", ".join(i.name for i in self.inbox)
+        raise ConfigError(f"no inbox named {name!r} (configured: {known})", hint="check --inbox")
+
+    @property
+    def db_path(self) -> Path:
+        return self.daemon.state_dir / "jobs.sqlite3"
+
+    @property
+    def daemon_dir(self) -> Path:
+        """outbox/_daemon: health.json, metrics.prom."""
+        return self.daemon.outbox / "_daemon"
+
+    def config_hash(self) -> str:
+        """A short hash of the effective config, recorded with every job."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def fix(p: Path) -> Path:
+        p = p.expanduser()
+        return (p if p.is_absolute() else base / p).resolve()
+
+    cfg.daemon.state_dir = fix(cfg.daemon.state_dir)
+    cfg.daemon.outbox = fix(cfg.daemon.outbox)
+    for inbox in cfg.inbox:
+        inbox.path = fix(inbox.path)
+    if cfg.models.wav2lip is not None:
+        cfg.models.wav2lip = fix(cfg.models.wav2lip)
+    return cfg
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in e["loc"]) or "(top)"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (a typo?)"
+        lines.append(f"{source}: {key}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config, then $DROPBOX_DAEMON_CONFIG, then ./config.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG])
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the config file; ConfigError names file, key and expectation."""
+    source = find_config(path).expanduser()
+    try:
+        raw = source.read_bytes()
+    except FileNotFoundError as e:
+        raise ConfigError(
+            f"{source}: config file not found",
+            hint=f"pass --config PATH or set {ENV_CONFIG}; config.toml in the repo is a template",
+        ) from e
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read config: {e.strerror}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}", hint="fix the syntax") from e
+    return from_dict(data, source=source)
+
+
+def from_dict(data: dict, *, source: Path) -> Config:
+    """Validate a parsed config mapping read from `source`."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, str(source)), hint="see config.toml for every key") from e
+    cfg.source = source.resolve()
+    return _resolve_paths(cfg, source.resolve().parent)

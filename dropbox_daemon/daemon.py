@@ -1,0 +1,410 @@
+"""The daemon's lifecycle: start, the main loop, signals, graceful stop.
+
+One thread does all the work in loop_once(): watcher hints and rescans,
+settling and claiming drops, feeding the worker one job at a time, and
+supervising it. Signal handlers only set flags; the loop acts on them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from dropbox_daemon import drops
+from dropbox_daemon.config import Config, InboxConfig
+from dropbox_daemon.errors import ConfigError, IllegalTransition
+from dropbox_daemon.intake import Intake
+from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.store import RUNNING, Job, Store, pick_next
+from dropbox_daemon.drops import candidate_for
+from dropbox_daemon.watcher import Watcher
+
+CANCEL_GRACE = 1.5  # seconds a worker gets to stop a cancelled job before it is killed
+PROGRESS_WRITE_EVERY = 1.0  # seconds between task.json progress rewrites
+
+
+@dataclass
+class Current:
+    """The job the worker has now."""
+
+    job_id: str
+    started: float
+    last_heard: float
+    cancel_sent_at: float | None = None
+    last_written: float = 0.0
+
+
+@dataclass
+class Pending:
+    candidate: drops.Candidate
+    inbox: InboxConfig
+    fast: bool = False
+
+
+@dataclass
+class Flags:
+    stop: bool = False
+    immediate: bool = False
+    signals: list[int] = field(default_factory=list)
+
+
+class Daemon:
+    """Owns the store, the watcher and the worker; run() is the service."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.outbox = Outbox(cfg.daemon.outbox)
+        self.store: Store | None = None
+        self.intake: Intake | None = None
+        self.watcher = Watcher(cfg.inbox, cfg.daemon.rescan_seconds)
+        from dropbox_daemon.worker import WorkerHandle
+
+        self.worker = WorkerHandle(cfg)
+        self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in cfg.inbox}
+        self.pending: dict[Path, Pending] = {}
+        self.current: Current | None = None
+        self.last_served: dict[str, float] = {}
+        self.next_rescan = 0.0
+        self.flags = Flags()
+        self.wake = threading.Event()
+        self.started_at = time.time()
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the store, recover, start watching and the worker."""
+        d = self.cfg.daemon
+        for p in (d.state_dir, d.outbox, self.cfg.daemon_dir):
+            p.mkdir(parents=True, exist_ok=True)
+        self._lock_state_dir()
+        for inbox in self.cfg.inbox:
+            drops.claims_root(inbox.path).mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.cfg.db_path, self.outbox)
+        self.intake = Intake(self.cfg, self.store, self.outbox)
+        for job in self.store.recover_interrupted():
+            logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
+                "job {} was running when the daemon stopped: now {} (attempt {} of {})",
+                job.job_id, job.state, job.attempts, job.max_attempts,
+            )
+        self._recover_orphan_claims()
+        self.watcher.start()
+        self.worker.start()
+        logger.info(
+            "dropbox-daemon {} started: {} inbox(es), outbox {}, state {}",
+            __import__("dropbox_daemon").__version__, len(self.cfg.inbox), d.outbox, d.state_dir,
+        )
+
+    def _lock_state_dir(self) -> None:
+        """One daemon per state folder: a second one would run every job twice."""
+        import fcntl
+
+        self._lock = open(self.cfg.daemon.state_dir / "daemon.lock", "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            other = read_pid(self.cfg)
+            raise ConfigError(
+                f"another dropbox-daemon (pid {other}) already runs on {self.cfg.daemon.state_dir}",
+                hint="stop it first, or give this one its own [daemon] state_dir",
+            ) from e
+        (self.cfg.daemon.state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+
+    def install_signals(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            self.flags.signals.append(signum)
+            if self.flags.stop:
+                self.flags.immediate = True
+            self.flags.stop = True
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        """The service: start, loop until a signal, stop gracefully. Returns the exit code."""
+        self.install_signals()
+        self.start()
+        try:
+            while not self.flags.stop:
+                self.loop_once(time.time())
+                self.wake.wait(self.cfg.daemon.loop_seconds)
+                self.wake.clear()
+            self.stop()
+        finally:
+            self.watcher.stop()
+            if self.store is not None:
+                self.store.close()
+            (self.cfg.daemon.state_dir / PID_FILE).unlink(missing_ok=True)
+        return 0
+
+    def stop(self) -> None:
+        """Stop taking jobs; let the running one finish within stop_timeout, else re-queue it."""
+        deadline = time.monotonic() + self.cfg.daemon.stop_timeout_seconds
+        if self.current is not None:
+            logger.info(
+                "stopping: waiting up to {:.0f}s for job {} to finish (send SIGTERM again to stop now)",
+                self.cfg.daemon.stop_timeout_seconds, self.current.job_id,
+            )
+        while self.current is not None and not self.flags.immediate and time.monotonic() < deadline:
+            self._handle_worker(time.time(), dispatching=False)
+            self.wake.wait(0.1)
+            self.wake.clear()
+        if self.current is not None:
+            job_id = self.current.job_id
+            self.worker.kill()
+            self._requeue(job_id, "the daemon was stopped during the job", count_attempt=False)
+        self.worker.stop(timeout=5)
+        logger.info("dropbox-daemon stopped")
+
+    # -- the loop ---------------------------------------------------------------------
+    def loop_once(self, now: float) -> None:
+        """One pass: worker messages, hints, rescans, claims, cancels, dispatch."""
+        self._handle_worker(now)
+        for hint in self.watcher.drain():
+            inbox = self.cfg.inbox_by_name(hint.inbox)
+            cand = candidate_for(inbox.path, hint.path)
+            if cand is not None:
+                p = self.pending.setdefault(cand.manifest, Pending(cand, inbox))
+                p.fast = p.fast or hint.renamed
+        if now >= self.next_rescan:
+            self.next_rescan = now + self.cfg.daemon.rescan_seconds
+            for inbox in self.cfg.inbox:
+                for cand in drops.scan(inbox.path):
+                    self.pending.setdefault(cand.manifest, Pending(cand, inbox))
+        self._take_settled(now)
+        self._handle_cancels(now)
+        self._dispatch(now)
+
+    def _take_settled(self, now: float) -> None:
+        assert self.intake is not None
+        for key, p in list(self.pending.items()):
+            if not p.candidate.manifest.exists():
+                self.pending.pop(key)
+                self.settlers[p.inbox.name].forget(p.candidate)
+                continue
+            if not self.settlers[p.inbox.name].ready(p.candidate, now, fast=p.fast):
+                continue
+            self.pending.pop(key)
+            self.settlers[p.inbox.name].forget(p.candidate)
+            try:
+                cl = drops.claim(p.inbox.path, p.candidate, self.cfg.daemon.host, now)
+            except OSError as e:
+                logger.error("inbox {}: cannot claim {}: {}; will retry", p.inbox.name, key, e)
+                continue
+            if cl is None:
+                continue  # another daemon took it
+            try:
+                self.intake.ingest(p.inbox, cl)
+            except Exception:  # noqa: BLE001 - one bad drop must not stop the daemon
+                logger.exception(
+                    "inbox {}: taking drop {} failed; its files are kept in {} for a look",
+                    p.inbox.name, p.candidate.manifest.name, cl.dir,
+                )
+
+    def _recover_orphan_claims(self) -> None:
+        assert self.store is not None and self.intake is not None
+        known = {
+            r[0] for r in self.store.conn.execute("SELECT claim_dir FROM jobs WHERE claim_dir IS NOT NULL")
+        }
+        for inbox in self.cfg.inbox:
+            for cl in drops.own_orphans(inbox.path, self.cfg.daemon.host, known):
+                logger.warning("inbox {}: resuming claim {} left by a crash", inbox.name, cl.claim_id)
+                try:
+                    self.intake.ingest(inbox, cl, recovered=True)
+                except Exception:  # noqa: BLE001
+                    logger.exception("inbox {}: claim {} cannot be resumed; its files stay in {}",
+                                     inbox.name, cl.claim_id, cl.dir)
+
+    # -- the worker ---------------------------------------------------------------------
+    def _dispatch(self, now: float) -> None:
+        assert self.store is not None
+        if self.flags.stop or self.current is not None or self.worker.state != "idle":
+            return
+        job = pick_next(self.store.queued(), self.last_served)
+        if job is None:
+            return
+        try:
+            job = self.store.transition(
+                job.job_id, "preparing", expect=("queued",), attempts=job.attempts + 1,
+                detail=f"attempt {job.attempts + 1} of {job.max_attempts} on {self.cfg.daemon.host}",
+                progress=0.0,
+            )
+        except IllegalTransition:
+            return  # cancelled meanwhile
+        if job.config_hash and job.config_hash != self.intake.config_hash:  # type: ignore[union-attr]
+            self.store.log(job, f"config changed since the job was queued: {job.config_hash} -> {self.intake.config_hash}")  # type: ignore[union-attr]
+            job = self.store.update(job.job_id, config_hash=self.intake.config_hash) or job  # type: ignore[union-attr]
+        self.last_served[job.inbox] = now
+        spec = job.model_dump()
+        spec["outbox_dir"] = str(self.outbox.job_dir(job.job_id))
+        if not self.worker.send({"type": "job", "job": spec}):
+            self._requeue(job.job_id, "the worker could not be reached", count_attempt=False)
+            return
+        self.worker.state = "busy"
+        self.current = Current(job.job_id, now, now)
+        logger.bind(job_id=job.job_id, trace_id=job.trace_id).info(
+            "job {} started (engine {}, inbox {}, attempt {})", job.job_id, job.engine, job.inbox, job.attempts
+        )
+
+    def _handle_worker(self, now: float, dispatching: bool = True) -> None:
+        for msg in self.worker.poll():
+            self._on_message(msg, now)
+        if self.worker.state in ("starting", "idle", "busy") and not self.worker.alive():
+            why = self.worker.exit_description()
+            logger.error("worker (pid {}) died: {}", self.worker.pid, why)
+            self.worker.state = "dead"
+            if self.current is not None:
+                self._requeue(self.current.job_id, f"the worker process {why}", count_attempt=True)
+        cur = self.current
+        if cur is not None:
+            limit = self.cfg.daemon.job_timeout_seconds
+            if now - cur.started > limit:
+                self._kill_worker_for(cur.job_id, f"the job passed its time limit of {limit:.0f} s")
+            elif now - cur.last_heard > self.cfg.daemon.hang_seconds:
+                self._kill_worker_for(
+                    cur.job_id, f"the worker sent nothing for {self.cfg.daemon.hang_seconds:.0f} s (hung)"
+                )
+            elif cur.cancel_sent_at is not None and now - cur.cancel_sent_at > CANCEL_GRACE:
+                self.worker.kill()
+                self.worker.state = "dead"
+                self.current = None
+                self._finish_cancel(cur.job_id, "the worker was killed to stop it")
+        if self.worker.state in ("dead", "stopped") and not self.flags.stop:
+            self.worker.restarts += 1
+            self.worker.kill()
+            self.worker.start()
+
+    def _kill_worker_for(self, job_id: str, why: str) -> None:
+        logger.error("job {}: {}; killing the worker (pid {})", job_id, why, self.worker.pid)
+        self.worker.kill()
+        self.worker.state = "dead"
+        self._requeue(job_id, why, count_attempt=True)
+
+    def _on_message(self, msg: dict[str, Any], now: float) -> None:
+        assert self.store is not None
+        kind = msg["type"]
+        if kind == "ready":
+            self.worker.state = "idle" if self.current is None else "busy"
+            self.worker.info = msg
+            logger.info("worker ready (pid {}, device {})", msg["pid"], msg["device"])
+            return
+        cur = self.current
+        job_id = msg.get("job_id")
+        if cur is None or job_id != cur.job_id:
+            return  # a late message about a job already settled
+        cur.last_heard = now
+        try:
+            if kind == "stage":
+                self.store.transition(job_id, msg["stage"], expect=RUNNING)
+            elif kind == "progress":
+                if now - cur.last_written >= PROGRESS_WRITE_EVERY:
+                    cur.last_written = now
+                    self.store.update(job_id, progress=round(msg["progress"], 4))
+            elif kind == "inputs":
+                self.store.update(job_id, inputs=msg["inputs"])
+            elif kind == "log":
+                job = self.store.get(job_id)
+                if job is not None:
+                    self.store.log(job, msg["message"])
+            elif kind == "result":
+                self.current = None
+                self.worker.state = "idle"
+                self._on_result(job_id, msg)
+        except IllegalTransition as e:
+            logger.warning("job {}: ignored worker message {}: {}", job_id, kind, e)
+
+    def _on_result(self, job_id: str, msg: dict[str, Any]) -> None:
+        assert self.store is not None
+        outcome = msg["outcome"]
+        job = self.store.get(job_id)
+        if job is None:
+            return
+        log = logger.bind(job_id=job_id, trace_id=job.trace_id)
+        if outcome == "done":
+            job = self.store.transition(
+                job_id, "done", expect=RUNNING, output=msg["output"], timings=msg["timings"],
+                device=msg.get("device"), detail=f"{msg['output']['name']} in {msg['timings']['total']:.2f} s",
+            )
+            log.info("job {} done in {:.2f}s: {}", job_id, msg["timings"]["total"], self.outbox.job_dir(job_id))
+            return
+        err = msg["error"]
+        if outcome == "cancelled":
+            self._finish_cancel(job_id, err["message"])
+            return
+        self.outbox.write_error(job_id, err)
+        self.outbox.save_inputs(job_id, Path(job.claim_dir or "") / drops.DROP_SUBDIR)
+        to = "rejected" if outcome == "rejected" else "failed"
+        self.store.transition(job_id, to, expect=RUNNING, error=err, detail=f"{err['code']}: {err['message']}")
+        log.warning("job {} {} ({}): {} - {}", job_id, to, err["code"], err["message"], err.get("hint", ""))
+
+    def _requeue(self, job_id: str, why: str, *, count_attempt: bool) -> None:
+        """Put a running job back in the queue, or fail it past max_attempts."""
+        assert self.store is not None
+        if self.current is not None and self.current.job_id == job_id:
+            self.current = None
+        job = self.store.get(job_id)
+        if job is None or job.state not in RUNNING:
+            return
+        attempts = job.attempts if count_attempt else max(0, job.attempts - 1)
+        if count_attempt and attempts >= job.max_attempts:
+            err = {"code": "worker_failed", "stage": job.state, "message": f"{why} (attempt {attempts} of {job.max_attempts})",
+                   "hint": "look at the daemon's log around this time; `dropbox-daemon retry` runs it again"}
+            self.outbox.write_error(job_id, err)
+            self.outbox.save_inputs(job_id, Path(job.claim_dir or "") / drops.DROP_SUBDIR)
+            self.store.transition(job_id, "failed", error=err, detail=err["message"])
+        else:
+            self.store.transition(job_id, "queued", attempts=attempts, detail=f"{why}; re-queued")
+
+    # -- cancels -------------------------------------------------------------------------
+    def _handle_cancels(self, now: float) -> None:
+        assert self.store is not None
+        cur = self.current
+        if cur is None or cur.cancel_sent_at is not None:
+            return
+        job = self.store.get(cur.job_id)
+        if job is not None and job.cancel_requested:
+            self.worker.send({"type": "cancel", "job_id": cur.job_id})
+            cur.cancel_sent_at = now
+            self.store.log(job, "cancel requested; stopping the render")
+
+    def _finish_cancel(self, job_id: str, why: str) -> None:
+        assert self.store is not None
+        job = self.store.get(job_id)
+        if job is None or job.state not in RUNNING:
+            return
+        self.store.transition(job_id, "cancelled", detail=why, cancel_requested=0)
+        for leftover in self.outbox.job_dir(job_id).glob(".*.partial"):
+            leftover.unlink(missing_ok=True)
+
+    # -- for status -------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "worker": self.worker.state, "current": self.current.job_id if self.current else None}
+
+
+PID_FILE = "daemon.pid"
+
+
+def read_pid(cfg: Config) -> int | None:
+    """The pid of the daemon running on this state folder, or None."""
+    try:
+        pid = int((cfg.daemon.state_dir / PID_FILE).read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+def run_daemon(cfg: Config) -> int:
+    """`dropbox-daemon run`."""
+    return Daemon(cfg).run()
+
+
+def running_job(store: Store) -> Job | None:
+    rows = [j for j in store.jobs(limit=50) if j.state in RUNNING]
+    return rows[0] if rows else None

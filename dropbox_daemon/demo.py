@@ -1,0 +1,72 @@
+"""`dropbox-daemon demo`: make a sample audio and template, drop them, wait, print the result.
+
+Starts a daemon for the duration of the demo when none runs on this config.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dropbox_daemon import client
+from dropbox_daemon.config import Config
+from dropbox_daemon.media.encode import ffmpeg_binary
+
+DEMO_SECONDS = 6.0
+
+
+def make_samples(folder: Path, ffmpeg: str, seconds: float = DEMO_SECONDS) -> tuple[Path, Path]:
+    """A syllable-like tone with pauses (wav) and a 3 s test-pattern video (mp4)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    audio, template = folder / "demo-speech.wav", folder / "demo-template.mp4"
+    # 4 syllables a second, silent every other second: audible rhythm to sync to
+    expr = "0.6*sin(2*PI*180*t)*abs(sin(2*PI*2*t))*(lt(mod(t,2),1.2))"
+    run = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    subprocess.run([*run, "-f", "lavfi", "-i", f"aevalsrc='{expr}':s=16000:d={seconds}", str(audio)], check=True)
+    subprocess.run([*run, "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=3",
+                    "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "veryfast", str(template)], check=True)
+    return audio, template
+
+
+def _start_daemon(cfg: Config) -> subprocess.Popen[bytes]:
+    from dropbox_daemon.daemon import read_pid
+
+    cmd = [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(cfg.source)]
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 60
+    while read_pid(cfg) != proc.pid:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the daemon did not start; run `dropbox-daemon run` to see why")
+        time.sleep(0.1)
+    return proc
+
+
+def run(cfg: Config, *, json_out: bool = False) -> int:
+    from dropbox_daemon.daemon import read_pid
+
+    samples = make_samples(cfg.daemon.state_dir / "demo", ffmpeg_binary(cfg.media.ffmpeg))
+    proc = None if read_pid(cfg) else _start_daemon(cfg)
+    try:
+        handle = client.submit(cfg.inbox[0].path, *samples, outbox=cfg.daemon.outbox)
+        print(f"dropped job {handle.job_id} into {cfg.inbox[0].path}", file=sys.stderr)
+        try:
+            rec = handle.wait(timeout=600)
+        except client.JobFailed as e:
+            print(f"demo job {e.record['state']}: {e.error.get('message')}", file=sys.stderr)
+            return 1
+        result = handle.folder / rec["output"]["name"]
+        if json_out:
+            print(json.dumps(rec, indent=2))
+        else:
+            print(f"result: {result}")
+            print(f"engine {rec['engine']}, {rec['output']['duration']:.2f} s video, "
+                  f"rendered in {rec['timings']['total']:.2f} s; log: {handle.folder / 'log.txt'}")
+        return 0
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)

@@ -1,0 +1,292 @@
+"""The drop protocol: finding drops in an inbox, waiting for them to settle, claiming them.
+
+A drop is a manifest directly in an inbox, or job.json/job.toml in a direct
+sub-folder (a job folder). Temporary and hidden names are never read. A drop
+is claimed by renaming its manifest into <inbox>/.dropbox/claimed/<claim>/drop/,
+which on one file system succeeds for exactly one of several daemons; its media
+are then moved beside it. From then on nothing of the drop is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from dropbox_daemon.manifest import JOB_FOLDER_MANIFESTS, is_manifest_name
+
+DROPBOX_DIR = ".dropbox"
+CLAIMED_DIR = "claimed"
+DROP_SUBDIR = "drop"
+OWNER_FILE = "owner.json"
+IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", ".swx")
+
+
+def is_ignored_name(name: str) -> bool:
+    """Names a writer uses while a file is incomplete: never read (rsync's .name.XXXXXX included)."""
+    return (
+        name.startswith((".", "#", "~"))
+        or name.endswith("~")
+        or name.lower().endswith(IGNORED_SUFFIXES)
+    )
+
+
+def claims_root(inbox: Path) -> Path:
+    return inbox / DROPBOX_DIR / CLAIMED_DIR
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A manifest that may be a drop: `manifest` inside `base_dir` (the inbox or a job folder)."""
+
+    manifest: Path
+    base_dir: Path
+    job_folder: bool
+
+    @property
+    def stem(self) -> str:
+        return self.base_dir.name if self.job_folder else self.manifest.stem
+
+
+def candidate_for(inbox: Path, path: Path) -> Candidate | None:
+    """The drop a path inside the inbox belongs to, if any (used for watcher hints)."""
+    try:
+        rel = path.relative_to(inbox)
+    except ValueError:
+        return None
+    parts = rel.parts
+    if not parts or any(is_ignored_name(p) for p in parts[:2]):
+        return None
+    if len(parts) == 1:
+        if is_manifest_name(parts[0]):
+            return Candidate(inbox / parts[0], inbox, False)
+        folder = inbox / parts[0]
+    else:
+        folder = inbox / parts[0]
+    return folder_candidate(folder)
+
+
+def folder_candidate(folder: Path) -> Candidate | None:
+    for name in JOB_FOLDER_MANIFESTS:
+        m = folder / name
+        if m.is_file():
+            return Candidate(m, folder, True)
+    return None
+
+
+def scan(inbox: Path) -> list[Candidate]:
+    """Every drop visible in the inbox now, oldest first (by manifest mtime)."""
+    found: list[tuple[float, Candidate]] = []
+    try:
+        entries = list(os.scandir(inbox))
+    except OSError:
+        return []
+    for entry in entries:
+        if is_ignored_name(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and is_manifest_name(entry.name):
+                found.append((entry.stat().st_mtime, Candidate(Path(entry.path), inbox, False)))
+            elif entry.is_dir(follow_symlinks=False):
+                c = folder_candidate(Path(entry.path))
+                if c is not None:
+                    found.append((c.manifest.stat().st_mtime, c))
+        except OSError:
+            continue  # vanished while we looked: another daemon claimed it
+    found.sort(key=lambda t: t[0])
+    return [c for _, c in found]
+
+
+def _named_files(c: Candidate) -> list[Path]:
+    """The media a manifest names, read leniently (only to watch them settle)."""
+    try:
+        raw = c.manifest.read_bytes()[:1_000_000]
+        text = raw.decode("utf-8", "replace")
+        if c.manifest.name.lower().endswith(".toml"):
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception:  # noqa: BLE001 - an unparsable manifest settles on itself alone
+        return []
+    if not isinstance(data, dict):
+        return []
+    names = [data.get("audio"), data.get("template")]
+    out = data.get("output")
+    if isinstance(out, dict):
+        names.append(out.get("watermark"))
+    paths = []
+    for n in names:
+        if isinstance(n, str) and n and "\x00" not in n and not os.path.isabs(n):
+            paths.append(c.base_dir / n)
+    return paths
+
+
+def signature(c: Candidate) -> tuple:
+    """(name, size, mtime) of the manifest and what it names; a job folder: all its files."""
+    if c.job_folder:
+        paths = []
+        for root, dirs, files in os.walk(c.base_dir):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            paths.extend(Path(root) / f for f in files)
+    else:
+        paths = [c.manifest, *_named_files(c)]
+    sig = []
+    for p in sorted(paths):
+        try:
+            st = os.lstat(p)
+            sig.append((str(p), st.st_size, st.st_mtime_ns))
+        except OSError:
+            sig.append((str(p), -1, -1))
+    return tuple(sig)
+
+
+@dataclass
+class Settler:
+    """Takes a drop once its files kept the same size and mtime for `settle_seconds`.
+
+    Writers that cannot rename (SMB drag and drop, a slow copy) are covered by
+    this; a manifest that arrived by rename is taken at once (`fast=True`).
+    """
+
+    settle_seconds: float
+    seen: dict[Path, tuple[tuple, float]] = field(default_factory=dict)
+
+    def ready(self, c: Candidate, now: float, *, fast: bool = False) -> bool:
+        sig = signature(c)
+        if fast and all(size >= 0 for _, size, _ in sig):
+            self.seen.pop(c.manifest, None)
+            return True
+        prev = self.seen.get(c.manifest)
+        if prev is None or prev[0] != sig:
+            self.seen[c.manifest] = (sig, now)
+            return self.settle_seconds == 0
+        return now - prev[1] >= self.settle_seconds
+
+    def forget(self, c: Candidate) -> None:
+        self.seen.pop(c.manifest, None)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A drop this daemon won: its folder under .dropbox/claimed/ and where it came from."""
+
+    claim_id: str
+    dir: Path
+    candidate: Candidate
+
+    @property
+    def drop_dir(self) -> Path:
+        return self.dir / DROP_SUBDIR
+
+    @property
+    def manifest(self) -> Path:
+        return self.drop_dir / self.candidate.manifest.name
+
+
+def new_claim_id(now: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "-" + uuid.uuid4().hex[:10]
+
+
+def claim(inbox: Path, c: Candidate, host: str, now: float) -> Claim | None:
+    """Rename the manifest into a fresh claim folder; None when another daemon was first."""
+    cid = new_claim_id(now)
+    cdir = claims_root(inbox) / cid
+    (cdir / DROP_SUBDIR).mkdir(parents=True)
+    owner = {
+        "host": host or socket.gethostname(),
+        "pid": os.getpid(),
+        "claimed_at": now,
+        "source": str(c.manifest.relative_to(inbox)),
+        "job_folder": c.job_folder,
+    }
+    (cdir / OWNER_FILE).write_text(json.dumps(owner))
+    cl = Claim(cid, cdir, c)
+    try:
+        os.rename(c.manifest, cl.manifest)
+    except FileNotFoundError:
+        (cdir / OWNER_FILE).unlink()
+        (cdir / DROP_SUBDIR).rmdir()
+        cdir.rmdir()
+        return None
+    return cl
+
+
+def _move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(src, dst)
+
+
+def move_job_folder(cl: Claim) -> list[str]:
+    """Move everything in a claimed job folder beside its manifest; returns what moved."""
+    moved = []
+    folder = cl.candidate.base_dir
+    for entry in sorted(os.listdir(folder)):
+        _move(folder / entry, cl.drop_dir / entry)
+        moved.append(entry)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # something new landed in it meanwhile; the next scan sees it
+    return moved
+
+
+def move_named(cl: Claim, names: list[str], inbox: Path) -> dict[str, Path]:
+    """Move the named files of a loose manifest beside it; name -> new path.
+
+    A name that leads outside the manifest's folder (absolute, '..') is never
+    touched. A symlink is resolved and its target moved when that target lies
+    inside the inbox; a link leading out is moved as the link itself.
+    """
+    out: dict[str, Path] = {}
+    base = cl.candidate.base_dir
+    root = inbox.resolve()
+    for name in names:
+        pure = PurePosixPath(name)
+        if not name or pure.is_absolute() or ".." in pure.parts or "\x00" in name:
+            continue
+        src = base.joinpath(*pure.parts)
+        dst = cl.drop_dir.joinpath(*pure.parts)
+        if not os.path.lexists(src) or os.path.lexists(dst):
+            continue
+        real = src.resolve()
+        if src.is_symlink() and real.is_relative_to(root) and real.is_file():
+            src = real
+        st = os.lstat(src)
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        _move(src, dst)
+        out[name] = dst
+    return out
+
+
+def own_orphans(inbox: Path, host: str, known: set[str]) -> list[Claim]:
+    """Claims this host made whose job never reached the store (a crash right after the claim)."""
+    out = []
+    root = claims_root(inbox)
+    if not root.is_dir():
+        return out
+    for cdir in sorted(root.iterdir()):
+        if str(cdir) in known:
+            continue
+        try:
+            owner = json.loads((cdir / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner.get("host") != host:
+            continue
+        drop = cdir / DROP_SUBDIR
+        manifest = [p for p in drop.iterdir() if is_manifest_name(p.name)] if drop.is_dir() else []
+        if not manifest:
+            continue
+        src = inbox / owner["source"]
+        base = src.parent
+        cand = Candidate(src, base, bool(owner.get("job_folder")))
+        out.append(Claim(cdir.name, cdir, cand))
+    return out

@@ -1,0 +1,31 @@
+"""Lip-sync engines behind one interface (base.Engine); see DESIGN.md §4."""
+
+from __future__ import annotations
+
+from dropbox_daemon.config import Config
+
+KNOWN = ("auto", "wav2lip", "preview", "passthrough", "http")
+AVAILABLE = ("passthrough",)
+
+
+def resolve(requested: str, inbox_default: str, cfg: Config) -> str:
+    """The engine a job runs on: the manifest's, else the inbox's, with `auto` decided here."""
+    name = requested if requested != "auto" else inbox_default
+    if name == "auto":
+        name = "wav2lip" if cfg.models.wav2lip else "passthrough"
+    return name
+
+
+def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
+    """A new engine instance by name; EngineError for one this build does not have."""
+    from dropbox_daemon.errors import EngineError
+
+    if name == "passthrough":
+        from dropbox_daemon.engines.passthrough import PassthroughEngine
+
+        return PassthroughEngine()
+    raise EngineError(
+        f"engine {name!r} is not available in this version (available: {', '.join(AVAILABLE)})",
+        code="engine_unavailable", stage="preparing",
+        hint='set engine = "passthrough" in the manifest, or upgrade the daemon',
+    )

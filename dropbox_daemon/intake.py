@@ -1,0 +1,167 @@
+"""A claimed drop becomes a Job, once: queued, duplicate, or rejected with its files kept.
+
+Idempotency rests on outbox/<job_id>/ being created exclusively (mkdir), which
+also holds across hosts that share the outbox.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+
+from loguru import logger
+
+from dropbox_daemon import engines
+from dropbox_daemon.config import Config, InboxConfig
+from dropbox_daemon.drops import Claim, move_job_folder, move_named
+from dropbox_daemon.errors import RejectedDrop
+from dropbox_daemon.manifest import Manifest, parse, salvage_job_id
+from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.store import Job, Store
+
+MAX_DUPLICATES = 10_000
+
+
+def generated_id(stem: str, claim_id: str) -> str:
+    """A job id for a drop that brought none: its file name plus a unique suffix."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_")[:40] or "job"
+    return f"{safe}-{claim_id[-10:]}"
+
+
+def _raw_media_names(path: Path, cfg: Config) -> list[str]:
+    from dropbox_daemon.manifest import read_raw
+
+    try:
+        data = read_raw(path, cfg.limits)
+    except RejectedDrop:
+        return []
+    names = [data.get("audio"), data.get("template")]
+    if isinstance(data.get("output"), dict):
+        names.append(data["output"].get("watermark"))
+    return [n for n in names if isinstance(n, str)]
+
+
+class Intake:
+    """Turns claims into jobs in the store."""
+
+    def __init__(self, cfg: Config, store: Store, outbox: Outbox) -> None:
+        self.cfg, self.store, self.outbox = cfg, store, outbox
+        self.config_hash = cfg.config_hash()
+
+    def ingest(self, inbox: InboxConfig, cl: Claim, *, recovered: bool = False) -> Job:
+        """Validate a claimed drop and record it: queued, duplicate or rejected."""
+        base = cl.drop_dir if recovered else cl.candidate.base_dir
+        root = cl.drop_dir if recovered else inbox.path
+        try:
+            manifest, _media = parse(cl.manifest, base, root, self.cfg.limits)
+        except RejectedDrop as e:
+            return self._reject(inbox, cl, e, recovered=recovered)
+        if not recovered:
+            self._move_media(cl, manifest.media().values())
+        job_id = manifest.job_id or generated_id(cl.candidate.stem, cl.claim_id)
+        if self.outbox.reserve(job_id):
+            return self._queue_new(inbox, cl, manifest, job_id)
+        return self._existing(inbox, cl, manifest, job_id)
+
+    def _move_media(self, cl: Claim, names) -> None:  # noqa: ANN001
+        if cl.candidate.job_folder:
+            move_job_folder(cl)
+        else:
+            move_named(cl, list(names), cl.candidate.base_dir)
+
+    def _base_job(self, inbox: InboxConfig, cl: Claim, job_id: str, m: Manifest | None) -> Job:
+        return Job(
+            job_id=job_id,
+            inbox=inbox.name,
+            max_attempts=self.cfg.daemon.max_attempts,
+            host=self.cfg.daemon.host,
+            config_hash=self.config_hash,
+            claim_dir=str(cl.dir),
+            manifest_name=cl.candidate.manifest.name,
+            priority=m.priority if m else 0,
+            engine=engines.resolve(m.engine, inbox.engine, self.cfg) if m else None,
+            callback_url=m.callback_url if m else None,
+            meta=m.meta if m else {},
+            manifest=m.model_dump(mode="json") if m else None,
+        )
+
+    def _queue_new(self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str) -> Job:
+        job = self.store.create(
+            self._base_job(inbox, cl, job_id, m),
+            detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} (claim {cl.claim_id})",
+        )
+        return self.store.transition(job.job_id, "queued", detail=f"engine {job.engine}, priority {job.priority}")
+
+    def _existing(self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str) -> Job:
+        prior = self.store.get(job_id)
+        rerun = prior is not None and prior.terminal and prior.state != "duplicate" and (
+            m.replace or prior.state == "rejected"
+        )
+        if prior is not None and rerun:
+            why = "replace = true" if m.replace else "a new drop after a rejection"
+            self.outbox.clear_previous_run(job_id)
+            fresh = self._base_job(inbox, cl, job_id, m)
+            return self.store.transition(
+                job_id, "queued", detail=f"runs again ({why}); claim {cl.claim_id}",
+                trace_id=uuid.uuid4().hex, attempts=0, error=None, output=None, inputs=[],
+                timings={}, started_at=None, finished_at=None, claim_dir=fresh.claim_dir,
+                manifest=fresh.manifest, manifest_name=fresh.manifest_name, engine=fresh.engine,
+                priority=fresh.priority, meta=fresh.meta, callback_url=fresh.callback_url,
+                config_hash=self.config_hash, stage=None,
+            )
+        if prior is None and m.replace:
+            reason = "its outbox folder exists but this daemon has no record of it (another host's job?)"
+        elif prior is not None and m.replace:
+            reason = f"it is still {prior.state}; replace applies once it has ended"
+        else:
+            reason = f"job {job_id} already exists ({prior.state if prior else 'outbox folder present'})"
+        return self._duplicate(inbox, cl, m, job_id, reason)
+
+    def _duplicate(self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str, reason: str) -> Job:
+        for n in range(1, MAX_DUPLICATES):
+            dup_id = f"{job_id}.dup-{n}"
+            if self.outbox.reserve(dup_id):
+                break
+        else:
+            raise RuntimeError(f"more than {MAX_DUPLICATES} duplicates of {job_id}")
+        job = self._base_job(inbox, cl, dup_id, m).model_copy(update={"duplicate_of": job_id})
+        self.store.create(job, detail=f"drop {cl.candidate.manifest.name!r} repeats job_id {job_id}")
+        self.outbox.save_inputs(dup_id, cl.drop_dir)
+        logger.info("inbox {}: drop repeats job {}; answered as {}", inbox.name, job_id, dup_id)
+        return self.store.transition(
+            dup_id, "duplicate",
+            detail=f"not run again: {reason}; add replace = true to run it again",
+        )
+
+    def _reject(self, inbox: InboxConfig, cl: Claim, err: RejectedDrop, *, recovered: bool) -> Job:
+        if not recovered:
+            if cl.candidate.job_folder:
+                move_job_folder(cl)
+            else:
+                move_named(cl, _raw_media_names(cl.manifest, self.cfg), inbox.path)
+        job_id = salvage_job_id(cl.manifest, self.cfg.limits)
+        if job_id is None or not self.outbox.reserve(job_id):
+            prior = self.store.get(job_id) if job_id else None
+            if job_id and prior is not None and prior.state == "rejected":
+                # a re-drop that is still wrong: answer in the same folder
+                self.outbox.clear_previous_run(job_id)
+                self.outbox.save_inputs(job_id, cl.drop_dir)
+                self.outbox.write_error(job_id, err.to_dict())
+                return self.store.update(  # type: ignore[return-value]
+                    job_id, claim_dir=str(cl.dir), error=err.to_dict(), finished_at=time.time(),
+                    log=f"rejected again: {err.message}",
+                )
+            job_id = generated_id(cl.candidate.stem, cl.claim_id)
+            self.outbox.reserve(job_id)
+        job = self.store.create(
+            self._base_job(inbox, cl, job_id, None),
+            detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} (claim {cl.claim_id})",
+        )
+        self.outbox.save_inputs(job_id, cl.drop_dir)
+        self.outbox.write_error(job_id, err.to_dict())
+        logger.bind(job_id=job_id, trace_id=job.trace_id).warning(
+            "inbox {}: drop {} rejected ({}): {}", inbox.name, job_id, err.code, err.message
+        )
+        return self.store.transition(job_id, "rejected", detail=f"{err.code}: {err.message}", error=err.to_dict())

@@ -1,0 +1,42 @@
+"""Logging set-up: loguru to stderr (journald-friendly under systemd) and a JSON-lines file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from loguru import logger
+
+from dropbox_daemon.config import Config
+
+# syslog priorities that journald reads from a "<N>" line prefix
+PRIORITY = {"TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+def _job_part(record: Any) -> str:
+    extra = record["extra"]
+    return f" [job={extra['job_id']}]" if "job_id" in extra else ""
+
+
+def setup(cfg: Config, *, to_file: bool = True) -> None:
+    """Configure loguru for the daemon process."""
+    logger.remove()
+    level = cfg.daemon.log.level
+    under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+
+    def fmt(record: Any) -> str:
+        job = _job_part(record).replace("{", "{{").replace("}", "}}")
+        if under_systemd:  # journald adds its own timestamps
+            return f"<{PRIORITY.get(record['level'].name, 6)}>{{level}}{job} {{message}}\n{{exception}}"
+        return "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7}" + job + " {message}\n{exception}"
+
+    logger.add(sys.stderr, level=level, format=fmt, backtrace=False, diagnose=False)
+    if to_file and cfg.daemon.log.file:
+        logdir = cfg.daemon.state_dir / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        logger.add(
+            logdir / "daemon.jsonl", level=level, serialize=True,
+            rotation=cfg.daemon.log.rotation, retention=cfg.daemon.log.retention,
+            enqueue=False, backtrace=False, diagnose=False,
+        )

@@ -1,0 +1,343 @@
+"""The manifest v1 model and parse(path) -> Manifest, or RejectedDrop.
+
+Every manifest is untrusted: size, encoding, syntax, fields, types and the
+media paths it names are checked here, each failure with its own code and the
+field it concerns, in words a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dropbox_daemon.config import LimitsConfig
+from dropbox_daemon.errors import RejectedDrop
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.mp4$")
+MANIFEST_SUFFIXES = (".json", ".toml")
+JOB_FOLDER_MANIFESTS = ("job.json", "job.toml")
+ENGINES = ("auto", "wav2lip", "preview", "passthrough", "http")
+MEDIA_FIELDS = ("audio", "template", "output.watermark")
+
+
+def job_id_problem(value: str) -> str | None:
+    """Why `value` cannot be a job id (None when it can)."""
+    if not JOB_ID_RE.match(value):
+        return "must be 1-64 characters of A-Z a-z 0-9 . _ -"
+    if value.startswith((".", "_")):
+        return "must not start with '.' or '_' (reserved for hidden and daemon folders)"
+    if ".dup-" in value:
+        return "must not contain '.dup-' (reserved for duplicate answers)"
+    return None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class OutputOptions(_Strict):
+    name: str | None = None
+    height: int | None = Field(default=None, ge=16, le=4320)
+    fps: float | None = Field(default=None, gt=0, le=120)
+    crf: int | None = Field(default=None, ge=0, le=51)
+    watermark: str | None = None
+    ai_label: bool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not OUTPUT_NAME_RE.match(v):
+            raise ValueError("must be a plain file name ending in .mp4, e.g. result.mp4")
+        return v
+
+
+class Manifest(_Strict):
+    version: Literal[1] = 1
+    job_id: str | None = None
+    audio: str
+    template: str
+    engine: Literal["auto", "wav2lip", "preview", "passthrough", "http"] = "auto"
+    priority: int = Field(default=0, ge=-10, le=10)
+    callback_url: str | None = Field(default=None, max_length=2048)
+    replace: bool = False
+    output: OutputOptions = Field(default_factory=OutputOptions)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, v: str | None) -> str | None:
+        if v is not None and (why := job_id_problem(v)):
+            raise ValueError(why)
+        return v
+
+    @field_validator("callback_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    def media(self) -> dict[str, str]:
+        """field name -> path as written, for every file the manifest names."""
+        out = {"audio": self.audio, "template": self.template}
+        if self.output.watermark:
+            out["output.watermark"] = self.output.watermark
+        return out
+
+
+def is_manifest_name(name: str) -> bool:
+    """A loose manifest's file name (temp and hidden names are filtered elsewhere)."""
+    return name.lower().endswith(MANIFEST_SUFFIXES)
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not isinstance(p, int)) or "(top)"
+
+
+def _rejection_from(err: ValidationError) -> RejectedDrop:
+    first = err.errors()[0]
+    field = _field_of(first["loc"])
+    kind = first["type"]
+    got = first.get("input")
+    shown = repr(got) if len(repr(got)) <= 80 else repr(got)[:77] + "..."
+    if kind == "extra_forbidden":
+        allowed = ", ".join(
+            Manifest.model_fields if "." not in field else OutputOptions.model_fields
+        )
+        return RejectedDrop(
+            f"unknown field {field!r} in the manifest",
+            code="unknown_field",
+            field=field,
+            hint=f"remove or correct it; known fields here: {allowed}",
+        )
+    if kind == "missing":
+        return RejectedDrop(
+            f"required field {field!r} is missing",
+            code="missing_field",
+            field=field,
+            hint=f"add {field} = \"<file name next to the manifest>\"",
+        )
+    if field == "job_id":
+        return RejectedDrop(
+            f"job_id {shown} is not allowed: {first['msg'].removeprefix('Value error, ')}",
+            code="bad_job_id",
+            field=field,
+            hint="use e.g. job_id = \"welcome-001\", or leave it out to get a generated id",
+        )
+    if field == "version":
+        return RejectedDrop(
+            f"manifest version {shown} is not supported",
+            code="unsupported_version",
+            field=field,
+            hint="this daemon reads version = 1",
+        )
+    return RejectedDrop(
+        f"field {field!r} has an invalid value {shown}: {first['msg'].removeprefix('Value error, ')}",
+        code="invalid_value",
+        field=field,
+        hint="see the manifest format in README.md",
+    )
+
+
+def read_raw(path: Path, limits: LimitsConfig) -> dict[str, Any]:
+    """Read and decode a manifest file into a mapping; RejectedDrop on any problem."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise RejectedDrop(
+            f"manifest cannot be read: {e.strerror}", code="manifest_unreadable", field="(file)"
+        ) from e
+    if st.st_size > limits.max_manifest_bytes:
+        raise RejectedDrop(
+            f"manifest is {st.st_size} bytes, over the limit of {limits.max_manifest_bytes}",
+            code="manifest_too_large",
+            field="(file)",
+            hint="a manifest holds a few fields; media go in files beside it",
+        )
+    if st.st_size == 0:
+        raise RejectedDrop(
+            "manifest file is empty", code="empty_manifest", field="(file)",
+            hint="write the manifest under a temporary name and rename it when complete",
+        )
+    raw = path.read_bytes()[: limits.max_manifest_bytes + 1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RejectedDrop(
+            f"manifest is not UTF-8 text (bad byte at offset {e.start})",
+            code="manifest_encoding",
+            field="(file)",
+            hint="save the manifest as UTF-8",
+        ) from e
+    if "\x00" in text:
+        raise RejectedDrop(
+            "manifest contains NUL bytes", code="manifest_encoding", field="(file)",
+            hint="save the manifest as plain UTF-8 text",
+        )
+    is_toml = path.name.lower().endswith(".toml")
+    try:
+        data = tomllib.loads(text) if is_toml else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
+        kind = "TOML" if is_toml else "JSON"
+        raise RejectedDrop(
+            f"manifest is not valid {kind}: {str(e)[:200]}",
+            code="manifest_syntax",
+            field="(file)",
+            hint=f"check the {kind} syntax (a validator or `python -m json.tool` shows the spot)",
+        ) from e
+    if not isinstance(data, dict):
+        raise RejectedDrop(
+            f"manifest must be an object of fields, got a {type(data).__name__}",
+            code="manifest_syntax",
+            field="(top)",
+            hint='write {"audio": "...", "template": "..."}',
+        )
+    return data
+
+
+def validate(data: dict[str, Any]) -> Manifest:
+    """The Manifest for a decoded mapping; RejectedDrop naming the first bad field."""
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as e:
+        raise _rejection_from(e) from e
+    except RecursionError as e:
+        raise RejectedDrop(
+            "manifest is nested too deeply", code="manifest_syntax", field="meta",
+            hint="keep meta shallow",
+        ) from e
+
+
+def check_media_path(
+    value: str, field: str, base_dir: Path, inbox_root: Path, *, max_bytes: int
+) -> Path:
+    """Resolve a media path named by a manifest; RejectedDrop unless it is a safe file."""
+    if not value or "\x00" in value or "\n" in value:
+        raise RejectedDrop(
+            f"{field}: {value!r} is not a usable file name", code="invalid_path", field=field,
+            hint="name a file beside the manifest, e.g. welcome.wav",
+        )
+    pure = PurePosixPath(value.replace("\\", "/"))
+    if pure.is_absolute() or value.startswith("~") or re.match(r"^[A-Za-z]:", value):
+        raise RejectedDrop(
+            f"{field}: absolute path {value!r} is not allowed",
+            code="absolute_path",
+            field=field,
+            hint="put the file beside the manifest and name it relative to the manifest",
+        )
+    if ".." in pure.parts:
+        raise RejectedDrop(
+            f"{field}: {value!r} leads out of the manifest's folder ('..')",
+            code="path_escape",
+            field=field,
+            hint="put the file beside the manifest inside the inbox",
+        )
+    if any(p.startswith(".") for p in pure.parts):
+        raise RejectedDrop(
+            f"{field}: {value!r} is a hidden or temporary name, which is never read",
+            code="invalid_path",
+            field=field,
+            hint="rename the file to its final name before dropping the manifest",
+        )
+    candidate = base_dir.joinpath(*pure.parts)
+    if not os.path.lexists(candidate):
+        raise RejectedDrop(
+            f"{field}: file {value!r} not found beside the manifest",
+            code="missing_file",
+            field=field,
+            hint="drop the media first and the manifest last, or fix the name (case matters)",
+        )
+    root = inbox_root.resolve()
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root) or resolved.is_relative_to(root / ".dropbox"):
+        raise RejectedDrop(
+            f"{field}: {value!r} is a link that leads out of the inbox",
+            code="path_escape",
+            field=field,
+            hint="copy the file into the inbox instead of linking to it",
+        )
+    st = os.lstat(resolved)
+    if not stat.S_ISREG(st.st_mode):
+        raise RejectedDrop(
+            f"{field}: {value!r} is not a regular file",
+            code="not_a_file",
+            field=field,
+            hint="name an audio or image/video file",
+        )
+    if st.st_nlink > 1:
+        raise RejectedDrop(
+            f"{field}: {value!r} is a hard link (it may belong to a file outside the inbox)",
+            code="hard_link",
+            field=field,
+            hint="copy the file into the inbox instead of hard-linking it",
+        )
+    if st.st_size == 0:
+        raise RejectedDrop(
+            f"{field}: {value!r} is empty (0 bytes)",
+            code="empty_file",
+            field=field,
+            hint="the file may still be copying; drop it again once complete",
+        )
+    if st.st_size > max_bytes:
+        raise RejectedDrop(
+            f"{field}: {value!r} is {st.st_size} bytes, over the limit of {max_bytes}",
+            code="file_too_large",
+            field=field,
+            hint="shorten or compress it, or raise [limits] in config.toml",
+        )
+    return candidate
+
+
+def resolve_media(
+    m: Manifest, manifest_path: Path, base_dir: Path, inbox_root: Path, limits: LimitsConfig
+) -> dict[str, Path]:
+    """field -> path inside the inbox for each file the manifest names, all checked."""
+    ceilings = {
+        "audio": limits.max_audio_bytes,
+        "template": limits.max_template_bytes,
+        "output.watermark": limits.max_template_bytes,
+    }
+    out: dict[str, Path] = {}
+    seen: dict[Path, str] = {manifest_path.resolve(): "the manifest itself"}
+    for field, value in m.media().items():
+        path = check_media_path(value, field, base_dir, inbox_root, max_bytes=ceilings[field])
+        real = path.resolve()
+        if real in seen:
+            raise RejectedDrop(
+                f"{field}: {value!r} is the same file as {seen[real]}",
+                code="same_file",
+                field=field,
+                hint="audio, template and watermark must be three different files",
+            )
+        seen[real] = field
+        out[field] = path
+    return out
+
+
+def parse(
+    path: Path, base_dir: Path, inbox_root: Path, limits: LimitsConfig
+) -> tuple[Manifest, dict[str, Path]]:
+    """Parse and check a manifest and the media it names; RejectedDrop otherwise."""
+    data = read_raw(path, limits)
+    m = validate(data)
+    return m, resolve_media(m, path, base_dir, inbox_root, limits)
+
+
+def salvage_job_id(path: Path, limits: LimitsConfig) -> str | None:
+    """The job_id of a manifest that failed validation, if one can be read safely."""
+    try:
+        data = read_raw(path, limits)
+    except RejectedDrop:
+        return None
+    value = data.get("job_id")
+    if isinstance(value, str) and job_id_problem(value) is None:
+        return value
+    return None

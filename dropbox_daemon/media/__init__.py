@@ -1,0 +1,1 @@
+"""Media layer shared by every engine: probing, template frames, encoding, audio."""

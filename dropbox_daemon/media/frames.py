@@ -1,0 +1,171 @@
+"""Template frames for every output frame: resampled, scaled, looped back and forth.
+
+A video template shorter than the audio plays forwards, then backwards, then
+forwards again (never a jump cut); an image is held. Frames stream: the first
+pass comes straight from the decoder, later passes from a raw-frame cache file
+in the job's work folder, so memory does not grow with the job's length.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+
+from dropbox_daemon.errors import RenderError
+from dropbox_daemon.media.probe import VisualInfo
+
+EPS = 1e-9
+
+
+def pingpong_index(i: int, n: int) -> int:
+    """Index into n source frames for output frame i, bouncing at both ends without repeats.
+
+    n=4 gives 0 1 2 3 2 1 0 1 2 3 ...
+    """
+    if n <= 1:
+        return 0
+    period = 2 * (n - 1)
+    k = i % period
+    return k if k < n else period - k
+
+
+def resampled_range(k: int, src_fps: float, out_fps: float) -> range:
+    """Output-rate frame indices j that show source frame k (j/out_fps falls in frame k's span)."""
+    ratio = out_fps / src_fps
+    return range(math.ceil(k * ratio - EPS), math.ceil((k + 1) * ratio - EPS))
+
+
+def frame_count(duration: float, fps: float) -> int:
+    """Frames needed to cover `duration` seconds at `fps` (at least one)."""
+    return max(1, math.ceil(duration * fps - 1e-6))
+
+
+def output_size(width: int, height: int, target_height: int | None) -> tuple[int, int]:
+    """(w, h) of the output: scaled to target_height keeping aspect, both even (yuv420p)."""
+    if target_height is None:
+        return width - width % 2, height - height % 2
+    h = target_height - target_height % 2
+    w = max(2, round(width * h / height / 2) * 2)
+    return w, h
+
+
+def to_bgr(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+    """A decoded frame as an (h, w, 3) uint8 BGR array of exactly `size`."""
+    w, h = size
+    if (frame.width - frame.width % 2, frame.height - frame.height % 2) == (w, h):
+        arr = frame.to_ndarray(format="bgr24")
+        if arr.shape[:2] != (h, w):
+            arr = np.ascontiguousarray(arr[:h, :w])
+        return arr
+    return frame.reformat(width=w, height=h, format="bgr24", interpolation="AREA").to_ndarray()
+
+
+class TemplateFrames:
+    """Iterates the template frame for each of `n_out` output frames."""
+
+    def __init__(
+        self,
+        path: Path,
+        info: VisualInfo,
+        size: tuple[int, int],
+        fps: float,
+        n_out: int,
+        cache_path: Path,
+        max_cache_bytes: int,
+    ) -> None:
+        self.path, self.info, self.size, self.fps, self.n_out = path, info, size, fps, n_out
+        self.cache_path = cache_path
+        self.max_cache_bytes = max_cache_bytes
+        self.frame_bytes = size[0] * size[1] * 3
+        self.source_frames = 0  # frames of the template at the output rate, once known
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.info.kind == "image":
+            yield from self._image()
+        else:
+            yield from self._video()
+
+    def _image(self) -> Iterator[np.ndarray]:
+        with av.open(str(self.path)) as c:
+            frame = next(c.decode(video=0))
+        arr = to_bgr(frame, self.size)
+        arr.flags.writeable = False
+        self.source_frames = 1
+        for _ in range(self.n_out):
+            yield arr
+
+    def _decode(self) -> Iterator[np.ndarray]:
+        """Template frames resampled to the output rate, first to last."""
+        src_fps = self.info.fps or self.fps
+        with av.open(str(self.path)) as c:
+            stream = c.streams.video[0]
+            stream.thread_type = "AUTO"
+            for k, frame in enumerate(c.decode(stream)):
+                span = resampled_range(k, src_fps, self.fps)
+                if not span:
+                    continue
+                arr = to_bgr(frame, self.size)
+                arr.flags.writeable = False
+                for _ in span:
+                    yield arr
+
+    def _check_cache_size(self, frames: int) -> None:
+        if frames * self.frame_bytes > self.max_cache_bytes:
+            raise RenderError(
+                f"the template is too long to loop at this size: {frames} frames of "
+                f"{self.size[0]}x{self.size[1]} need {frames * self.frame_bytes >> 20} MiB of loop cache",
+                code="template_too_long", stage="rendering",
+                hint="trim the template, lower output.height, or raise [limits] max_loop_cache_bytes",
+            )
+
+    def _video(self) -> Iterator[np.ndarray]:
+        estimate = None
+        if self.info.frames and self.info.fps:
+            estimate = math.ceil(self.info.frames * self.fps / self.info.fps)
+        loops = estimate is None or estimate < self.n_out + 2
+        if loops and estimate:
+            self._check_cache_size(estimate)
+        i = 0
+        with open(self.cache_path, "w+b") if loops else open(os.devnull, "wb") as cache:
+            for arr in self._decode():
+                if loops:
+                    cache.write(arr.data)
+                yield arr
+                i += 1
+                if i >= self.n_out:
+                    return
+            self.source_frames = i
+            if i == 0:
+                raise RenderError(
+                    "the template has no frame to show", code="template_invalid",
+                    stage="rendering", hint="check that the template plays",
+                )
+            if not loops:
+                # The container overstated its length: decode again into the cache.
+                self._check_cache_size(i)
+                cache = open(self.cache_path, "w+b")  # noqa: SIM115 - closed below
+                for arr in self._decode():
+                    cache.write(arr.data)
+            cache.flush()
+            fd = cache.fileno()
+            h, w = self.size[1], self.size[0]
+            try:
+                for j in range(i, self.n_out):
+                    idx = pingpong_index(j, self.source_frames)
+                    buf = np.empty((h, w, 3), np.uint8)
+                    got = os.preadv(fd, [buf], idx * self.frame_bytes)
+                    if got != self.frame_bytes:
+                        raise RenderError(
+                            f"loop cache read {got} of {self.frame_bytes} bytes at frame {idx}",
+                            code="io_error", stage="rendering", hint="check the disk of the inbox",
+                        )
+                    yield buf
+            finally:
+                if not loops:
+                    cache.close()
+                self.cache_path.unlink(missing_ok=True)

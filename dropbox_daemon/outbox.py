@@ -1,0 +1,161 @@
+"""Everything written into outbox/<job_id>/: task.json, log.txt, error.json, input/.
+
+All writes are atomic (temp name, fsync, rename) so that a reader polling the
+outbox never sees a torn file; log.txt lines are single appends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+TASK_JSON = "task.json"
+ERROR_JSON = "error.json"
+LOG_TXT = "log.txt"
+INPUT_DIR = "input"
+POSTER = "poster.jpg"
+
+
+def utc_iso(ts: float | None) -> str | None:
+    """An epoch time as an ISO-8601 UTC string (None stays None)."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name_for(final: Path) -> Path:
+    """A hidden temporary sibling of `final`, unique to this process."""
+    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """fsync a finished temporary file and rename it over `final`."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old or the new file, never a mix."""
+    tmp = temp_name_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def copy_tree_keep(src: Path, dst: Path) -> None:
+    """Put a copy of `src` (file or folder) at `dst`: hard links where possible, links kept as links."""
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+        return
+    if src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
+        for child in src.iterdir():
+            copy_tree_keep(child, dst / child.name)
+        return
+    try:
+        os.link(src, dst)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+class Outbox:
+    """The outbox folder: one sub-folder per job, plus _daemon/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def reserve(self, job_id: str) -> bool:
+        """Create outbox/<job_id>/ exclusively; False when it already exists (any host)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(self.job_dir(job_id))
+        except FileExistsError:
+            return False
+        return True
+
+    def ensure(self, job_id: str) -> Path:
+        d = self.job_dir(job_id)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def write_task(self, record: dict[str, Any]) -> None:
+        """Rewrite task.json atomically."""
+        d = self.ensure(record["job_id"])
+        atomic_write_json(d / TASK_JSON, record)
+
+    def read_task(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.job_dir(job_id) / TASK_JSON).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def log(self, job_id: str, trace_id: str, message: str, *, at: float) -> None:
+        """Append one line to the job's log.txt (a single write, so lines never interleave)."""
+        d = self.ensure(job_id)
+        line = f"{utc_iso(at)} job={job_id} trace={trace_id} {message}".replace("\n", " | ")
+        fd = os.open(d / LOG_TXT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode("utf-8", "replace"))
+        finally:
+            os.close(fd)
+
+    def write_error(self, job_id: str, error: dict[str, Any]) -> None:
+        atomic_write_json(self.ensure(job_id) / ERROR_JSON, error)
+
+    def clear_previous_run(self, job_id: str) -> None:
+        """Remove error.json and input/ of an earlier run before the job id runs again.
+
+        Both are copies: the drop's own files stay in its claim folder until retention.
+        """
+        d = self.job_dir(job_id)
+        (d / ERROR_JSON).unlink(missing_ok=True)
+        if (d / INPUT_DIR).is_dir():
+            shutil.rmtree(d / INPUT_DIR)
+
+    def save_inputs(self, job_id: str, source_dir: Path) -> None:
+        """Copy a drop's files (as dropped) into outbox/<job_id>/input/ for a re-drop."""
+        dst = self.ensure(job_id) / INPUT_DIR
+        dst.mkdir(exist_ok=True)
+        if not source_dir.is_dir():
+            return
+        for child in source_dir.iterdir():
+            target = dst / child.name
+            if not os.path.lexists(target):
+                copy_tree_keep(child, target)

@@ -1,0 +1,137 @@
+"""watchdog observers that turn file events into hints for the main loop.
+
+Events are hints, never the truth: the daemon rescans every inbox on a timer
+as well. Inboxes on network file systems (NFS, SMB/CIFS, FUSE, ...) get the
+polling observer, since inotify never sees what other hosts write there.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+from watchdog.events import (
+    DirMovedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from dropbox_daemon.config import InboxConfig
+from dropbox_daemon.drops import DROPBOX_DIR
+
+NETWORK_FS = {
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs",
+    "afs", "davfs", "ncpfs", "beegfs", "virtiofs",
+}
+
+
+@dataclass(frozen=True)
+class Hint:
+    """Something changed at `path` in inbox `inbox`; `renamed` if it arrived by rename."""
+
+    inbox: str
+    path: Path
+    renamed: bool
+
+
+def mount_of(path: Path, mounts_file: str = "/proc/mounts") -> tuple[str, str]:
+    """(mount point, file system type) that holds `path`: the longest matching mount point."""
+    real = str(path.resolve())
+    best = ("/", "unknown")
+    try:
+        lines = Path(mounts_file).read_text().splitlines()
+    except OSError:
+        return best
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+            best = (mnt, parts[2])
+    return best
+
+
+def is_network_fs(fstype: str) -> bool:
+    return fstype in NETWORK_FS or fstype.startswith("fuse")
+
+
+def watch_mode(inbox: InboxConfig) -> tuple[str, str]:
+    """("events" | "poll", why) for an inbox: config wins, else the file system decides."""
+    _, fstype = mount_of(inbox.path)
+    if inbox.watch != "auto":
+        return inbox.watch, f"set in config (file system {fstype})"
+    if is_network_fs(fstype):
+        return "poll", f"{fstype} is a network file system: inotify misses other hosts' writes"
+    return "events", f"local file system {fstype}"
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, name: str, root: Path, out: queue.SimpleQueue[Hint]) -> None:
+        self.name, self.root, self.out = name, root, out
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write", "deleted"):
+            return
+        if f"/{DROPBOX_DIR}/" in os.fsdecode(event.src_path):
+            return  # our own claim folders
+        if isinstance(event, FileMovedEvent | DirMovedEvent):
+            self.out.put(Hint(self.name, Path(os.fsdecode(event.dest_path)), True))
+            return
+        self.out.put(Hint(self.name, Path(os.fsdecode(event.src_path)), False))
+
+
+class Watcher:
+    """One observer per inbox feeding `hints`; start() and stop() are its whole life."""
+
+    def __init__(self, inboxes: list[InboxConfig], poll_seconds: float) -> None:
+        self.inboxes = inboxes
+        self.poll_seconds = poll_seconds
+        self.hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
+        self.observers: list[BaseObserver] = []
+        self.modes: dict[str, str] = {}
+
+    def start(self) -> None:
+        for inbox in self.inboxes:
+            mode, why = watch_mode(inbox)
+            self.modes[inbox.name] = mode
+            obs: BaseObserver
+            if mode == "poll":
+                obs = PollingObserver(timeout=self.poll_seconds)
+            else:
+                obs = Observer()
+            obs.schedule(_Handler(inbox.name, inbox.path, self.hints), str(inbox.path), recursive=True)
+            try:
+                obs.start()
+            except OSError as e:
+                logger.warning(
+                    "inbox {}: cannot watch {} for events ({}); relying on rescans every {}s",
+                    inbox.name, inbox.path, e, self.poll_seconds,
+                )
+                self.modes[inbox.name] = "rescan"
+                continue
+            self.observers.append(obs)
+            logger.info("inbox {}: watching {} with {} ({})", inbox.name, inbox.path, mode, why)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for obs in self.observers:
+            obs.stop()
+        for obs in self.observers:
+            obs.join(timeout)
+        self.observers.clear()
+
+    def drain(self, limit: int = 10_000) -> list[Hint]:
+        out = []
+        while len(out) < limit:
+            try:
+                out.append(self.hints.get_nowait())
+            except queue.Empty:
+                break
+        return out

@@ -1,0 +1,202 @@
+"""The model-warm worker process (spawned, never forked) and the daemon's handle on it.
+
+The worker loads its engines once, then takes one job at a time over a pipe
+and streams back stage changes, progress and the result. The daemon owns the
+process: it starts it, watches it, kills and replaces it (WorkerHandle).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from loguru import logger
+
+from dropbox_daemon.config import Config
+from dropbox_daemon.errors import DaemonError, JobCancelled, RejectedDrop
+
+
+# -- inside the worker process ----------------------------------------------------
+def _serve(conn: Connection, cfg: Config) -> None:
+    from dropbox_daemon import engines, pipeline
+
+    send_lock = threading.Lock()
+
+    def send(msg: dict[str, Any]) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    loaded: dict[str, Any] = {}
+    jobs: list[dict[str, Any]] = []
+    have_job = threading.Condition()
+    cancels: dict[str, threading.Event] = {}
+    stopping = threading.Event()
+
+    def reader() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                msg = {"type": "stop"}
+            with have_job:
+                if msg["type"] == "job":
+                    cancels[msg["job"]["job_id"]] = threading.Event()
+                    jobs.append(msg["job"])
+                elif msg["type"] == "cancel":
+                    ev = cancels.get(msg["job_id"])
+                    if ev is not None:
+                        ev.set()
+                elif msg["type"] == "stop":
+                    stopping.set()
+                have_job.notify_all()
+            if msg["type"] == "stop":
+                return
+
+    threading.Thread(target=reader, name="worker-reader", daemon=True).start()
+    send({"type": "ready", "pid": os.getpid(), "device": "cpu", "engines": sorted(loaded)})
+    while True:
+        with have_job:
+            while not jobs and not stopping.is_set():
+                have_job.wait(1.0)
+            if not jobs:
+                return
+            job = jobs.pop(0)
+        job_id = job["job_id"]
+
+        def emit(msg: dict[str, Any], job_id: str = job_id) -> None:
+            send({**msg, "job_id": job_id})
+
+        try:
+            name = job["engine"]
+            if name not in loaded:
+                eng = engines.create(name, cfg)
+                t = time.monotonic()
+                eng.load()
+                loaded[name] = eng
+                emit({"type": "log", "message": f"engine {name} loaded in {time.monotonic() - t:.2f} s"})
+            engine = loaded[name]
+            result = pipeline.run(job, cfg, engine, emit, cancels[job_id])
+            emit({"type": "result", "outcome": "done", "device": engine.device, **result})
+        except JobCancelled as e:
+            emit({"type": "result", "outcome": "cancelled", "error": e.to_dict()})
+        except RejectedDrop as e:
+            emit({"type": "result", "outcome": "rejected", "error": e.to_dict()})
+        except DaemonError as e:
+            emit({"type": "result", "outcome": "failed", "error": e.to_dict()})
+        except Exception as e:  # noqa: BLE001 - any bug ends this job, not the worker
+            tb = traceback.format_exc()
+            logger.bind(job_id=job_id, trace_id=job.get("trace_id")).error(
+                "job {} crashed in the worker; it fails and the worker goes on:\n{}", job_id, tb
+            )
+            emit({"type": "result", "outcome": "failed", "error": {
+                "code": "internal", "stage": "rendering",
+                "message": f"unexpected error: {type(e).__name__}: {e}",
+                "hint": "this is a bug; the traceback is in the daemon's log", "traceback": tb[-4000:],
+            }})
+        finally:
+            cancels.pop(job_id, None)
+
+
+def worker_main(conn: Connection, cfg: Config) -> None:
+    """Entry point of the spawned worker process."""
+    logger.remove()
+    logger.add(sys.stderr, level=cfg.daemon.log.level, format="worker[{process}] {level} {message}")
+    try:
+        _serve(conn, cfg)
+    except KeyboardInterrupt:
+        pass
+
+
+# -- inside the daemon -----------------------------------------------------------------
+class WorkerHandle:
+    """The daemon's side of one worker process: start, send, poll, stop, kill."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.proc: mp.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.state = "stopped"  # stopped | starting | idle | busy | dead
+        self.info: dict[str, Any] = {}
+        self.started_at = 0.0
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=worker_main, args=(child, self.cfg), name="dropbox-worker")
+        self.proc.start()
+        child.close()
+        self.conn = parent
+        self.state = "starting"
+        self.started_at = time.monotonic()
+        logger.info("worker started (pid {}), loading engines", self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        if self.conn is None:
+            return False
+        try:
+            self.conn.send(msg)
+        except (OSError, BrokenPipeError):
+            return False
+        return True
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Messages waiting from the worker (never blocks)."""
+        out: list[dict[str, Any]] = []
+        if self.conn is None:
+            return out
+        try:
+            while self.conn.poll(0):
+                out.append(self.conn.recv())
+        except (EOFError, OSError):
+            pass
+        return out
+
+    def exit_description(self) -> str:
+        if self.proc is None or self.proc.exitcode is None:
+            return "still running"
+        code = self.proc.exitcode
+        if code < 0:
+            import signal
+
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with status {code}"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self._close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit after its current job; kill it after `timeout`."""
+        if self.proc is None:
+            return
+        self.send({"type": "stop"})
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            logger.warning("worker (pid {}) did not stop within {:.0f}s; killing it", self.proc.pid, timeout)
+            self.kill()
+        self._close()
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.state = "stopped"
