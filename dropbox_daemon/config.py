@@ -43,7 +43,9 @@ class InboxConfig(_Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     path: Path
-    watch: Literal["auto", "events", "poll"] = "auto"
+    # auto: events, or poll on network file systems; rescan: no observer at all,
+    # only the periodic rescan (for shares where even polling stat()s cost too much)
+    watch: Literal["auto", "events", "poll", "rescan"] = "auto"
     settle_seconds: float = Field(default=3.0, ge=0, le=3600)
     keep_days: float = Field(default=7.0, gt=0)
     engine: Literal["auto", "wav2lip", "preview", "passthrough", "http"] = "auto"

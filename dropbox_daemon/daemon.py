@@ -351,6 +351,7 @@ class Daemon:
         job = self.store.get(job_id)
         if job is None or job.state not in RUNNING:
             return
+        self._discard_partials(job_id)
         attempts = job.attempts if count_attempt else max(0, job.attempts - 1)
         if count_attempt and attempts >= job.max_attempts:
             err = {"code": "worker_failed", "stage": job.state, "message": f"{why} (attempt {attempts} of {job.max_attempts})",
@@ -379,6 +380,10 @@ class Daemon:
         if job is None or job.state not in RUNNING:
             return
         self.store.transition(job_id, "cancelled", detail=why, cancel_requested=0)
+        self._discard_partials(job_id)
+
+    def _discard_partials(self, job_id: str) -> None:
+        """Remove the half-written result of a job whose render was stopped."""
         for leftover in self.outbox.job_dir(job_id).glob(".*.partial"):
             leftover.unlink(missing_ok=True)
 

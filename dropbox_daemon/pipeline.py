@@ -88,7 +88,9 @@ def run(
     t1 = time.monotonic()
     out_dir = Path(job["outbox_dir"])
     final = out_dir / opts["name"]
-    partial = out_dir / f".{opts['name']}.partial"
+    for stale in out_dir.glob(".*.partial"):  # left by a worker that was killed
+        stale.unlink(missing_ok=True)
+    partial = out_dir / f".{opts['name']}.{os.getpid()}.partial"
     metadata = dict(AI_TAGS) if opts["ai_label"] else {}
     args = encode_args(
         ffmpeg_binary(cfg.media.ffmpeg), partial, size=size, fps=fps, audio_path=audio_path,

@@ -293,6 +293,7 @@ class Store:
                 update.setdefault("finished_at", now)
                 if to == "done":
                     update.setdefault("progress", 1.0)
+                    update.setdefault("stage", "done")
             from_state = job.state
             job = job.model_copy(update=update)
             self._write(c, job)

@@ -102,6 +102,9 @@ class Watcher:
         for inbox in self.inboxes:
             mode, why = watch_mode(inbox)
             self.modes[inbox.name] = mode
+            if mode == "rescan":
+                logger.info("inbox {}: no observer, rescans every {}s ({})", inbox.name, self.poll_seconds, why)
+                continue
             obs: BaseObserver
             if mode == "poll":
                 obs = PollingObserver(timeout=self.poll_seconds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -20,6 +21,8 @@ from loguru import logger
 
 from dropbox_daemon.config import Config
 from dropbox_daemon.errors import DaemonError, JobCancelled, RejectedDrop
+
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
 # -- inside the worker process ----------------------------------------------------
@@ -43,7 +46,8 @@ def _serve(conn: Connection, cfg: Config) -> None:
             try:
                 msg = conn.recv()
             except (EOFError, OSError):
-                msg = {"type": "stop"}
+                # the daemon is gone: nobody would record this job's result
+                os._exit(1)
             with have_job:
                 if msg["type"] == "job":
                     cancels[msg["job"]["job_id"]] = threading.Event()
@@ -103,8 +107,26 @@ def _serve(conn: Connection, cfg: Config) -> None:
             cancels.pop(job_id, None)
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the daemon dies (kill -9 included).
+
+    Otherwise an orphaned worker would go on rendering a job that the restarted
+    daemon has already re-queued.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def worker_main(conn: Connection, cfg: Config) -> None:
     """Entry point of the spawned worker process."""
+    _die_with_parent()
     logger.remove()
     logger.add(sys.stderr, level=cfg.daemon.log.level, format="worker[{process}] {level} {message}")
     try:
@@ -170,8 +192,6 @@ class WorkerHandle:
             return "still running"
         code = self.proc.exitcode
         if code < 0:
-            import signal
-
             try:
                 return f"killed by signal {signal.Signals(-code).name}"
             except ValueError:

@@ -1,0 +1,30 @@
+# The two commands of README.md: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dropbox-daemon demo --config config.toml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check dropbox_daemon tests bench
+	$(BIN)/ruff format --check dropbox_daemon tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/pickup.py
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .state

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import DaemonProc, make_image, make_tone, make_video  # noqa: E402
+
+
+class Media:
+    """Real media files, made once per session and cached under the pytest cache."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _get(self, name: str, make) -> Path:  # noqa: ANN001
+        p = self.root / name
+        if not p.exists() or p.stat().st_size == 0:
+            tmp = p.with_name("tmp-" + name)
+            make(tmp)
+            tmp.rename(p)
+        return p
+
+    @property
+    def tone(self) -> Path:  # 2 s of syllable-like tone
+        return self._get("tone.wav", lambda p: make_tone(p, 2.0))
+
+    @property
+    def tone_long(self) -> Path:  # 20 s
+        return self._get("tone20.wav", lambda p: make_tone(p, 20.0))
+
+    @property
+    def tone_44k(self) -> Path:
+        return self._get("tone44k.mp3", lambda p: make_tone(p, 1.5, rate=44100))
+
+    @property
+    def video(self) -> Path:  # 1 s 320x240 25 fps
+        return self._get("video.mp4", lambda p: make_video(p, 1.0))
+
+    @property
+    def image(self) -> Path:
+        return self._get("still.png", lambda p: make_image(p))
+
+    @property
+    def big_image(self) -> Path:  # 1280x720 still
+        return self._get("still720.png", lambda p: make_image(p, "1280x720"))
+
+
+@pytest.fixture(scope="session")
+def media(request: pytest.FixtureRequest) -> Media:
+    return Media(Path(request.config.cache.mkdir("media")))
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path):  # noqa: ANN201
+    made: list[DaemonProc] = []
+
+    def make(**kw) -> DaemonProc:  # noqa: ANN003
+        d = DaemonProc(tmp_path / f"d{len(made)}", **kw)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.alive():
+            d.stop(timeout=30)
+
+
+@pytest.fixture
+def daemon(daemon_factory) -> DaemonProc:  # noqa: ANN001
+    return daemon_factory().start()

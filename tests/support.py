@@ -1,0 +1,176 @@
+"""Test helpers: a real daemon subprocess, drops written the way writers write them,
+and waiting on conditions with a deadline (never a bare sleep)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import imageio_ffmpeg
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+TERMINAL = {"done", "failed", "cancelled", "rejected", "duplicate"}
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, daemon: DaemonProc | None = None) -> Any:
+    """Poll `cond` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = daemon.log_tail() if daemon else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
+        time.sleep(0.05)
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def make_tone(path: Path, seconds: float, rate: int = 16000) -> Path:
+    expr = "0.5*sin(2*PI*200*t)*abs(sin(2*PI*2*t))"
+    ffmpeg("-f", "lavfi", "-i", f"aevalsrc='{expr}':s={rate}:d={seconds}", str(path))
+    return path
+
+
+def make_video(path: Path, seconds: float, size: str = "320x240", rate: int = 25) -> Path:
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+           "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", str(path))
+    return path
+
+
+def make_image(path: Path, size: str = "320x240") -> Path:
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate=1:duration=1", "-frames:v", "1", str(path))
+    return path
+
+
+def put_file(dest: Path, src: Path | bytes) -> Path:
+    """Write a file Maildir style: under a hidden temporary name, then rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:6]}.tmp")
+    if isinstance(src, bytes):
+        tmp.write_bytes(src)
+    else:
+        shutil.copyfile(src, tmp)
+    os.rename(tmp, dest)
+    return dest
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return json.dumps(v)
+
+
+def put_manifest(dest: Path, data: dict[str, Any] | str | bytes) -> Path:
+    """A manifest (JSON or TOML by the suffix of `dest`), renamed into place last."""
+    if isinstance(data, bytes):
+        return put_file(dest, data)
+    if isinstance(data, str):
+        return put_file(dest, data.encode())
+    if dest.suffix == ".toml":
+        text = "\n".join(f"{k} = {toml_value(v)}" for k, v in data.items()) + "\n"
+    else:
+        text = json.dumps(data)
+    return put_file(dest, text.encode())
+
+
+class DaemonProc:
+    """`dropbox-daemon run` as a subprocess on its own inbox, outbox and state folders."""
+
+    def __init__(self, root: Path, *, inbox: dict[str, Any] | None = None,
+                 daemon: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
+                 extra_inboxes: list[dict[str, Any]] | None = None) -> None:
+        self.root = root
+        self.inbox = root / "inbox"
+        self.outbox = root / "outbox"
+        self.state = root / "state"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        self.config = root / "config.toml"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.logfile = root / "daemon.log"
+        d = {"state_dir": str(self.state), "outbox": str(self.outbox), "rescan_seconds": 1.0,
+             "hang_seconds": 60.0, "stop_timeout_seconds": 20.0, **(daemon or {})}
+        i = {"name": "default", "path": str(self.inbox), "settle_seconds": 0.5, **(inbox or {})}
+        lines = ["[daemon]", *(f"{k} = {toml_value(v)}" for k, v in d.items()), "[daemon.log]",
+                 'level = "DEBUG"']
+        for box in [i, *(extra_inboxes or [])]:
+            lines += ["[[inbox]]", *(f"{k} = {toml_value(v)}" for k, v in box.items())]
+        if limits:
+            lines += ["[limits]", *(f"{k} = {toml_value(v)}" for k, v in limits.items())]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> DaemonProc:
+        log = open(self.logfile, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: "worker ready" in self.log_text() or self.proc.poll() is not None,
+                 60, "the daemon to start", self)
+        assert self.proc.poll() is None, self.log_tail()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 40) -> str:
+        return "--- daemon log ---\n" + "\n".join(self.log_text().splitlines()[-n:])
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dropbox_daemon", *args, "--config", str(self.config)],
+            capture_output=True, text=True, timeout=120,
+        )
+
+    def task(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.outbox / job_id / "task.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def wait_state(self, job_id: str, states: set[str] | str = TERMINAL, timeout: float = 60) -> dict[str, Any]:
+        want = {states} if isinstance(states, str) else states
+        return wait_for(lambda: (t := self.task(job_id)) and t["state"] in want and t,
+                        timeout, f"job {job_id} to reach {sorted(want)}", self)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted(self.outbox.glob("*/task.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except ValueError:
+                pass
+        return out
