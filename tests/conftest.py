@@ -37,6 +37,14 @@ class Media:
         return self._get("tone44k.mp3", lambda p: make_tone(p, 1.5, rate=44100))
 
     @property
+    def tone_short(self) -> Path:  # 0.5 s
+        return self._get("tone05.wav", lambda p: make_tone(p, 0.5))
+
+    @property
+    def tiny_image(self) -> Path:  # 64x48
+        return self._get("tiny.png", lambda p: make_image(p, "64x48"))
+
+    @property
     def video(self) -> Path:  # 1 s 320x240 25 fps
         return self._get("video.mp4", lambda p: make_video(p, 1.0))
 

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dropbox_daemon import config
+from dropbox_daemon.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_repo_config_loads_with_defaults() -> None:
+    cfg = config.load(REPO / "config.toml")
+    assert cfg.inbox[0].name == "default" and cfg.inbox[0].path == REPO / "inbox"
+    assert cfg.daemon.outbox == REPO / "outbox"
+    assert cfg == config.load(REPO / "config.toml")  # deterministic
+    assert len(cfg.config_hash()) == 12
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ('[[inbox]]\nname = "a"\npath = "x"\nsettle_seconds = "slow"\n', "inbox.[0].settle_seconds"),
+    ('[[inbox]]\nname = "a"\npath = "x"\nwatch = "inotify"\n', "inbox.[0].watch"),
+    ('[daemon]\nmax_atempts = 3\n[[inbox]]\nname = "a"\npath = "x"\n', "daemon.max_atempts: unknown key"),
+    ("[daemon]\n", "at least one [[inbox]]"),
+    ('[[inbox]]\nname = "a"\npath = "x"\n[[inbox]]\nname = "a"\npath = "y"\n', "repeated: a"),
+    ("[[inbox]\n", "not valid TOML"),
+])
+def test_bad_config_names_file_and_key(tmp_path, text: str, needle: str) -> None:  # noqa: ANN001
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    assert str(p) in e.value.message and needle in e.value.message, e.value.message
+
+
+def test_env_selects_the_file(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    p = tmp_path / "c.toml"
+    p.write_text('[[inbox]]\nname = "x"\npath = "in"\n')
+    monkeypatch.setenv(config.ENV_CONFIG, str(p))
+    assert config.load().inbox[0].path == tmp_path / "in"
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_cli_reports_bad_config_and_exits_3(tmp_path) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    p = tmp_path / "c.toml"
+    p.write_text('[[inbox]]\nname = "x"\npath = "in"\nkeep_days = -1\n')
+    r = subprocess.run([sys.executable, "-m", "dropbox_daemon", "run", "--config", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3
+    assert "keep_days" in r.stderr and str(p) in r.stderr

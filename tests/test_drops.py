@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from dropbox_daemon.drops import Candidate, Settler, claim, is_ignored_name, scan
+
+
+@pytest.mark.parametrize("name", [".x.tmp", "a.part", "a.json.partial", "b.crdownload",
+                                  ".name.AbC123", "file~", ".hidden.json", "#auto#", "x.json.swp"])
+def test_ignored_names(name: str) -> None:
+    assert is_ignored_name(name)
+
+
+@pytest.mark.parametrize("name", ["job.json", "a.toml", "welcome-001.json", "x.wav"])
+def test_not_ignored_names(name: str) -> None:
+    assert not is_ignored_name(name)
+
+
+def test_scan_finds_loose_manifests_and_job_folders(tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "a.json").write_text("{}")
+    (tmp_path / "b.toml").write_text("")
+    (tmp_path / ".c.json").write_text("{}")
+    (tmp_path / "d.json.part").write_text("{}")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "job.toml").write_text("")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "job.json").write_text("{}")
+    found = {(c.manifest.name, c.job_folder) for c in scan(tmp_path)}
+    assert found == {("a.json", False), ("b.toml", False), ("job.toml", True)}
+
+
+def test_settler_waits_for_files_to_keep_still(tmp_path) -> None:  # noqa: ANN001
+    m = tmp_path / "a.json"
+    media = tmp_path / "a.wav"
+    m.write_text(json.dumps({"audio": "a.wav", "template": "t.png"}))
+    media.write_bytes(b"x")
+    c = Candidate(m, tmp_path, False)
+    s = Settler(settle_seconds=2.0)
+    assert not s.ready(c, 100.0)
+    assert not s.ready(c, 101.0)
+    media.write_bytes(b"xx")  # still growing: the clock starts again
+    assert not s.ready(c, 102.5)
+    assert not s.ready(c, 104.0)
+    assert s.ready(c, 104.6)
+
+
+def test_settler_takes_renamed_drops_at_once(tmp_path) -> None:  # noqa: ANN001
+    m = tmp_path / "a.json"
+    m.write_text("{}")
+    assert Settler(settle_seconds=30).ready(Candidate(m, tmp_path, False), 0.0, fast=True)
+
+
+def test_claim_has_exactly_one_winner(tmp_path) -> None:  # noqa: ANN001
+    inbox = tmp_path
+    m = inbox / "a.json"
+    m.write_text("{}")
+    c = Candidate(m, inbox, False)
+    wins = []
+    barrier = threading.Barrier(8)
+
+    def racer(i: int) -> None:
+        barrier.wait()
+        cl = claim(inbox, c, f"host{i}", 0.0)
+        if cl is not None:
+            wins.append(cl)
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert wins[0].manifest.exists() and not m.exists()
+    # losers leave no empty claim folders behind
+    assert len(os.listdir(inbox / ".dropbox" / "claimed")) == 1

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dropbox_daemon.errors import IllegalTransition
+from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.store import MIGRATIONS, STATES, TRANSITIONS, Job, Store, pick_next
+
+
+@pytest.fixture
+def store(tmp_path):  # noqa: ANN001, ANN201
+    s = Store(tmp_path / "db.sqlite3", Outbox(tmp_path / "outbox"))
+    yield s
+    s.close()
+
+
+def new(store: Store, job_id: str = "j", **kw) -> Job:  # noqa: ANN003
+    return store.create(Job(job_id=job_id, inbox=kw.pop("inbox", "a"), **kw))
+
+
+def test_schema_version_and_wal(store: Store) -> None:
+    assert store.schema_version == len(MIGRATIONS)
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.migrate()  # idempotent
+    assert store.schema_version == len(MIGRATIONS)
+
+
+def test_happy_path_writes_task_json_and_events(store: Store, tmp_path) -> None:  # noqa: ANN001
+    new(store)
+    for to in ("queued", "preparing", "rendering", "encoding", "done"):
+        store.transition("j", to)
+    task = json.loads((tmp_path / "outbox" / "j" / "task.json").read_text())
+    assert task["state"] == "done" and task["progress"] == 1.0 and task["finished_at"].endswith("Z")
+    assert [e["to_state"] for e in store.events("j")] == [
+        "received", "queued", "preparing", "rendering", "encoding", "done"]
+    log = (tmp_path / "outbox" / "j" / "log.txt").read_text().splitlines()
+    assert len(log) == 6 and all(f"trace={task['trace_id']}" in line for line in log)
+
+
+def test_illegal_transitions_are_refused(store: Store) -> None:
+    new(store)
+    with pytest.raises(IllegalTransition):
+        store.transition("j", "done")
+    store.transition("j", "rejected")
+    for to in ("preparing", "rendering", "done", "duplicate"):
+        with pytest.raises(IllegalTransition):
+            store.transition("j", to)
+    assert store.get("j").state == "rejected"
+
+
+def test_every_state_has_transitions_defined() -> None:
+    assert set(TRANSITIONS) == set(STATES)
+    assert all(t <= set(STATES) for t in TRANSITIONS.values())
+
+
+def test_expect_guards_races(store: Store) -> None:
+    new(store)
+    store.transition("j", "queued")
+    store.transition("j", "cancelled", expect=("queued",))
+    with pytest.raises(IllegalTransition):
+        store.transition("j", "preparing", expect=("queued",))
+
+
+def test_recover_interrupted_counts_attempts(store: Store) -> None:
+    new(store, "a", max_attempts=2)
+    new(store, "b", max_attempts=2)
+    for job_id, attempts in (("a", 1), ("b", 2)):
+        store.transition(job_id, "queued")
+        store.transition(job_id, "preparing", attempts=attempts)
+        store.transition(job_id, "rendering")
+    store.recover_interrupted()
+    assert store.get("a").state == "queued" and store.get("a").attempts == 1
+    b = store.get("b")
+    assert b.state == "failed" and b.error["code"] == "interrupted"
+
+
+def test_pick_next_priority_then_fair_between_inboxes() -> None:
+    def j(job_id: str, inbox: str, prio: int = 0) -> Job:
+        return Job(job_id=job_id, inbox=inbox, priority=prio)
+
+    busy = [j(f"a{i}", "a") for i in range(5)] + [j("b0", "b")]
+    assert pick_next(busy, {"a": 10.0}).job_id == "b0"  # b never served: its turn
+    assert pick_next(busy, {"a": 10.0, "b": 20.0}).job_id == "a0"  # a waited longer
+    urgent = [*busy, j("c0", "c", prio=5)]
+    assert pick_next(urgent, {"c": 99.0}).job_id == "c0"  # priority first
+    assert pick_next([], {}) is None
+
+
+def test_counts_include_zeros(store: Store) -> None:
+    new(store)
+    counts = store.counts()
+    assert counts["received"] == 1 and counts["done"] == 0 and set(counts) == set(STATES)
