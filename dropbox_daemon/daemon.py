@@ -63,17 +63,17 @@ class Daemon:
         self.outbox = Outbox(cfg.daemon.outbox)
         self.store: Store | None = None
         self.intake: Intake | None = None
-        self.watcher = Watcher(cfg.inbox, cfg.daemon.rescan_seconds)
+        self.wake = threading.Event()
+        self.watcher = Watcher(cfg.inbox, cfg.daemon.rescan_seconds, wake=self.wake.set)
         from dropbox_daemon.worker import WorkerHandle
 
-        self.worker = WorkerHandle(cfg)
+        self.worker = WorkerHandle(cfg, wake=self.wake.set)
         self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in cfg.inbox}
         self.pending: dict[Path, Pending] = {}
         self.current: Current | None = None
         self.last_served: dict[str, float] = {}
         self.next_rescan = 0.0
         self.flags = Flags()
-        self.wake = threading.Event()
         self.started_at = time.time()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -289,6 +289,8 @@ class Daemon:
     def _on_message(self, msg: dict[str, Any], now: float) -> None:
         assert self.store is not None
         kind = msg["type"]
+        if msg.get("worker_pid") != self.worker.pid:
+            return
         if kind == "ready":
             self.worker.state = "idle" if self.current is None else "busy"
             self.worker.info = msg

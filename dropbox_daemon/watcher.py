@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +22,17 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
 from dropbox_daemon.config import InboxConfig
 from dropbox_daemon.drops import DROPBOX_DIR
+
+# watchdog holds every IN_MOVED_FROM for this long to pair it with its IN_MOVED_TO,
+# and its reader thread sleeps out the delay even once the pair is found: with the
+# default 0.5 s, each Maildir-style rename stalls all events behind it. Both halves
+# of a rename arrive in the same inotify read, so a short hold pairs them as well.
+MOVE_PAIRING_SECONDS = 0.01
 
 NETWORK_FS = {
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs",
@@ -74,8 +82,8 @@ def watch_mode(inbox: InboxConfig) -> tuple[str, str]:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, name: str, root: Path, out: queue.SimpleQueue[Hint]) -> None:
-        self.name, self.root, self.out = name, root, out
+    def __init__(self, name: str, out: queue.SimpleQueue[Hint], wake: Callable[[], None]) -> None:
+        self.name, self.out, self.wake = name, out, wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write", "deleted"):
@@ -84,21 +92,26 @@ class _Handler(FileSystemEventHandler):
             return  # our own claim folders
         if isinstance(event, FileMovedEvent | DirMovedEvent):
             self.out.put(Hint(self.name, Path(os.fsdecode(event.dest_path)), True))
-            return
-        self.out.put(Hint(self.name, Path(os.fsdecode(event.src_path)), False))
+        else:
+            self.out.put(Hint(self.name, Path(os.fsdecode(event.src_path)), False))
+        self.wake()
 
 
 class Watcher:
     """One observer per inbox feeding `hints`; start() and stop() are its whole life."""
 
-    def __init__(self, inboxes: list[InboxConfig], poll_seconds: float) -> None:
+    def __init__(
+        self, inboxes: list[InboxConfig], poll_seconds: float, wake: Callable[[], None] = lambda: None
+    ) -> None:
         self.inboxes = inboxes
+        self.wake = wake
         self.poll_seconds = poll_seconds
         self.hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
         self.observers: list[BaseObserver] = []
         self.modes: dict[str, str] = {}
 
     def start(self) -> None:
+        InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
         for inbox in self.inboxes:
             mode, why = watch_mode(inbox)
             self.modes[inbox.name] = mode
@@ -110,7 +123,7 @@ class Watcher:
                 obs = PollingObserver(timeout=self.poll_seconds)
             else:
                 obs = Observer()
-            obs.schedule(_Handler(inbox.name, inbox.path, self.hints), str(inbox.path), recursive=True)
+            obs.schedule(_Handler(inbox.name, self.hints, self.wake), str(inbox.path), recursive=True)
             try:
                 obs.start()
             except OSError as e:

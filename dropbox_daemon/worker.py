@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -139,8 +141,10 @@ def worker_main(conn: Connection, cfg: Config) -> None:
 class WorkerHandle:
     """The daemon's side of one worker process: start, send, poll, stop, kill."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, wake: Callable[[], None] = lambda: None) -> None:
         self.cfg = cfg
+        self.wake = wake
+        self.messages: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.proc: mp.process.BaseProcess | None = None
         self.conn: Connection | None = None
         self.state = "stopped"  # stopped | starting | idle | busy | dead
@@ -159,6 +163,9 @@ class WorkerHandle:
         self.proc.start()
         child.close()
         self.conn = parent
+        threading.Thread(
+            target=self._pump, args=(parent, self.proc.pid), name="worker-pump", daemon=True
+        ).start()
         self.state = "starting"
         self.started_at = time.monotonic()
         logger.info("worker started (pid {}), loading engines", self.proc.pid)
@@ -175,17 +182,26 @@ class WorkerHandle:
             return False
         return True
 
+    def _pump(self, conn: Connection, pid: int) -> None:
+        """Move the worker's messages onto a queue and wake the main loop for each."""
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                self.wake()
+                return
+            msg["worker_pid"] = pid  # so that a replaced worker's last words are ignored
+            self.messages.put(msg)
+            self.wake()
+
     def poll(self) -> list[dict[str, Any]]:
         """Messages waiting from the worker (never blocks)."""
         out: list[dict[str, Any]] = []
-        if self.conn is None:
-            return out
-        try:
-            while self.conn.poll(0):
-                out.append(self.conn.recv())
-        except (EOFError, OSError):
-            pass
-        return out
+        while True:
+            try:
+                out.append(self.messages.get_nowait())
+            except queue.Empty:
+                return out
 
     def exit_description(self) -> str:
         if self.proc is None or self.proc.exitcode is None:
