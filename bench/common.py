@@ -49,7 +49,9 @@ def write_section(name: str, body: str) -> None:
     stamp = time.strftime("%Y-%m-%d")
     block = f"{start}\n{body.strip()}\n\n_Measured {stamp} on {machine()}._\n{end}"
     if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
+        text = re.sub(
+            re.escape(start) + r".*?" + re.escape(end), lambda _m: block, text, flags=re.S
+        )
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOC.write_text(text)

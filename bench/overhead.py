@@ -26,10 +26,38 @@ RUNS = 20
 
 
 def ffmpeg_alone(audio: Path, template: Path, out: Path) -> float:
-    args = [ffmpeg_binary(None), "-nostdin", "-loglevel", "error", "-y", "-i", str(template),
-            "-i", str(audio), "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast",
-            "-crf", "20", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "192k",
-            "-movflags", "+faststart", "-t", "1", str(out)]
+    args = [
+        ffmpeg_binary(None),
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(template),
+        "-i",
+        str(audio),
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "20",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "192k",
+        "-movflags",
+        "+faststart",
+        "-t",
+        "1",
+        str(out),
+    ]
     t = time.perf_counter()
     subprocess.run(args, check=True)
     return time.perf_counter() - t
@@ -55,10 +83,14 @@ def main() -> None:
                 put_file(d.inbox / f"{job}.wav", audio)
                 put_file(d.inbox / f"{job}.mp4", template)
                 tmpm = d.inbox / f".{job}.json.tmp"
-                tmpm.write_text(json.dumps({"job_id": job, "audio": f"{job}.wav", "template": f"{job}.mp4"}))
+                tmpm.write_text(
+                    json.dumps({"job_id": job, "audio": f"{job}.wav", "template": f"{job}.mp4"})
+                )
                 t0 = time.time()
                 os.rename(tmpm, d.inbox / f"{job}.json")
-                task = wait_for(lambda j=job: (t := d.task(j)) and t["state"] == "done" and t, 60, job, d)
+                task = wait_for(
+                    lambda j=job: (t := d.task(j)) and t["state"] == "done" and t, 60, job, d
+                )
                 e2e.append(iso(task["finished_at"]) - t0)
                 dispatch.append(iso(task["started_at"]) - iso(task["queued_at"]))
                 for k in stages:
@@ -67,23 +99,25 @@ def main() -> None:
             d.stop()
     med = statistics.median(e2e)
     overhead = statistics.median(a - b for a, b in zip(e2e, alone, strict=True))
-    body = "\n".join([
-        "## Daemon overhead per job (passthrough, 1 s clip at 640x360)",
-        "",
-        f"`bench/overhead.py`: {RUNS} jobs one after another; medians.",
-        "",
-        "| measure | ms |",
-        "|---|---|",
-        f"| rename → `done`, end to end | {med * 1000:.0f} |",
-        f"| one ffmpeg command doing the same decode + encode + mux | {statistics.median(alone) * 1000:.0f} |",
-        f"| **overhead (median of paired differences)** | **{overhead * 1000:.0f}** |",
-        f"| of which queued → preparing (dispatch) | {statistics.median(dispatch) * 1000:.1f} |",
-        f"| of which prepare (probe by decoding, sha256) | {statistics.median(stages['prepare']) * 1000:.1f} |",
-        f"| render (decode template, frames to ffmpeg) | {statistics.median(stages['render']) * 1000:.0f} |",
-        f"| encode tail + check + publish | {statistics.median(stages['encode']) * 1000:.0f} |",
-        "",
-        "Aim: overhead under 100 ms.",
-    ])
+    body = "\n".join(
+        [
+            "## Daemon overhead per job (passthrough, 1 s clip at 640x360)",
+            "",
+            f"`bench/overhead.py`: {RUNS} jobs one after another; medians.",
+            "",
+            "| measure | ms |",
+            "|---|---|",
+            f"| rename → `done`, end to end | {med * 1000:.0f} |",
+            f"| one ffmpeg command doing the same decode + encode + mux | {statistics.median(alone) * 1000:.0f} |",
+            f"| **overhead (median of paired differences)** | **{overhead * 1000:.0f}** |",
+            f"| of which queued → preparing (dispatch) | {statistics.median(dispatch) * 1000:.1f} |",
+            f"| of which prepare (probe by decoding, sha256) | {statistics.median(stages['prepare']) * 1000:.1f} |",
+            f"| render (decode template, frames to ffmpeg) | {statistics.median(stages['render']) * 1000:.0f} |",
+            f"| encode tail + check + publish | {statistics.median(stages['encode']) * 1000:.0f} |",
+            "",
+            "Aim: overhead under 100 ms.",
+        ]
+    )
     write_section("overhead", body)
 
 

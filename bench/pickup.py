@@ -21,8 +21,11 @@ GAP = 0.05  # seconds between drops
 
 
 def run(mode: str, media: dict[str, Path], root: Path) -> list[float]:
-    d = DaemonProc(root / mode, inbox={"watch": mode, "settle_seconds": 1.0, "engine": "passthrough"},
-                   daemon={"rescan_seconds": 1.0})
+    d = DaemonProc(
+        root / mode,
+        inbox={"watch": mode, "settle_seconds": 1.0, "engine": "passthrough"},
+        daemon={"rescan_seconds": 1.0},
+    )
     d.start()
     renamed: dict[str, float] = {}
     try:
@@ -31,7 +34,9 @@ def run(mode: str, media: dict[str, Path], root: Path) -> list[float]:
             put_file(d.inbox / f"{job}.wav", media["audio"])
             put_file(d.inbox / f"{job}.png", media["image"])
             tmp = d.inbox / f".{job}.json.tmp"
-            tmp.write_text(json.dumps({"job_id": job, "audio": f"{job}.wav", "template": f"{job}.png"}))
+            tmp.write_text(
+                json.dumps({"job_id": job, "audio": f"{job}.wav", "template": f"{job}.png"})
+            )
             renamed[job] = time.time()
             os.rename(tmp, d.inbox / f"{job}.json")
             time.sleep(GAP)  # the writer's pace
@@ -39,7 +44,11 @@ def run(mode: str, media: dict[str, Path], root: Path) -> list[float]:
 
         def queued() -> dict[str, float]:
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            rows = dict(con.execute("SELECT job_id, MIN(at) FROM events WHERE to_state='queued' GROUP BY job_id"))
+            rows = dict(
+                con.execute(
+                    "SELECT job_id, MIN(at) FROM events WHERE to_state='queued' GROUP BY job_id"
+                )
+            )
             con.close()
             return rows if len(rows) >= N else {}
 
@@ -52,23 +61,30 @@ def run(mode: str, media: dict[str, Path], root: Path) -> list[float]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        media = {"audio": make_tone(root / "a.wav", 0.5), "image": make_image(root / "i.png", "64x48")}
+        media = {
+            "audio": make_tone(root / "a.wav", 0.5),
+            "image": make_image(root / "i.png", "64x48"),
+        }
         rows = []
         for mode in ("events", "poll"):
             lat = run(mode, media, root)
-            rows.append(f"| {mode} | {N} | {percentile(lat, 50) * 1000:.0f} | {percentile(lat, 99) * 1000:.0f} "
-                        f"| {max(lat) * 1000:.0f} |")
-    body = "\n".join([
-        "## Pickup latency (rename of the manifest → job `queued`)",
-        "",
-        f"`bench/pickup.py`: {N} drops by rename, one every {GAP * 1000:.0f} ms, passthrough jobs rendering",
-        "meanwhile. Poll mode: polling observer + rescans every 1 s, settle_seconds = 1 s (no rename is",
-        "seen when polling, so every drop waits to settle). Aim: p99 < 250 ms with events.",
-        "",
-        "| watch | drops | p50 ms | p99 ms | max ms |",
-        "|---|---|---|---|---|",
-        *rows,
-    ])
+            rows.append(
+                f"| {mode} | {N} | {percentile(lat, 50) * 1000:.0f} | {percentile(lat, 99) * 1000:.0f} "
+                f"| {max(lat) * 1000:.0f} |"
+            )
+    body = "\n".join(
+        [
+            "## Pickup latency (rename of the manifest → job `queued`)",
+            "",
+            f"`bench/pickup.py`: {N} drops by rename, one every {GAP * 1000:.0f} ms, passthrough jobs rendering",
+            "meanwhile. Poll mode: polling observer + rescans every 1 s, settle_seconds = 1 s (no rename is",
+            "seen when polling, so every drop waits to settle). Aim: p99 < 250 ms with events.",
+            "",
+            "| watch | drops | p50 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     write_section("pickup", body)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from dropbox_daemon import __version__
@@ -54,11 +53,19 @@ def cmd_submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     if args.priority is not None:
         fields["priority"] = args.priority
     handle = client.submit(
-        inbox.path, args.audio, args.template, outbox=cfg.daemon.outbox, job_id=args.job_id, **fields
+        inbox.path,
+        args.audio,
+        args.template,
+        outbox=cfg.daemon.outbox,
+        job_id=args.job_id,
+        **fields,
     )
     if not args.wait:
-        _out(args, f"submitted {handle.job_id} to inbox {inbox.name}; results in {handle.folder}",
-             {"job_id": handle.job_id, "outbox": str(handle.folder)})
+        _out(
+            args,
+            f"submitted {handle.job_id} to inbox {inbox.name}; results in {handle.folder}",
+            {"job_id": handle.job_id, "outbox": str(handle.folder)},
+        )
         return EXIT_OK
     return _wait(args, handle)
 
@@ -78,15 +85,23 @@ def _wait(args: argparse.Namespace, handle: Any) -> int:
         rec = handle.wait(timeout=args.timeout, on_progress=progress)
     except JobFailed as e:
         err = e.error or {}
-        _out(args, f"job {handle.job_id} {e.record['state']}: {err.get('message', '')}\n"
-                   f"hint: {err.get('hint', '')}\nfolder: {handle.folder}", e.record)
+        _out(
+            args,
+            f"job {handle.job_id} {e.record['state']}: {err.get('message', '')}\n"
+            f"hint: {err.get('hint', '')}\nfolder: {handle.folder}",
+            e.record,
+        )
         return EXIT_FAILURE
     except TimeoutError as e:
         _out(args, str(e), {"job_id": handle.job_id, "error": str(e)})
         return EXIT_TIMEOUT
     result = handle.folder / rec["output"]["name"]
-    _out(args, f"done: {result} ({rec['output']['duration']:.2f} s, "
-               f"{rec['output']['width']}x{rec['output']['height']})", rec)
+    _out(
+        args,
+        f"done: {result} ({rec['output']['duration']:.2f} s, "
+        f"{rec['output']['width']}x{rec['output']['height']})",
+        rec,
+    )
     return EXIT_OK
 
 
@@ -106,8 +121,11 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     active = {k: v for k, v in counts.items() if v}
     up = f"running (pid {pid})" if pid else "NOT running"
     queue = ", ".join(f"{k} {v}" for k, v in active.items()) or "no jobs yet"
-    _out(args, f"dropbox-daemon {__version__}: {up}\njobs: {queue}",
-         {"running": bool(pid), "pid": pid, "jobs": counts, "version": __version__})
+    _out(
+        args,
+        f"dropbox-daemon {__version__}: {up}\njobs: {queue}",
+        {"running": bool(pid), "pid": pid, "jobs": counts, "version": __version__},
+    )
     return EXIT_OK if pid else EXIT_FAILURE
 
 
@@ -121,8 +139,10 @@ def cmd_jobs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         return EXIT_OK
     print(f"{'JOB':<40} {'STATE':<10} {'PROG':>5} {'ENGINE':<12} {'INBOX':<10} {'TRY':>3}  CREATED")
     for j in rows:
-        print(f"{j.job_id[:40]:<40} {j.state:<10} {j.progress * 100:4.0f}% {(j.engine or '-'):<12} "
-              f"{j.inbox[:10]:<10} {j.attempts:>3}  {utc_iso(j.created_at)}")
+        print(
+            f"{j.job_id[:40]:<40} {j.state:<10} {j.progress * 100:4.0f}% {(j.engine or '-'):<12} "
+            f"{j.inbox[:10]:<10} {j.attempts:>3}  {utc_iso(j.created_at)}"
+        )
     if not rows:
         print("(no jobs)")
     return EXIT_OK
@@ -136,7 +156,7 @@ def cmd_show(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         print(f"no job {args.job!r} in {cfg.daemon.outbox}", file=sys.stderr)
         return EXIT_NOT_FOUND
     try:
-        log = (folder / "log.txt").read_text().splitlines()[-args.lines:]
+        log = (folder / "log.txt").read_text().splitlines()[-args.lines :]
     except OSError:
         log = []
     human = json.dumps(rec, indent=2) + "\n--- log.txt (last lines) ---\n" + "\n".join(log)
@@ -153,11 +173,19 @@ def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     try:
         store.outbox.clear_previous_run(job.job_id)
         job = store.transition(
-            job.job_id, "queued", expect=("failed", "cancelled"), attempts=0, error=None,
-            output=None, detail="retried by an operator",
+            job.job_id,
+            "queued",
+            expect=("failed", "cancelled"),
+            attempts=0,
+            error=None,
+            output=None,
+            detail="retried by an operator",
         )
     except IllegalTransition as e:
-        print(f"cannot retry: {e.message} (only failed or cancelled jobs are retried)", file=sys.stderr)
+        print(
+            f"cannot retry: {e.message} (only failed or cancelled jobs are retried)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     _out(args, f"{job.job_id} queued again", job.record())
     return EXIT_OK
@@ -173,15 +201,20 @@ def cmd_cancel(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         return EXIT_NOT_FOUND
     if job.state in ("queued", "received"):
         try:
-            job = store.transition(job.job_id, "cancelled", expect=("queued",), detail="cancelled by an operator")
+            job = store.transition(
+                job.job_id, "cancelled", expect=("queued",), detail="cancelled by an operator"
+            )
             _out(args, f"{job.job_id} cancelled", job.record())
             return EXIT_OK
         except IllegalTransition:
             job = store.get(args.job) or job  # it just started: cancel the running job
     if job.state in RUNNING:
         store.update(job.job_id, cancel_requested=1, log="cancel requested by an operator")
-        _out(args, f"{job.job_id}: cancel requested; the daemon stops it within seconds",
-             {"job_id": job.job_id, "cancel_requested": True})
+        _out(
+            args,
+            f"{job.job_id}: cancel requested; the daemon stops it within seconds",
+            {"job_id": job.job_id, "cancel_requested": True},
+        )
         return EXIT_OK
     print(f"{job.job_id} is {job.state}: nothing to cancel", file=sys.stderr)
     return EXIT_FAILURE
@@ -201,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"dropbox-daemon {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help=f"config file (default: ${config_mod.ENV_CONFIG} or ./config.toml)")
+    common.add_argument(
+        "--config", help=f"config file (default: ${config_mod.ENV_CONFIG} or ./config.toml)"
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -232,8 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "run": cmd_run, "submit": cmd_submit, "status": cmd_status, "jobs": cmd_jobs,
-    "show": cmd_show, "retry": cmd_retry, "cancel": cmd_cancel, "demo": cmd_demo,
+    "run": cmd_run,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "jobs": cmd_jobs,
+    "show": cmd_show,
+    "retry": cmd_retry,
+    "cancel": cmd_cancel,
+    "demo": cmd_demo,
 }
 
 

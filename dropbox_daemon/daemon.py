@@ -19,11 +19,11 @@ from loguru import logger
 
 from dropbox_daemon import drops
 from dropbox_daemon.config import Config, InboxConfig
+from dropbox_daemon.drops import candidate_for
 from dropbox_daemon.errors import ConfigError, IllegalTransition
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store import RUNNING, Job, Store, pick_next
-from dropbox_daemon.drops import candidate_for
 from dropbox_daemon.watcher import Watcher
 
 CANCEL_GRACE = 1.5  # seconds a worker gets to stop a cancelled job before it is killed
@@ -90,14 +90,20 @@ class Daemon:
         for job in self.store.recover_interrupted():
             logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
                 "job {} was running when the daemon stopped: now {} (attempt {} of {})",
-                job.job_id, job.state, job.attempts, job.max_attempts,
+                job.job_id,
+                job.state,
+                job.attempts,
+                job.max_attempts,
             )
         self._recover_orphan_claims()
         self.watcher.start()
         self.worker.start()
         logger.info(
             "dropbox-daemon {} started: {} inbox(es), outbox {}, state {}",
-            __import__("dropbox_daemon").__version__, len(self.cfg.inbox), d.outbox, d.state_dir,
+            __import__("dropbox_daemon").__version__,
+            len(self.cfg.inbox),
+            d.outbox,
+            d.state_dir,
         )
 
     def _lock_state_dir(self) -> None:
@@ -149,7 +155,8 @@ class Daemon:
         if self.current is not None:
             logger.info(
                 "stopping: waiting up to {:.0f}s for job {} to finish (send SIGTERM again to stop now)",
-                self.cfg.daemon.stop_timeout_seconds, self.current.job_id,
+                self.cfg.daemon.stop_timeout_seconds,
+                self.current.job_id,
             )
         while self.current is not None and not self.flags.immediate and time.monotonic() < deadline:
             self._handle_worker(time.time(), dispatching=False)
@@ -204,22 +211,33 @@ class Daemon:
             except Exception:  # noqa: BLE001 - one bad drop must not stop the daemon
                 logger.exception(
                     "inbox {}: taking drop {} failed; its files are kept in {} for a look",
-                    p.inbox.name, p.candidate.manifest.name, cl.dir,
+                    p.inbox.name,
+                    p.candidate.manifest.name,
+                    cl.dir,
                 )
 
     def _recover_orphan_claims(self) -> None:
         assert self.store is not None and self.intake is not None
         known = {
-            r[0] for r in self.store.conn.execute("SELECT claim_dir FROM jobs WHERE claim_dir IS NOT NULL")
+            r[0]
+            for r in self.store.conn.execute(
+                "SELECT claim_dir FROM jobs WHERE claim_dir IS NOT NULL"
+            )
         }
         for inbox in self.cfg.inbox:
             for cl in drops.own_orphans(inbox.path, self.cfg.daemon.host, known):
-                logger.warning("inbox {}: resuming claim {} left by a crash", inbox.name, cl.claim_id)
+                logger.warning(
+                    "inbox {}: resuming claim {} left by a crash", inbox.name, cl.claim_id
+                )
                 try:
                     self.intake.ingest(inbox, cl, recovered=True)
                 except Exception:  # noqa: BLE001
-                    logger.exception("inbox {}: claim {} cannot be resumed; its files stay in {}",
-                                     inbox.name, cl.claim_id, cl.dir)
+                    logger.exception(
+                        "inbox {}: claim {} cannot be resumed; its files stay in {}",
+                        inbox.name,
+                        cl.claim_id,
+                        cl.dir,
+                    )
 
     # -- the worker ---------------------------------------------------------------------
     def _dispatch(self, now: float) -> None:
@@ -231,14 +249,20 @@ class Daemon:
             return
         try:
             job = self.store.transition(
-                job.job_id, "preparing", expect=("queued",), attempts=job.attempts + 1,
+                job.job_id,
+                "preparing",
+                expect=("queued",),
+                attempts=job.attempts + 1,
                 detail=f"attempt {job.attempts + 1} of {job.max_attempts} on {self.cfg.daemon.host}",
                 progress=0.0,
             )
         except IllegalTransition:
             return  # cancelled meanwhile
         if job.config_hash and job.config_hash != self.intake.config_hash:  # type: ignore[union-attr]
-            self.store.log(job, f"config changed since the job was queued: {job.config_hash} -> {self.intake.config_hash}")  # type: ignore[union-attr]
+            self.store.log(
+                job,
+                f"config changed since the job was queued: {job.config_hash} -> {self.intake.config_hash}",
+            )  # type: ignore[union-attr]
             job = self.store.update(job.job_id, config_hash=self.intake.config_hash) or job  # type: ignore[union-attr]
         self.last_served[job.inbox] = now
         spec = job.model_dump()
@@ -249,7 +273,11 @@ class Daemon:
         self.worker.state = "busy"
         self.current = Current(job.job_id, now, now)
         logger.bind(job_id=job.job_id, trace_id=job.trace_id).info(
-            "job {} started (engine {}, inbox {}, attempt {})", job.job_id, job.engine, job.inbox, job.attempts
+            "job {} started (engine {}, inbox {}, attempt {})",
+            job.job_id,
+            job.engine,
+            job.inbox,
+            job.attempts,
         )
 
     def _handle_worker(self, now: float, dispatching: bool = True) -> None:
@@ -268,7 +296,8 @@ class Daemon:
                 self._kill_worker_for(cur.job_id, f"the job passed its time limit of {limit:.0f} s")
             elif now - cur.last_heard > self.cfg.daemon.hang_seconds:
                 self._kill_worker_for(
-                    cur.job_id, f"the worker sent nothing for {self.cfg.daemon.hang_seconds:.0f} s (hung)"
+                    cur.job_id,
+                    f"the worker sent nothing for {self.cfg.daemon.hang_seconds:.0f} s (hung)",
                 )
             elif cur.cancel_sent_at is not None and now - cur.cancel_sent_at > CANCEL_GRACE:
                 self.worker.kill()
@@ -330,10 +359,20 @@ class Daemon:
         log = logger.bind(job_id=job_id, trace_id=job.trace_id)
         if outcome == "done":
             job = self.store.transition(
-                job_id, "done", expect=RUNNING, output=msg["output"], timings=msg["timings"],
-                device=msg.get("device"), detail=f"{msg['output']['name']} in {msg['timings']['total']:.2f} s",
+                job_id,
+                "done",
+                expect=RUNNING,
+                output=msg["output"],
+                timings=msg["timings"],
+                device=msg.get("device"),
+                detail=f"{msg['output']['name']} in {msg['timings']['total']:.2f} s",
             )
-            log.info("job {} done in {:.2f}s: {}", job_id, msg["timings"]["total"], self.outbox.job_dir(job_id))
+            log.info(
+                "job {} done in {:.2f}s: {}",
+                job_id,
+                msg["timings"]["total"],
+                self.outbox.job_dir(job_id),
+            )
             return
         err = msg["error"]
         if outcome == "cancelled":
@@ -342,8 +381,12 @@ class Daemon:
         self.outbox.write_error(job_id, err)
         self.outbox.save_inputs(job_id, Path(job.claim_dir or "") / drops.DROP_SUBDIR)
         to = "rejected" if outcome == "rejected" else "failed"
-        self.store.transition(job_id, to, expect=RUNNING, error=err, detail=f"{err['code']}: {err['message']}")
-        log.warning("job {} {} ({}): {} - {}", job_id, to, err["code"], err["message"], err.get("hint", ""))
+        self.store.transition(
+            job_id, to, expect=RUNNING, error=err, detail=f"{err['code']}: {err['message']}"
+        )
+        log.warning(
+            "job {} {} ({}): {} - {}", job_id, to, err["code"], err["message"], err.get("hint", "")
+        )
 
     def _requeue(self, job_id: str, why: str, *, count_attempt: bool) -> None:
         """Put a running job back in the queue, or fail it past max_attempts."""
@@ -356,8 +399,12 @@ class Daemon:
         self._discard_partials(job_id)
         attempts = job.attempts if count_attempt else max(0, job.attempts - 1)
         if count_attempt and attempts >= job.max_attempts:
-            err = {"code": "worker_failed", "stage": job.state, "message": f"{why} (attempt {attempts} of {job.max_attempts})",
-                   "hint": "look at the daemon's log around this time; `dropbox-daemon retry` runs it again"}
+            err = {
+                "code": "worker_failed",
+                "stage": job.state,
+                "message": f"{why} (attempt {attempts} of {job.max_attempts})",
+                "hint": "look at the daemon's log around this time; `dropbox-daemon retry` runs it again",
+            }
             self.outbox.write_error(job_id, err)
             self.outbox.save_inputs(job_id, Path(job.claim_dir or "") / drops.DROP_SUBDIR)
             self.store.transition(job_id, "failed", error=err, detail=err["message"])
@@ -391,7 +438,11 @@ class Daemon:
 
     # -- for status -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "worker": self.worker.state, "current": self.current.job_id if self.current else None}
+        return {
+            "pid": os.getpid(),
+            "worker": self.worker.state,
+            "current": self.current.job_id if self.current else None,
+        }
 
 
 PID_FILE = "daemon.pid"

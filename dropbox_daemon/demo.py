@@ -26,9 +26,27 @@ def make_samples(folder: Path, ffmpeg: str, seconds: float = DEMO_SECONDS) -> tu
     # 4 syllables a second, silent every other second: audible rhythm to sync to
     expr = "0.6*sin(2*PI*180*t)*abs(sin(2*PI*2*t))*(lt(mod(t,2),1.2))"
     run = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-    subprocess.run([*run, "-f", "lavfi", "-i", f"aevalsrc='{expr}':s=16000:d={seconds}", str(audio)], check=True)
-    subprocess.run([*run, "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=3",
-                    "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "veryfast", str(template)], check=True)
+    subprocess.run(
+        [*run, "-f", "lavfi", "-i", f"aevalsrc='{expr}':s=16000:d={seconds}", str(audio)],
+        check=True,
+    )
+    subprocess.run(
+        [
+            *run,
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25:duration=3",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            str(template),
+        ],
+        check=True,
+    )
     return audio, template
 
 
@@ -63,8 +81,10 @@ def run(cfg: Config, *, json_out: bool = False) -> int:
             print(json.dumps(rec, indent=2))
         else:
             print(f"result: {result}")
-            print(f"engine {rec['engine']}, {rec['output']['duration']:.2f} s video, "
-                  f"rendered in {rec['timings']['total']:.2f} s; log: {handle.folder / 'log.txt'}")
+            print(
+                f"engine {rec['engine']}, {rec['output']['duration']:.2f} s video, "
+                f"rendered in {rec['timings']['total']:.2f} s; log: {handle.folder / 'log.txt'}"
+            )
         return 0
     finally:
         if proc is not None:

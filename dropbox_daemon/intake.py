@@ -92,34 +92,59 @@ class Intake:
             self._base_job(inbox, cl, job_id, m),
             detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} (claim {cl.claim_id})",
         )
-        return self.store.transition(job.job_id, "queued", detail=f"engine {job.engine}, priority {job.priority}")
+        return self.store.transition(
+            job.job_id, "queued", detail=f"engine {job.engine}, priority {job.priority}"
+        )
 
     def _existing(self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str) -> Job:
         prior = self.store.get(job_id)
-        rerun = prior is not None and prior.terminal and prior.state != "duplicate" and (
-            m.replace or prior.state == "rejected"
+        rerun = (
+            prior is not None
+            and prior.terminal
+            and prior.state != "duplicate"
+            and (m.replace or prior.state == "rejected")
         )
         if prior is not None and rerun:
             why = "replace = true" if m.replace else "a new drop after a rejection"
             self.outbox.clear_previous_run(job_id)
             fresh = self._base_job(inbox, cl, job_id, m)
             return self.store.transition(
-                job_id, "queued", detail=f"runs again ({why}); claim {cl.claim_id}",
-                trace_id=uuid.uuid4().hex, attempts=0, error=None, output=None, inputs=[],
-                timings={}, started_at=None, finished_at=None, claim_dir=fresh.claim_dir,
-                manifest=fresh.manifest, manifest_name=fresh.manifest_name, engine=fresh.engine,
-                priority=fresh.priority, meta=fresh.meta, callback_url=fresh.callback_url,
-                config_hash=self.config_hash, stage=None,
+                job_id,
+                "queued",
+                detail=f"runs again ({why}); claim {cl.claim_id}",
+                trace_id=uuid.uuid4().hex,
+                attempts=0,
+                error=None,
+                output=None,
+                inputs=[],
+                timings={},
+                started_at=None,
+                finished_at=None,
+                claim_dir=fresh.claim_dir,
+                manifest=fresh.manifest,
+                manifest_name=fresh.manifest_name,
+                engine=fresh.engine,
+                priority=fresh.priority,
+                meta=fresh.meta,
+                callback_url=fresh.callback_url,
+                config_hash=self.config_hash,
+                stage=None,
             )
         if prior is None and m.replace:
-            reason = "its outbox folder exists but this daemon has no record of it (another host's job?)"
+            reason = (
+                "its outbox folder exists but this daemon has no record of it (another host's job?)"
+            )
         elif prior is not None and m.replace:
             reason = f"it is still {prior.state}; replace applies once it has ended"
         else:
-            reason = f"job {job_id} already exists ({prior.state if prior else 'outbox folder present'})"
+            reason = (
+                f"job {job_id} already exists ({prior.state if prior else 'outbox folder present'})"
+            )
         return self._duplicate(inbox, cl, m, job_id, reason)
 
-    def _duplicate(self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str, reason: str) -> Job:
+    def _duplicate(
+        self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str, reason: str
+    ) -> Job:
         for n in range(1, MAX_DUPLICATES):
             dup_id = f"{job_id}.dup-{n}"
             if self.outbox.reserve(dup_id):
@@ -127,11 +152,14 @@ class Intake:
         else:
             raise RuntimeError(f"more than {MAX_DUPLICATES} duplicates of {job_id}")
         job = self._base_job(inbox, cl, dup_id, m).model_copy(update={"duplicate_of": job_id})
-        self.store.create(job, detail=f"drop {cl.candidate.manifest.name!r} repeats job_id {job_id}")
+        self.store.create(
+            job, detail=f"drop {cl.candidate.manifest.name!r} repeats job_id {job_id}"
+        )
         self.outbox.save_inputs(dup_id, cl.drop_dir)
         logger.info("inbox {}: drop repeats job {}; answered as {}", inbox.name, job_id, dup_id)
         return self.store.transition(
-            dup_id, "duplicate",
+            dup_id,
+            "duplicate",
             detail=f"not run again: {reason}; add replace = true to run it again",
         )
 
@@ -150,7 +178,10 @@ class Intake:
                 self.outbox.save_inputs(job_id, cl.drop_dir)
                 self.outbox.write_error(job_id, err.to_dict())
                 return self.store.update(  # type: ignore[return-value]
-                    job_id, claim_dir=str(cl.dir), error=err.to_dict(), finished_at=time.time(),
+                    job_id,
+                    claim_dir=str(cl.dir),
+                    error=err.to_dict(),
+                    finished_at=time.time(),
                     log=f"rejected again: {err.message}",
                 )
             job_id = generated_id(cl.candidate.stem, cl.claim_id)
@@ -164,4 +195,6 @@ class Intake:
         logger.bind(job_id=job_id, trace_id=job.trace_id).warning(
             "inbox {}: drop {} rejected ({}): {}", inbox.name, job_id, err.code, err.message
         )
-        return self.store.transition(job_id, "rejected", detail=f"{err.code}: {err.message}", error=err.to_dict())
+        return self.store.transition(
+            job_id, "rejected", detail=f"{err.code}: {err.message}", error=err.to_dict()
+        )

@@ -11,7 +11,15 @@ from loguru import logger
 from dropbox_daemon.config import Config
 
 # syslog priorities that journald reads from a "<N>" line prefix
-PRIORITY = {"TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+PRIORITY = {
+    "TRACE": 7,
+    "DEBUG": 7,
+    "INFO": 6,
+    "SUCCESS": 5,
+    "WARNING": 4,
+    "ERROR": 3,
+    "CRITICAL": 2,
+}
 
 
 def _job_part(record: Any) -> str:
@@ -36,7 +44,12 @@ def setup(cfg: Config, *, to_file: bool = True) -> None:
         logdir = cfg.daemon.state_dir / "logs"
         logdir.mkdir(parents=True, exist_ok=True)
         logger.add(
-            logdir / "daemon.jsonl", level=level, serialize=True,
-            rotation=cfg.daemon.log.rotation, retention=cfg.daemon.log.retention,
-            enqueue=False, backtrace=False, diagnose=False,
+            logdir / "daemon.jsonl",
+            level=level,
+            serialize=True,
+            rotation=cfg.daemon.log.rotation,
+            retention=cfg.daemon.log.retention,
+            enqueue=False,
+            backtrace=False,
+            diagnose=False,
         )

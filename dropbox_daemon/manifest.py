@@ -123,14 +123,14 @@ def _rejection_from(err: ValidationError) -> RejectedDrop:
             f"required field {field!r} is missing",
             code="missing_field",
             field=field,
-            hint=f"add {field} = \"<file name next to the manifest>\"",
+            hint=f'add {field} = "<file name next to the manifest>"',
         )
     if field == "job_id":
         return RejectedDrop(
             f"job_id {shown} is not allowed: {first['msg'].removeprefix('Value error, ')}",
             code="bad_job_id",
             field=field,
-            hint="use e.g. job_id = \"welcome-001\", or leave it out to get a generated id",
+            hint='use e.g. job_id = "welcome-001", or leave it out to get a generated id',
         )
     if field == "version":
         return RejectedDrop(
@@ -164,7 +164,9 @@ def read_raw(path: Path, limits: LimitsConfig) -> dict[str, Any]:
         )
     if st.st_size == 0:
         raise RejectedDrop(
-            "manifest file is empty", code="empty_manifest", field="(file)",
+            "manifest file is empty",
+            code="empty_manifest",
+            field="(file)",
             hint="write the manifest under a temporary name and rename it when complete",
         )
     raw = path.read_bytes()[: limits.max_manifest_bytes + 1]
@@ -179,7 +181,9 @@ def read_raw(path: Path, limits: LimitsConfig) -> dict[str, Any]:
         ) from e
     if "\x00" in text:
         raise RejectedDrop(
-            "manifest contains NUL bytes", code="manifest_encoding", field="(file)",
+            "manifest contains NUL bytes",
+            code="manifest_encoding",
+            field="(file)",
             hint="save the manifest as plain UTF-8 text",
         )
     is_toml = path.name.lower().endswith(".toml")
@@ -211,7 +215,9 @@ def validate(data: dict[str, Any]) -> Manifest:
         raise _rejection_from(e) from e
     except RecursionError as e:
         raise RejectedDrop(
-            "manifest is nested too deeply", code="manifest_syntax", field="meta",
+            "manifest is nested too deeply",
+            code="manifest_syntax",
+            field="meta",
             hint="keep meta shallow",
         ) from e
 
@@ -222,7 +228,9 @@ def check_media_path(
     """Resolve a media path named by a manifest; RejectedDrop unless it is a safe file."""
     if not value or "\x00" in value or "\n" in value:
         raise RejectedDrop(
-            f"{field}: {value!r} is not a usable file name", code="invalid_path", field=field,
+            f"{field}: {value!r} is not a usable file name",
+            code="invalid_path",
+            field=field,
             hint="name a file beside the manifest, e.g. welcome.wav",
         )
     pure = PurePosixPath(value.replace("\\", "/"))

@@ -38,7 +38,9 @@ def options_for(job: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """The job's output options: the manifest's [output], then the inbox's, then defaults."""
     inbox = cfg.inbox_by_name(job["inbox"])
     opts = inbox.output.model_dump()
-    given = {k: v for k, v in ((job.get("manifest") or {}).get("output") or {}).items() if v is not None}
+    given = {
+        k: v for k, v in ((job.get("manifest") or {}).get("output") or {}).items() if v is not None
+    }
     opts.update(given)
     return opts
 
@@ -61,24 +63,41 @@ def run(
     audio = probe_audio(audio_path, limits)
     visual = probe_visual(template_path, limits)
     inputs = [
-        {"field": "audio", "name": manifest["audio"], "bytes": audio_path.stat().st_size,
-         "sha256": sha256_file(audio_path), **audio.to_dict()},
-        {"field": "template", "name": manifest["template"], "bytes": template_path.stat().st_size,
-         "sha256": sha256_file(template_path), **visual.to_dict()},
+        {
+            "field": "audio",
+            "name": manifest["audio"],
+            "bytes": audio_path.stat().st_size,
+            "sha256": sha256_file(audio_path),
+            **audio.to_dict(),
+        },
+        {
+            "field": "template",
+            "name": manifest["template"],
+            "bytes": template_path.stat().st_size,
+            "sha256": sha256_file(template_path),
+            **visual.to_dict(),
+        },
     ]
     emit({"type": "inputs", "inputs": inputs})
-    emit({"type": "log", "message": (
-        f"inputs: audio {audio.duration:.3f} s {audio.codec} {audio.sample_rate} Hz; "
-        f"template {visual.kind} {visual.width}x{visual.height} {visual.codec}"
-        + (f" {visual.fps:g} fps" if visual.fps else "")
-    )})
+    emit(
+        {
+            "type": "log",
+            "message": (
+                f"inputs: audio {audio.duration:.3f} s {audio.codec} {audio.sample_rate} Hz; "
+                f"template {visual.kind} {visual.width}x{visual.height} {visual.codec}"
+                + (f" {visual.fps:g} fps" if visual.fps else "")
+            ),
+        }
+    )
     fps = float(opts["fps"] or visual.fps or cfg.media.default_fps)
     fps = min(fps, limits.max_fps)
     size = output_size(visual.width, visual.height, opts["height"])
     if size[0] * size[1] > limits.max_pixels:
         raise MediaError(
             f"output of {size[0]}x{size[1]} pixels is over the limit of {limits.max_pixels}",
-            code="too_many_pixels", stage="preparing", hint="set a smaller output.height",
+            code="too_many_pixels",
+            stage="preparing",
+            hint="set a smaller output.height",
         )
     n_frames = frame_count(audio.duration, fps)
     timings["prepare"] = time.monotonic() - t0
@@ -93,18 +112,36 @@ def run(
     partial = out_dir / f".{opts['name']}.{os.getpid()}.partial"
     metadata = dict(AI_TAGS) if opts["ai_label"] else {}
     args = encode_args(
-        ffmpeg_binary(cfg.media.ffmpeg), partial, size=size, fps=fps, audio_path=audio_path,
-        duration=audio.duration, crf=opts["crf"], preset=opts["preset"],
-        audio_bitrate=cfg.media.audio_bitrate, metadata=metadata,
+        ffmpeg_binary(cfg.media.ffmpeg),
+        partial,
+        size=size,
+        fps=fps,
+        audio_path=audio_path,
+        duration=audio.duration,
+        crf=opts["crf"],
+        preset=opts["preset"],
+        audio_bitrate=cfg.media.audio_bitrate,
+        metadata=metadata,
         threads=cfg.media.encode_threads,
     )
     ctx = RenderContext(
-        job_id=job["job_id"], audio_path=audio_path, audio_duration=audio.duration, fps=fps,
-        n_frames=n_frames, size=size, work_dir=claim_dir, options=opts,
+        job_id=job["job_id"],
+        audio_path=audio_path,
+        audio_duration=audio.duration,
+        fps=fps,
+        n_frames=n_frames,
+        size=size,
+        work_dir=claim_dir,
+        options=opts,
         log=lambda m: emit({"type": "log", "message": m}),
     )
     source = TemplateFrames(
-        template_path, visual, size, fps, n_frames, claim_dir / "loop-cache.raw",
+        template_path,
+        visual,
+        size,
+        fps,
+        n_frames,
+        claim_dir / "loop-cache.raw",
         limits.max_loop_cache_bytes,
     )
     encoder = Encoder(args, claim_dir / "ffmpeg.log")
@@ -123,8 +160,14 @@ def run(
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY:
                 last = now
-                emit({"type": "progress", "progress": done / n_frames * 0.95, "frames": done,
-                      "fps": done / max(now - t1, 1e-6)})
+                emit(
+                    {
+                        "type": "progress",
+                        "progress": done / n_frames * 0.95,
+                        "frames": done,
+                        "fps": done / max(now - t1, 1e-6),
+                    }
+                )
         timings["render"] = time.monotonic() - t1
         emit({"type": "stage", "stage": "encoding"})
         t2 = time.monotonic()
@@ -137,7 +180,9 @@ def run(
         partial.unlink(missing_ok=True)
         raise MediaError(
             f"the engine produced {done} frames, {n_frames} were needed",
-            code="frame_count", stage="rendering", hint="this is a bug in the engine; report it",
+            code="frame_count",
+            stage="rendering",
+            hint="this is a bug in the engine; report it",
         )
 
     # -- check the result before anyone can see it ------------------------------
@@ -155,7 +200,9 @@ def run(
         partial.unlink(missing_ok=True)
         raise MediaError(
             "the rendered video failed its check: " + "; ".join(problems),
-            code="output_check", stage="encoding", hint="retry the job; if it repeats, report it",
+            code="output_check",
+            stage="encoding",
+            hint="retry the job; if it repeats, report it",
         )
     if poster is not None:
         ok, jpg = cv2.imencode(".jpg", poster, [cv2.IMWRITE_JPEG_QUALITY, 85])

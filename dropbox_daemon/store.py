@@ -250,7 +250,9 @@ class Store:
             (job.job_id, now, from_state, job.state, detail),
         )
         arrow = f"{from_state} -> {job.state}" if from_state else job.state
-        self.outbox.log(job.job_id, job.trace_id, f"state {arrow}" + (f": {detail}" if detail else ""), at=now)
+        self.outbox.log(
+            job.job_id, job.trace_id, f"state {arrow}" + (f": {detail}" if detail else ""), at=now
+        )
         self.outbox.write_task(job.record())
 
     # -- the state machine ----------------------------------------------------
@@ -265,7 +267,12 @@ class Store:
         return job
 
     def transition(
-        self, job_id: str, to: str, *, detail: str = "", expect: tuple[str, ...] | None = None,
+        self,
+        job_id: str,
+        to: str,
+        *,
+        detail: str = "",
+        expect: tuple[str, ...] | None = None,
         **changes: Any,
     ) -> Job:
         """Move a job to state `to` (IllegalTransition if the machine forbids it), with field changes."""
@@ -353,12 +360,13 @@ class Store:
         return out
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        return list(
-            self.db.query("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
-        )
+        return list(self.db.query("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,)))
 
     def exists(self, job_id: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone() is not None
+        return (
+            self.conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            is not None
+        )
 
     def cancel_requested(self) -> list[Job]:
         return self._query("SELECT * FROM jobs WHERE cancel_requested = 1")

@@ -35,8 +35,21 @@ from dropbox_daemon.drops import DROPBOX_DIR
 MOVE_PAIRING_SECONDS = 0.01
 
 NETWORK_FS = {
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs",
-    "afs", "davfs", "ncpfs", "beegfs", "virtiofs",
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "ceph",
+    "glusterfs",
+    "lustre",
+    "gpfs",
+    "afs",
+    "davfs",
+    "ncpfs",
+    "beegfs",
+    "virtiofs",
 }
 
 
@@ -101,7 +114,10 @@ class Watcher:
     """One observer per inbox feeding `hints`; start() and stop() are its whole life."""
 
     def __init__(
-        self, inboxes: list[InboxConfig], poll_seconds: float, wake: Callable[[], None] = lambda: None
+        self,
+        inboxes: list[InboxConfig],
+        poll_seconds: float,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.inboxes = inboxes
         self.wake = wake
@@ -116,20 +132,30 @@ class Watcher:
             mode, why = watch_mode(inbox)
             self.modes[inbox.name] = mode
             if mode == "rescan":
-                logger.info("inbox {}: no observer, rescans every {}s ({})", inbox.name, self.poll_seconds, why)
+                logger.info(
+                    "inbox {}: no observer, rescans every {}s ({})",
+                    inbox.name,
+                    self.poll_seconds,
+                    why,
+                )
                 continue
             obs: BaseObserver
             if mode == "poll":
                 obs = PollingObserver(timeout=self.poll_seconds)
             else:
                 obs = Observer()
-            obs.schedule(_Handler(inbox.name, self.hints, self.wake), str(inbox.path), recursive=True)
+            obs.schedule(
+                _Handler(inbox.name, self.hints, self.wake), str(inbox.path), recursive=True
+            )
             try:
                 obs.start()
             except OSError as e:
                 logger.warning(
                     "inbox {}: cannot watch {} for events ({}); relying on rescans every {}s",
-                    inbox.name, inbox.path, e, self.poll_seconds,
+                    inbox.name,
+                    inbox.path,
+                    e,
+                    self.poll_seconds,
                 )
                 self.modes[inbox.name] = "rescan"
                 continue

@@ -85,7 +85,12 @@ def _serve(conn: Connection, cfg: Config) -> None:
                 t = time.monotonic()
                 eng.load()
                 loaded[name] = eng
-                emit({"type": "log", "message": f"engine {name} loaded in {time.monotonic() - t:.2f} s"})
+                emit(
+                    {
+                        "type": "log",
+                        "message": f"engine {name} loaded in {time.monotonic() - t:.2f} s",
+                    }
+                )
             engine = loaded[name]
             result = pipeline.run(job, cfg, engine, emit, cancels[job_id])
             emit({"type": "result", "outcome": "done", "device": engine.device, **result})
@@ -100,11 +105,19 @@ def _serve(conn: Connection, cfg: Config) -> None:
             logger.bind(job_id=job_id, trace_id=job.get("trace_id")).error(
                 "job {} crashed in the worker; it fails and the worker goes on:\n{}", job_id, tb
             )
-            emit({"type": "result", "outcome": "failed", "error": {
-                "code": "internal", "stage": "rendering",
-                "message": f"unexpected error: {type(e).__name__}: {e}",
-                "hint": "this is a bug; the traceback is in the daemon's log", "traceback": tb[-4000:],
-            }})
+            emit(
+                {
+                    "type": "result",
+                    "outcome": "failed",
+                    "error": {
+                        "code": "internal",
+                        "stage": "rendering",
+                        "message": f"unexpected error: {type(e).__name__}: {e}",
+                        "hint": "this is a bug; the traceback is in the daemon's log",
+                        "traceback": tb[-4000:],
+                    },
+                }
+            )
         finally:
             cancels.pop(job_id, None)
 
@@ -227,7 +240,9 @@ class WorkerHandle:
         self.send({"type": "stop"})
         self.proc.join(timeout)
         if self.proc.is_alive():
-            logger.warning("worker (pid {}) did not stop within {:.0f}s; killing it", self.proc.pid, timeout)
+            logger.warning(
+                "worker (pid {}) did not stop within {:.0f}s; killing it", self.proc.pid, timeout
+            )
             self.kill()
         self._close()
 

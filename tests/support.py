@@ -21,7 +21,9 @@ FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 TERMINAL = {"done", "failed", "cancelled", "rejected", "duplicate"}
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, daemon: DaemonProc | None = None) -> Any:
+def wait_for(
+    cond: Callable[[], Any], timeout: float, what: str, daemon: DaemonProc | None = None
+) -> Any:
     """Poll `cond` until it returns something truthy; fail with `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -35,7 +37,9 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, daemon: DaemonP
 
 
 def ffmpeg(*args: str) -> None:
-    subprocess.run([FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+    subprocess.run(
+        [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True
+    )
 
 
 def make_tone(path: Path, seconds: float, rate: int = 16000) -> Path:
@@ -45,13 +49,26 @@ def make_tone(path: Path, seconds: float, rate: int = 16000) -> Path:
 
 
 def make_video(path: Path, seconds: float, size: str = "320x240", rate: int = 25) -> Path:
-    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}",
-           "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast", str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        str(path),
+    )
     return path
 
 
 def make_image(path: Path, size: str = "320x240") -> Path:
-    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate=1:duration=1", "-frames:v", "1", str(path))
+    ffmpeg(
+        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=1:duration=1", "-frames:v", "1", str(path)
+    )
     return path
 
 
@@ -93,9 +110,15 @@ def put_manifest(dest: Path, data: dict[str, Any] | str | bytes) -> Path:
 class DaemonProc:
     """`dropbox-daemon run` as a subprocess on its own inbox, outbox and state folders."""
 
-    def __init__(self, root: Path, *, inbox: dict[str, Any] | None = None,
-                 daemon: dict[str, Any] | None = None, limits: dict[str, Any] | None = None,
-                 extra_inboxes: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        inbox: dict[str, Any] | None = None,
+        daemon: dict[str, Any] | None = None,
+        limits: dict[str, Any] | None = None,
+        extra_inboxes: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.root = root
         self.inbox = root / "inbox"
         self.outbox = root / "outbox"
@@ -104,11 +127,21 @@ class DaemonProc:
         self.config = root / "config.toml"
         self.proc: subprocess.Popen[bytes] | None = None
         self.logfile = root / "daemon.log"
-        d = {"state_dir": str(self.state), "outbox": str(self.outbox), "rescan_seconds": 1.0,
-             "hang_seconds": 60.0, "stop_timeout_seconds": 20.0, **(daemon or {})}
+        d = {
+            "state_dir": str(self.state),
+            "outbox": str(self.outbox),
+            "rescan_seconds": 1.0,
+            "hang_seconds": 60.0,
+            "stop_timeout_seconds": 20.0,
+            **(daemon or {}),
+        }
         i = {"name": "default", "path": str(self.inbox), "settle_seconds": 0.5, **(inbox or {})}
-        lines = ["[daemon]", *(f"{k} = {toml_value(v)}" for k, v in d.items()), "[daemon.log]",
-                 'level = "DEBUG"']
+        lines = [
+            "[daemon]",
+            *(f"{k} = {toml_value(v)}" for k, v in d.items()),
+            "[daemon.log]",
+            'level = "DEBUG"',
+        ]
         for box in [i, *(extra_inboxes or [])]:
             lines += ["[[inbox]]", *(f"{k} = {toml_value(v)}" for k, v in box.items())]
         if limits:
@@ -119,10 +152,15 @@ class DaemonProc:
         log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-        wait_for(lambda: "worker ready" in self.log_text() or self.proc.poll() is not None,
-                 60, "the daemon to start", self)
+        wait_for(
+            lambda: "worker ready" in self.log_text() or self.proc.poll() is not None,
+            60,
+            "the daemon to start",
+            self,
+        )
         assert self.proc.poll() is None, self.log_tail()
         return self
 
@@ -152,7 +190,9 @@ class DaemonProc:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "dropbox_daemon", *args, "--config", str(self.config)],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def task(self, job_id: str) -> dict[str, Any] | None:
@@ -161,10 +201,16 @@ class DaemonProc:
         except (OSError, ValueError):
             return None
 
-    def wait_state(self, job_id: str, states: set[str] | str = TERMINAL, timeout: float = 60) -> dict[str, Any]:
+    def wait_state(
+        self, job_id: str, states: set[str] | str = TERMINAL, timeout: float = 60
+    ) -> dict[str, Any]:
         want = {states} if isinstance(states, str) else states
-        return wait_for(lambda: (t := self.task(job_id)) and t["state"] in want and t,
-                        timeout, f"job {job_id} to reach {sorted(want)}", self)
+        return wait_for(
+            lambda: (t := self.task(job_id)) and t["state"] in want and t,
+            timeout,
+            f"job {job_id} to reach {sorted(want)}",
+            self,
+        )
 
     def tasks(self) -> list[dict[str, Any]]:
         out = []

@@ -18,14 +18,23 @@ def test_repo_config_loads_with_defaults() -> None:
     assert len(cfg.config_hash()) == 12
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ('[[inbox]]\nname = "a"\npath = "x"\nsettle_seconds = "slow"\n', "inbox.[0].settle_seconds"),
-    ('[[inbox]]\nname = "a"\npath = "x"\nwatch = "inotify"\n', "inbox.[0].watch"),
-    ('[daemon]\nmax_atempts = 3\n[[inbox]]\nname = "a"\npath = "x"\n', "daemon.max_atempts: unknown key"),
-    ("[daemon]\n", "at least one [[inbox]]"),
-    ('[[inbox]]\nname = "a"\npath = "x"\n[[inbox]]\nname = "a"\npath = "y"\n', "repeated: a"),
-    ("[[inbox]\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            '[[inbox]]\nname = "a"\npath = "x"\nsettle_seconds = "slow"\n',
+            "inbox.[0].settle_seconds",
+        ),
+        ('[[inbox]]\nname = "a"\npath = "x"\nwatch = "inotify"\n', "inbox.[0].watch"),
+        (
+            '[daemon]\nmax_atempts = 3\n[[inbox]]\nname = "a"\npath = "x"\n',
+            "daemon.max_atempts: unknown key",
+        ),
+        ("[daemon]\n", "at least one [[inbox]]"),
+        ('[[inbox]]\nname = "a"\npath = "x"\n[[inbox]]\nname = "a"\npath = "y"\n', "repeated: a"),
+        ("[[inbox]\n", "not valid TOML"),
+    ],
+)
 def test_bad_config_names_file_and_key(tmp_path, text: str, needle: str) -> None:  # noqa: ANN001
     p = tmp_path / "bad.toml"
     p.write_text(text)
@@ -49,7 +58,11 @@ def test_cli_reports_bad_config_and_exits_3(tmp_path) -> None:  # noqa: ANN001
 
     p = tmp_path / "c.toml"
     p.write_text('[[inbox]]\nname = "x"\npath = "in"\nkeep_days = -1\n')
-    r = subprocess.run([sys.executable, "-m", "dropbox_daemon", "run", "--config", str(p)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 3
     assert "keep_days" in r.stderr and str(p) in r.stderr

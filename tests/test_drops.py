@@ -9,8 +9,20 @@ import pytest
 from dropbox_daemon.drops import Candidate, Settler, claim, is_ignored_name, scan
 
 
-@pytest.mark.parametrize("name", [".x.tmp", "a.part", "a.json.partial", "b.crdownload",
-                                  ".name.AbC123", "file~", ".hidden.json", "#auto#", "x.json.swp"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".x.tmp",
+        "a.part",
+        "a.json.partial",
+        "b.crdownload",
+        ".name.AbC123",
+        "file~",
+        ".hidden.json",
+        "#auto#",
+        "x.json.swp",
+    ],
+)
 def test_ignored_names(name: str) -> None:
     assert is_ignored_name(name)
 
@@ -78,3 +90,30 @@ def test_claim_has_exactly_one_winner(tmp_path) -> None:  # noqa: ANN001
     assert wins[0].manifest.exists() and not m.exists()
     # losers leave no empty claim folders behind
     assert len(os.listdir(inbox / ".dropbox" / "claimed")) == 1
+
+
+def test_network_file_systems_are_polled(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from dropbox_daemon.config import InboxConfig
+    from dropbox_daemon.watcher import mount_of, watch_mode
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/vda / ext4 rw 0 0\n"
+        f"server:/export {tmp_path}/nfs nfs4 rw 0 0\n"
+        f"//nas/share {tmp_path}/smb cifs rw 0 0\n"
+        f"sshfs#me@h: {tmp_path}/fuse fuse.sshfs rw 0 0\n"
+    )
+    for sub, fstype in (("nfs", "nfs4"), ("smb", "cifs"), ("fuse", "fuse.sshfs")):
+        (tmp_path / sub / "inbox").mkdir(parents=True)
+        assert mount_of(tmp_path / sub / "inbox", str(mounts)) == (f"{tmp_path}/{sub}", fstype)
+    assert mount_of(tmp_path, str(mounts))[1] == "ext4"
+
+    import dropbox_daemon.watcher as w
+
+    orig = w.mount_of
+    monkeypatch.setattr(w, "mount_of", lambda p: orig(p, str(mounts)))
+    nfs = InboxConfig(name="n", path=tmp_path / "nfs" / "inbox")
+    assert watch_mode(nfs)[0] == "poll" and "nfs4" in watch_mode(nfs)[1]
+    assert watch_mode(InboxConfig(name="l", path=tmp_path))[0] == "events"
+    forced = InboxConfig(name="f", path=tmp_path / "nfs" / "inbox", watch="events")
+    assert watch_mode(forced)[0] == "events"

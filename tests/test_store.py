@@ -34,7 +34,13 @@ def test_happy_path_writes_task_json_and_events(store: Store, tmp_path) -> None:
     task = json.loads((tmp_path / "outbox" / "j" / "task.json").read_text())
     assert task["state"] == "done" and task["progress"] == 1.0 and task["finished_at"].endswith("Z")
     assert [e["to_state"] for e in store.events("j")] == [
-        "received", "queued", "preparing", "rendering", "encoding", "done"]
+        "received",
+        "queued",
+        "preparing",
+        "rendering",
+        "encoding",
+        "done",
+    ]
     log = (tmp_path / "outbox" / "j" / "log.txt").read_text().splitlines()
     assert len(log) == 6 and all(f"trace={task['trace_id']}" in line for line in log)
 

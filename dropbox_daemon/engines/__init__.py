@@ -26,6 +26,7 @@ def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
         return PassthroughEngine()
     raise EngineError(
         f"engine {name!r} is not available in this version (available: {', '.join(AVAILABLE)})",
-        code="engine_unavailable", stage="preparing",
+        code="engine_unavailable",
+        stage="preparing",
         hint='set engine = "passthrough" in the manifest, or upgrade the daemon',
     )

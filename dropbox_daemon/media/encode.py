@@ -120,6 +120,8 @@ class Encoder:
         except OSError:
             tail = ""
         return MediaError(
-            f"{what}: {tail or '(no output)'}", code="encode_failed", stage="encoding",
+            f"{what}: {tail or '(no output)'}",
+            code="encode_failed",
+            stage="encoding",
             hint="check free disk space; the full ffmpeg log is in the job's claim folder",
         )

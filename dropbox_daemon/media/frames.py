@@ -119,7 +119,8 @@ class TemplateFrames:
             raise RenderError(
                 f"the template is too long to loop at this size: {frames} frames of "
                 f"{self.size[0]}x{self.size[1]} need {frames * self.frame_bytes >> 20} MiB of loop cache",
-                code="template_too_long", stage="rendering",
+                code="template_too_long",
+                stage="rendering",
                 hint="trim the template, lower output.height, or raise [limits] max_loop_cache_bytes",
             )
 
@@ -142,8 +143,10 @@ class TemplateFrames:
             self.source_frames = i
             if i == 0:
                 raise RenderError(
-                    "the template has no frame to show", code="template_invalid",
-                    stage="rendering", hint="check that the template plays",
+                    "the template has no frame to show",
+                    code="template_invalid",
+                    stage="rendering",
+                    hint="check that the template plays",
                 )
             if not loops:
                 # The container overstated its length: decode again into the cache.
@@ -162,7 +165,9 @@ class TemplateFrames:
                     if got != self.frame_bytes:
                         raise RenderError(
                             f"loop cache read {got} of {self.frame_bytes} bytes at frame {idx}",
-                            code="io_error", stage="rendering", hint="check the disk of the inbox",
+                            code="io_error",
+                            stage="rendering",
+                            hint="check the disk of the inbox",
                         )
                     yield buf
             finally:

@@ -68,7 +68,9 @@ def probe_audio(path: Path, limits: LimitsConfig, field: str = "audio") -> Audio
             if not c.streams.audio:
                 raise RejectedDrop(
                     f"{field}: {path.name!r} has no audio stream (it is {c.format.name})",
-                    code="audio_invalid", field=field, stage="preparing",
+                    code="audio_invalid",
+                    field=field,
+                    stage="preparing",
                     hint="drop a wav, mp3, m4a/aac, flac or ogg/opus file",
                 )
             stream = c.streams.audio[0]
@@ -94,13 +96,17 @@ def probe_audio(path: Path, limits: LimitsConfig, field: str = "audio") -> Audio
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
         raise RejectedDrop(
             f"{field}: {path.name!r} is not readable audio: {_short(e)}",
-            code="audio_invalid", field=field, stage="preparing",
+            code="audio_invalid",
+            field=field,
+            stage="preparing",
             hint="drop a wav, mp3, m4a/aac, flac or ogg/opus file; check that it plays",
         ) from e
     if info.duration < 0.04:
         raise RejectedDrop(
             f"{field}: {path.name!r} holds no sound ({info.duration:.3f} s decoded)",
-            code="audio_empty", field=field, stage="preparing",
+            code="audio_empty",
+            field=field,
+            stage="preparing",
             hint="the file may be truncated; export it again",
         )
     return info
@@ -109,7 +115,9 @@ def probe_audio(path: Path, limits: LimitsConfig, field: str = "audio") -> Audio
 def _too_long(field: str, path: Path, seconds: float, limits: LimitsConfig) -> RejectedDrop:
     return RejectedDrop(
         f"{field}: {path.name!r} lasts {seconds:.0f} s, over the limit of {limits.max_audio_seconds:.0f} s",
-        code="audio_too_long", field=field, stage="preparing",
+        code="audio_too_long",
+        field=field,
+        stage="preparing",
         hint="split it into shorter jobs, or raise [limits] max_audio_seconds",
     )
 
@@ -122,7 +130,10 @@ def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> V
             if not c.streams.video:
                 raise RejectedDrop(
                     f"{field}: {path.name!r} has no picture (it is {c.format.name})",
-                    code="template_invalid", field=field, stage="preparing", hint=hint,
+                    code="template_invalid",
+                    field=field,
+                    stage="preparing",
+                    hint=hint,
                 )
             stream = c.streams.video[0]
             cc = stream.codec_context
@@ -130,7 +141,9 @@ def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> V
             if w * h > limits.max_pixels or w <= 0 or h <= 0:
                 raise RejectedDrop(
                     f"{field}: {path.name!r} is {w}x{h} pixels, over the limit of {limits.max_pixels}",
-                    code="too_many_pixels", field=field, stage="preparing",
+                    code="too_many_pixels",
+                    field=field,
+                    stage="preparing",
                     hint="scale it down (e.g. to 1920x1080) or raise [limits] max_pixels",
                 )
             fmt = c.format.name
@@ -139,7 +152,10 @@ def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> V
             if first is None:
                 raise RejectedDrop(
                     f"{field}: {path.name!r} has no decodable frame",
-                    code="template_invalid", field=field, stage="preparing", hint=hint,
+                    code="template_invalid",
+                    field=field,
+                    stage="preparing",
+                    hint=hint,
                 )
             if is_image:
                 return VisualInfo("image", w, h, None, None, 1, cc.name, fmt)
@@ -148,7 +164,9 @@ def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> V
             if not 0 < fps <= limits.max_fps:
                 raise RejectedDrop(
                     f"{field}: {path.name!r} has a frame rate of {fps:g}, outside 0..{limits.max_fps:g}",
-                    code="template_invalid", field=field, stage="preparing",
+                    code="template_invalid",
+                    field=field,
+                    stage="preparing",
                     hint="re-encode it at 25 or 30 frames per second",
                 )
             duration = None
@@ -159,7 +177,9 @@ def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> V
             if duration and duration > limits.max_template_seconds:
                 raise RejectedDrop(
                     f"{field}: {path.name!r} lasts {duration:.0f} s, over the limit of {limits.max_template_seconds:.0f} s",
-                    code="template_too_long", field=field, stage="preparing",
+                    code="template_too_long",
+                    field=field,
+                    stage="preparing",
                     hint="trim the template; it is looped to the audio's length anyway",
                 )
             frames = stream.frames or (round(duration * fps) if duration else None)
@@ -169,7 +189,10 @@ def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> V
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError, StopIteration) as e:
         raise RejectedDrop(
             f"{field}: {path.name!r} is not a readable image or video: {_short(e)}",
-            code="template_invalid", field=field, stage="preparing", hint=hint,
+            code="template_invalid",
+            field=field,
+            stage="preparing",
+            hint=hint,
         ) from e
 
 
@@ -206,6 +229,8 @@ def probe_result(path: Path) -> ResultInfo:
             )
     except (av.FFmpegError, IndexError, OSError) as e:
         raise MediaError(
-            f"the rendered file cannot be read back: {_short(e)}", code="output_invalid",
-            stage="encoding", hint="look at ffmpeg.log in the job's claim folder",
+            f"the rendered file cannot be read back: {_short(e)}",
+            code="output_invalid",
+            stage="encoding",
+            hint="look at ffmpeg.log in the job's claim folder",
         ) from e

@@ -88,8 +88,12 @@ def test_bad_drops_are_rejected_with_specific_codes(daemon, media, tmp_path) -> 
     def by_manifest() -> dict[str, dict]:
         return {t["manifest_name"]: t for t in daemon.tasks() if t["state"] in ("rejected",)}
 
-    found = wait_for(lambda: (r := by_manifest()) and len(r) >= len(table) and r, 90,
-                     "every bad drop to be rejected", daemon)
+    found = wait_for(
+        lambda: (r := by_manifest()) and len(r) >= len(table) and r,
+        90,
+        "every bad drop to be rejected",
+        daemon,
+    )
     for c, (_content, code, field) in table.items():
         name = f"{c}.{'toml' if c == 'syntax-toml' else 'json'}"
         task = found[name]
@@ -102,27 +106,45 @@ def test_bad_drops_are_rejected_with_specific_codes(daemon, media, tmp_path) -> 
         assert task["error"] == err
         assert (folder / "input" / name).exists(), (c, list((folder / "input").iterdir()))
     # the drop's media were kept too, and nothing outside the inbox changed
-    assert (daemon.outbox / found["text-as-wav.json"]["job_id"] / "input" / "text-as-wav-text.wav").exists()
-    assert (daemon.outbox / found["zip-as-mp4.json"]["job_id"] / "input" / "zip-as-mp4-zip.mp4").exists()
+    assert (
+        daemon.outbox / found["text-as-wav.json"]["job_id"] / "input" / "text-as-wav-text.wav"
+    ).exists()
+    assert (
+        daemon.outbox / found["zip-as-mp4.json"]["job_id"] / "input" / "zip-as-mp4-zip.mp4"
+    ).exists()
     assert Path("/etc/hostname").read_bytes() == hostname_before
     assert outside.read_bytes() == media.tone.read_bytes()
     # salvaged job ids are used where the manifest had a valid one
     assert daemon.alive()
     put_file(daemon.inbox / "ok.wav", media.tone)
     put_file(daemon.inbox / "ok.png", media.image)
-    put_manifest(daemon.inbox / "ok.json", {"job_id": "still-serving", "audio": "ok.wav", "template": "ok.png"})
+    put_manifest(
+        daemon.inbox / "ok.json",
+        {"job_id": "still-serving", "audio": "ok.wav", "template": "ok.png"},
+    )
     assert daemon.wait_state("still-serving", timeout=60)["state"] == "done"
 
 
 def test_fixed_redrop_of_a_rejected_job_runs(daemon, media) -> None:  # noqa: ANN001
     put_file(daemon.inbox / "a.wav", media.tone)
-    put_manifest(daemon.inbox / "fixme.json", {"job_id": "fixme", "audio": "a.wav", "template": "missing.png"})
+    put_manifest(
+        daemon.inbox / "fixme.json",
+        {"job_id": "fixme", "audio": "a.wav", "template": "missing.png"},
+    )
     task = daemon.wait_state("fixme", timeout=30)
     assert task["state"] == "rejected" and task["error"]["code"] == "missing_file"
     fixed = daemon.outbox / "fixme" / "input"
     assert (fixed / "a.wav").exists()
     put_file(daemon.inbox / "a2.wav", media.tone)
     put_file(daemon.inbox / "missing.png", media.image)
-    put_manifest(daemon.inbox / "fixme.json", {"job_id": "fixme", "audio": "a2.wav", "template": "missing.png"})
-    task = wait_for(lambda: (t := daemon.task("fixme")) and t["state"] == "done" and t, 60, "re-drop done", daemon)
+    put_manifest(
+        daemon.inbox / "fixme.json",
+        {"job_id": "fixme", "audio": "a2.wav", "template": "missing.png"},
+    )
+    task = wait_for(
+        lambda: (t := daemon.task("fixme")) and t["state"] == "done" and t,
+        60,
+        "re-drop done",
+        daemon,
+    )
     assert not (daemon.outbox / "fixme" / "error.json").exists()

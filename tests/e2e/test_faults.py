@@ -13,8 +13,10 @@ from support import put_file, put_manifest, wait_for
 def long_drop(inbox, media, job_id: str) -> None:  # noqa: ANN001
     put_file(inbox / f"{job_id}.wav", media.tone_long)
     put_file(inbox / f"{job_id}.png", media.big_image)
-    put_manifest(inbox / f"{job_id}.json", {"job_id": job_id, "audio": f"{job_id}.wav",
-                                           "template": f"{job_id}.png"})
+    put_manifest(
+        inbox / f"{job_id}.json",
+        {"job_id": job_id, "audio": f"{job_id}.wav", "template": f"{job_id}.png"},
+    )
 
 
 def test_kill9_during_a_job_then_restart(daemon_factory, media) -> None:  # noqa: ANN001
@@ -25,7 +27,9 @@ def test_kill9_during_a_job_then_restart(daemon_factory, media) -> None:  # noqa
     d.kill9()
     # the orphaned worker follows its daemon instead of rendering on
     for p in worker:
-        wait_for(lambda p=p: not p.is_running() or p.status() == psutil.STATUS_ZOMBIE, 10, "worker exit")
+        wait_for(
+            lambda p=p: not p.is_running() or p.status() == psutil.STATUS_ZOMBIE, 10, "worker exit"
+        )
     assert d.task("crash")["state"] == "rendering"
     d.start()
     task = d.wait_state("crash", timeout=120)
@@ -51,7 +55,9 @@ def test_cancel_running_job_within_two_seconds(daemon, media) -> None:  # noqa: 
     # the daemon goes on serving
     put_file(daemon.inbox / "n.wav", media.tone)
     put_file(daemon.inbox / "n.png", media.image)
-    put_manifest(daemon.inbox / "next.json", {"job_id": "next", "audio": "n.wav", "template": "n.png"})
+    put_manifest(
+        daemon.inbox / "next.json", {"job_id": "next", "audio": "n.wav", "template": "n.png"}
+    )
     assert daemon.wait_state("next", timeout=60)["state"] == "done"
 
 
@@ -60,7 +66,9 @@ def test_cancel_queued_job(daemon, media) -> None:  # noqa: ANN001
     daemon.wait_state("busy", {"rendering"}, timeout=60)
     put_file(daemon.inbox / "q.wav", media.tone)
     put_file(daemon.inbox / "q.png", media.image)
-    put_manifest(daemon.inbox / "q.json", {"job_id": "waiting", "audio": "q.wav", "template": "q.png"})
+    put_manifest(
+        daemon.inbox / "q.json", {"job_id": "waiting", "audio": "q.wav", "template": "q.png"}
+    )
     daemon.wait_state("waiting", {"queued"}, timeout=30)
     assert daemon.cli("cancel", "waiting").returncode == 0
     assert daemon.wait_state("waiting", timeout=10)["state"] == "cancelled"
@@ -79,11 +87,17 @@ def test_retry_reruns_a_failed_job(daemon_factory, media) -> None:  # noqa: ANN0
     assert (d.outbox / "r" / "error.json").exists()
     assert (d.outbox / "r" / "input" / "a.wav").exists()
     assert d.stop() == 0
-    d.config.write_text(d.config.read_text().replace("max_loop_cache_bytes = 1000", "max_loop_cache_bytes = 1000000000"))
+    d.config.write_text(
+        d.config.read_text().replace(
+            "max_loop_cache_bytes = 1000", "max_loop_cache_bytes = 1000000000"
+        )
+    )
     d.start()
     r = d.cli("retry", "r")
     assert r.returncode == 0, r.stderr
-    task = wait_for(lambda: (t := d.task("r")) and t["state"] == "done" and t, 60, "retried job done", d)
+    task = wait_for(
+        lambda: (t := d.task("r")) and t["state"] == "done" and t, 60, "retried job done", d
+    )
     assert task["error"] is None
     assert not (d.outbox / "r" / "error.json").exists()
     assert d.cli("retry", "r").returncode != 0  # a done job is not retried

@@ -18,8 +18,12 @@ def test_200_drops_at_once(daemon_factory, media) -> None:  # noqa: ANN001
     def write(n: int) -> None:
         put_file(d.inbox / f"l{n}.wav", audio)
         put_file(d.inbox / f"l{n}.png", image)
-        m = {"job_id": f"load-{n:03d}", "audio": f"l{n}.wav", "template": f"l{n}.png",
-             "engine": "passthrough"}
+        m = {
+            "job_id": f"load-{n:03d}",
+            "audio": f"l{n}.wav",
+            "template": f"l{n}.png",
+            "engine": "passthrough",
+        }
         if n % BAD_EVERY == 0:
             m["template"] = f"l{n}-missing.png"
         put_manifest(d.inbox / f"l{n}.json", m)
@@ -39,9 +43,11 @@ def test_200_drops_at_once(daemon_factory, media) -> None:  # noqa: ANN001
         assert states[f"load-{n:03d}"] == ("rejected" if n % BAD_EVERY == 0 else "done"), n
     db = sqlite3.connect(f"file:{d.state / 'jobs.sqlite3'}?mode=ro", uri=True)
     assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == N
-    ends = dict(db.execute(
-        "SELECT job_id, COUNT(*) FROM events WHERE to_state IN ('done','rejected','failed') GROUP BY job_id"
-    ).fetchall())
+    ends = dict(
+        db.execute(
+            "SELECT job_id, COUNT(*) FROM events WHERE to_state IN ('done','rejected','failed') GROUP BY job_id"
+        ).fetchall()
+    )
     assert len(ends) == N and set(ends.values()) == {1}
     # every drop was taken from the inbox; only the images no manifest named stay
     left = sorted(p.name for p in d.inbox.glob("l*"))

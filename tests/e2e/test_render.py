@@ -7,9 +7,25 @@ import pytest
 from support import put_file, put_manifest
 
 TASK_FIELDS = {
-    "job_id", "trace_id", "inbox", "state", "stage", "progress", "attempts", "engine", "device",
-    "config_hash", "created_at", "started_at", "finished_at", "timings", "inputs", "output",
-    "error", "meta", "version",
+    "job_id",
+    "trace_id",
+    "inbox",
+    "state",
+    "stage",
+    "progress",
+    "attempts",
+    "engine",
+    "device",
+    "config_hash",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "timings",
+    "inputs",
+    "output",
+    "error",
+    "meta",
+    "version",
 }
 
 
@@ -38,8 +54,16 @@ def assert_good_result(daemon, job_id: str, audio_seconds: float, fps: float = 2
 def test_loose_json_manifest_by_rename(daemon, media) -> None:  # noqa: ANN001
     put_file(daemon.inbox / "a.wav", media.tone)
     put_file(daemon.inbox / "t.mp4", media.video)
-    put_manifest(daemon.inbox / "j1.json", {"job_id": "j1", "audio": "a.wav", "template": "t.mp4",
-                                            "engine": "passthrough", "meta": {"k": [1, 2]}})
+    put_manifest(
+        daemon.inbox / "j1.json",
+        {
+            "job_id": "j1",
+            "audio": "a.wav",
+            "template": "t.mp4",
+            "engine": "passthrough",
+            "meta": {"k": [1, 2]},
+        },
+    )
     task = assert_good_result(daemon, "j1", 2.0)
     assert task["meta"] == {"k": [1, 2]}
     assert task["engine"] == "passthrough" and task["attempts"] == 1
@@ -52,8 +76,15 @@ def test_loose_json_manifest_by_rename(daemon, media) -> None:  # noqa: ANN001
 def test_toml_manifest_with_image_template_and_output_options(daemon, media) -> None:  # noqa: ANN001
     put_file(daemon.inbox / "v.mp3", media.tone_44k)
     put_file(daemon.inbox / "face.png", media.image)
-    put_manifest(daemon.inbox / "j2.toml", {"job_id": "j2", "audio": "v.mp3", "template": "face.png",
-                                            "output": {"height": 120, "fps": 30, "name": "clip.mp4"}})
+    put_manifest(
+        daemon.inbox / "j2.toml",
+        {
+            "job_id": "j2",
+            "audio": "v.mp3",
+            "template": "face.png",
+            "output": {"height": 120, "fps": 30, "name": "clip.mp4"},
+        },
+    )
     task = assert_good_result(daemon, "j2", task_audio := 1.5, fps=30)
     assert (task["output"]["width"], task["output"]["height"]) == (160, 120)
     assert task["output"]["name"] == "clip.mp4" and task["output"]["fps"] == 30
@@ -73,8 +104,12 @@ def test_job_folder_json_and_toml(daemon, media) -> None:  # noqa: ANN001
         if not ids:
             from support import wait_for
 
-            ids = wait_for(lambda n=name: [t["job_id"] for t in daemon.tasks()
-                                           if t["job_id"].startswith(n)], 30, name, daemon)
+            ids = wait_for(
+                lambda n=name: [t["job_id"] for t in daemon.tasks() if t["job_id"].startswith(n)],
+                30,
+                name,
+                daemon,
+            )
         assert_good_result(daemon, ids[0], 2.0)
         assert not (daemon.inbox / name).exists()
 
@@ -84,7 +119,9 @@ def test_template_shorter_than_audio_loops_back_and_forth(daemon, media) -> None
 
     put_file(daemon.inbox / "a.wav", media.tone)  # 2 s = 50 frames over a 25-frame template
     put_file(daemon.inbox / "t.mp4", media.video)
-    put_manifest(daemon.inbox / "loop.json", {"job_id": "loop", "audio": "a.wav", "template": "t.mp4"})
+    put_manifest(
+        daemon.inbox / "loop.json", {"job_id": "loop", "audio": "a.wav", "template": "t.mp4"}
+    )
     task = assert_good_result(daemon, "loop", 2.0)
     with av.open(str(daemon.outbox / "loop" / task["output"]["name"])) as c:
         frames = [f.to_ndarray(format="gray").astype(np.int16) for f in c.decode(video=0)]
@@ -109,8 +146,17 @@ def test_same_job_id_twice(daemon, media, replace: bool) -> None:  # noqa: ANN00
     if replace:
         from support import wait_for
 
-        task = wait_for(lambda: (t := daemon.task("same")) and t["trace_id"] != first_trace
-                        and t["state"] == "done" and t, 60, "the replaced run", daemon)
+        task = wait_for(
+            lambda: (
+                (t := daemon.task("same"))
+                and t["trace_id"] != first_trace
+                and t["state"] == "done"
+                and t
+            ),
+            60,
+            "the replaced run",
+            daemon,
+        )
         assert task["inputs"][0]["name"] == "a2.wav"
         assert not (daemon.outbox / "same.dup-1").exists()
     else:

@@ -9,8 +9,10 @@ from support import put_file, put_manifest
 def drop(inbox, media, job_id: str) -> None:  # noqa: ANN001
     put_file(inbox / f"{job_id}.wav", media.tone)
     put_file(inbox / f"{job_id}.png", media.image)
-    put_manifest(inbox / f"{job_id}.json", {"job_id": job_id, "audio": f"{job_id}.wav",
-                                           "template": f"{job_id}.png"})
+    put_manifest(
+        inbox / f"{job_id}.json",
+        {"job_id": job_id, "audio": f"{job_id}.wav", "template": f"{job_id}.png"},
+    )
 
 
 @pytest.mark.parametrize("watch", ["poll", "rescan"])

@@ -24,10 +24,12 @@ def test_slow_chunked_copy_is_taken_only_when_complete(daemon_factory, media) ->
     big = padded_mp4(media.video.read_bytes(), 50 * CHUNK)
     put_file(d.inbox / "a.wav", media.tone)
     # the manifest lands first, written in place, then the template in slow chunks
-    (d.inbox / "slow.json").write_text(json.dumps({"job_id": "slow", "audio": "a.wav", "template": "big.mp4"}))
+    (d.inbox / "slow.json").write_text(
+        json.dumps({"job_id": "slow", "audio": "a.wav", "template": "big.mp4"})
+    )
     with open(d.inbox / "big.mp4", "wb") as f:
         for off in range(0, len(big), CHUNK):
-            f.write(big[off:off + CHUNK])
+            f.write(big[off : off + CHUNK])
             f.flush()
             assert d.task("slow") is None, "taken while the copy was still running"
             assert (d.inbox / "slow.json").exists()
@@ -39,8 +41,18 @@ def test_slow_chunked_copy_is_taken_only_when_complete(daemon_factory, media) ->
     assert tmpl["sha256"] == hashlib.sha256(big).hexdigest()
 
 
-@pytest.mark.parametrize("name", ["job.json.part", ".x.tmp", ".name.AbC123", "y.json.crdownload",
-                                  ".hidden.json", "backup.json~", "z.json.partial"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "job.json.part",
+        ".x.tmp",
+        ".name.AbC123",
+        "y.json.crdownload",
+        ".hidden.json",
+        "backup.json~",
+        "z.json.partial",
+    ],
+)
 def test_temporary_names_are_never_read(daemon, media, name: str) -> None:  # noqa: ANN001
     put_file(daemon.inbox / "a.wav", media.tone)
     put_file(daemon.inbox / "t.png", media.image)
@@ -49,7 +61,10 @@ def test_temporary_names_are_never_read(daemon, media, name: str) -> None:  # no
     # a sentinel dropped afterwards and finished proves the daemon looked at the inbox
     put_file(daemon.inbox / "b.wav", media.tone)
     put_file(daemon.inbox / "u.png", media.image)
-    put_manifest(daemon.inbox / "sentinel.json", {"job_id": "sentinel", "audio": "b.wav", "template": "u.png"})
+    put_manifest(
+        daemon.inbox / "sentinel.json",
+        {"job_id": "sentinel", "audio": "b.wav", "template": "u.png"},
+    )
     daemon.wait_state("sentinel", "done", timeout=60)
     assert (daemon.inbox / name).read_bytes() == manifest
     assert daemon.task("tmpname") is None
