@@ -95,6 +95,31 @@ class MediaConfig(_Strict):
     encode_threads: int = Field(default=0, ge=0)  # 0: ffmpeg decides
 
 
+class FacesConfig(_Strict):
+    """Face detection and tracking on templates."""
+
+    detector: Literal["haar"] = "haar"
+    detect_width: int = Field(
+        default=480, ge=64, le=4096
+    )  # frames are downscaled to this for detection
+    min_share: float = Field(
+        default=0.2, ge=0, le=1
+    )  # below this share of frames with a face: no_face
+    max_gap: int = Field(default=12, ge=0)  # missed frames carried over between two detections
+    smooth: int = Field(default=5, ge=1, le=51)  # moving-average window over box coordinates
+    pad_bottom: float = Field(default=0.15, ge=0, le=1)  # grow boxes down to take in the chin
+
+
+class OverlayConfig(_Strict):
+    """The visible AI-generated label and the watermark placement."""
+
+    label_text: str = Field(default="AI-generated", min_length=1, max_length=80)
+    watermark_width: float = Field(default=0.15, gt=0, le=1)  # share of the frame's width
+    watermark_opacity: float = Field(default=0.8, ge=0, le=1)
+    margin: float = Field(default=0.02, ge=0, le=0.25)  # share of the frame's width
+    metadata_tag: str = "AI-generated video (lip-synced by dropbox-daemon)"
+
+
 class ModelsConfig(_Strict):
     wav2lip: Path | None = None
 
@@ -105,6 +130,8 @@ class Config(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    faces: FacesConfig = Field(default_factory=FacesConfig)
+    overlay: OverlayConfig = Field(default_factory=OverlayConfig)
     # Where the file was read from; not a key of the file.
     source: Path | None = Field(default=None, exclude=True)
 

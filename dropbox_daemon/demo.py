@@ -6,6 +6,7 @@ Starts a daemon for the duration of the demo when none runs on this config.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +20,13 @@ from dropbox_daemon.media.encode import ffmpeg_binary
 DEMO_SECONDS = 6.0
 
 
+PRESENTER = Path(__file__).parent / "assets" / "presenter.jpg"  # NASA portrait, public domain
+
+
 def make_samples(folder: Path, ffmpeg: str, seconds: float = DEMO_SECONDS) -> tuple[Path, Path]:
-    """A syllable-like tone with pauses (wav) and a 3 s test-pattern video (mp4)."""
+    """A syllable-like tone with pauses (wav) and the bundled presenter photo."""
     folder.mkdir(parents=True, exist_ok=True)
-    audio, template = folder / "demo-speech.wav", folder / "demo-template.mp4"
+    audio, template = folder / "demo-speech.wav", folder / "demo-presenter.jpg"
     # 4 syllables a second, silent every other second: audible rhythm to sync to
     expr = "0.6*sin(2*PI*180*t)*abs(sin(2*PI*2*t))*(lt(mod(t,2),1.2))"
     run = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
@@ -30,23 +34,7 @@ def make_samples(folder: Path, ffmpeg: str, seconds: float = DEMO_SECONDS) -> tu
         [*run, "-f", "lavfi", "-i", f"aevalsrc='{expr}':s=16000:d={seconds}", str(audio)],
         check=True,
     )
-    subprocess.run(
-        [
-            *run,
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=25:duration=3",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            str(template),
-        ],
-        check=True,
-    )
+    shutil.copyfile(PRESENTER, template)
     return audio, template
 
 

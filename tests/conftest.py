@@ -7,7 +7,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import DaemonProc, make_image, make_tone, make_video  # noqa: E402
+from support import (  # noqa: E402
+    DaemonProc,
+    astronaut,
+    make_face_video,
+    make_image,
+    make_speech,
+    make_tone,
+    make_video,
+)
 
 
 class Media:
@@ -51,6 +59,28 @@ class Media:
     @property
     def image(self) -> Path:
         return self._get("still.png", lambda p: make_image(p))
+
+    @property
+    def face_image(self) -> Path:  # the astronaut, 512x512 png
+        import cv2
+
+        return self._get("face.png", lambda p: cv2.imwrite(str(p), astronaut()))
+
+    @property
+    def face_video(self) -> Path:  # 3 s, 256x256, drifting
+        return self._get("face3.mp4", lambda p: make_face_video(p, 3.0))
+
+    @property
+    def face_video_30(self) -> Path:  # 30 s, 192x192, drifting: the loop test
+        return self._get("face30.mp4", lambda p: make_face_video(p, 30.0, size=192))
+
+    @property
+    def fade_video(self) -> Path:  # 4 s with a 1 s fade to black from 1.5 s
+        return self._get("fade.mp4", lambda p: make_face_video(p, 4.0, fade=(1.5, 2.5)))
+
+    @property
+    def speech(self) -> Path:
+        return self._get("speech.wav", make_speech)
 
     @property
     def big_image(self) -> Path:  # 1280x720 still

@@ -135,7 +135,14 @@ class DaemonProc:
             "stop_timeout_seconds": 20.0,
             **(daemon or {}),
         }
-        i = {"name": "default", "path": str(self.inbox), "settle_seconds": 0.5, **(inbox or {})}
+        # passthrough by default: the daemon's own tests use templates without faces
+        i = {
+            "name": "default",
+            "path": str(self.inbox),
+            "settle_seconds": 0.5,
+            "engine": "passthrough",
+            **(inbox or {}),
+        }
         lines = [
             "[daemon]",
             *(f"{k} = {toml_value(v)}" for k, v in d.items()),
@@ -220,3 +227,88 @@ class DaemonProc:
             except ValueError:
                 pass
         return out
+
+
+def astronaut(size: int = 512) -> Any:
+    """skimage's astronaut portrait (a real face) as a BGR array, size x size."""
+    import cv2
+    import skimage.data
+
+    img = skimage.data.astronaut()[:, :, ::-1]
+    return (
+        cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if size != 512 else img.copy()
+    )
+
+
+def make_face_video(
+    path: Path,
+    seconds: float,
+    size: int = 256,
+    rate: int = 25,
+    fade: tuple[float, float] | None = None,
+    pan: float = 0.03,
+) -> Path:
+    """The astronaut drifting slowly (a continuous motion), optionally fading to black in [a, b] s."""
+    import cv2
+    import numpy as np
+
+    base = astronaut(size)
+    n = round(seconds * rate)
+    proc = subprocess.Popen(
+        [
+            FFMPEG,
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-s",
+            f"{size}x{size}",
+            "-framerate",
+            str(rate),
+            "-i",
+            "pipe:",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-crf",
+            "16",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+    )
+    for i in range(n):
+        t = i / rate
+        dx = pan * size * np.sin(2 * np.pi * t / max(seconds, 1e-6))
+        m = np.float32([[1, 0, dx], [0, 1, 0]])
+        frame = cv2.warpAffine(base, m, (size, size), borderMode=cv2.BORDER_REFLECT)
+        if fade is not None and fade[0] <= t < fade[1]:
+            # fade out over the first 20%, black for 60%, fade in over the last 20%
+            span = fade[1] - fade[0]
+            k = max(0.0, 1 - (t - fade[0]) / (0.2 * span), 1 - (fade[1] - t) / (0.2 * span))
+            frame = (frame * min(1.0, k)).astype(np.uint8)
+        proc.stdin.write(frame.tobytes())
+    proc.stdin.close()
+    assert proc.wait() == 0
+    return path
+
+
+def make_speech(path: Path) -> Path:
+    """Real speech with pauses (espeak-ng) where installed, else syllable bursts with pauses."""
+    text = "Hello and welcome. [[_:::]] This is a test of the drop box. [[_:::]] Goodbye now."
+    if shutil.which("espeak-ng"):
+        subprocess.run(
+            ["espeak-ng", "-s", "140", "-w", str(path), text.replace("[[_:::]]", ",,, ... ,,,")],
+            check=True,
+            capture_output=True,
+        )
+        return path
+    expr = "0.5*sin(2*PI*160*t)*abs(sin(2*PI*3*t))*lt(mod(t,2.5),1.5)"
+    ffmpeg("-f", "lavfi", "-i", f"aevalsrc='{expr}':s=16000:d=6", str(path))
+    return path

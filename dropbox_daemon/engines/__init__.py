@@ -5,14 +5,14 @@ from __future__ import annotations
 from dropbox_daemon.config import Config
 
 KNOWN = ("auto", "wav2lip", "preview", "passthrough", "http")
-AVAILABLE = ("passthrough",)
+AVAILABLE = ("passthrough", "preview")
 
 
 def resolve(requested: str, inbox_default: str, cfg: Config) -> str:
     """The engine a job runs on: the manifest's, else the inbox's, with `auto` decided here."""
     name = requested if requested != "auto" else inbox_default
     if name == "auto":
-        name = "wav2lip" if cfg.models.wav2lip else "passthrough"
+        name = "wav2lip" if cfg.models.wav2lip else "preview"
     return name
 
 
@@ -24,6 +24,10 @@ def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
         from dropbox_daemon.engines.passthrough import PassthroughEngine
 
         return PassthroughEngine()
+    if name == "preview":
+        from dropbox_daemon.engines.preview import PreviewEngine
+
+        return PreviewEngine()
     raise EngineError(
         f"engine {name!r} is not available in this version (available: {', '.join(AVAILABLE)})",
         code="engine_unavailable",

@@ -1,7 +1,9 @@
-"""The engine interface: frames of the template in, frames of the result out.
+"""The engine interface: face frames and audio features in, generated face patches out.
 
-An engine is created and load()ed once per worker process and then renders
-many jobs; render() must stream (take and give one frame at a time).
+The pipeline does everything engines share (decoding, face tracking, blending,
+watermark and label, encoding); an engine only turns each frame's face region
+into a new one. An engine is created and load()ed once per worker process and
+then renders many jobs; render() streams (one frame in, one patch out, in order).
 """
 
 from __future__ import annotations
@@ -9,10 +11,54 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dropbox_daemon.faces import Box
+from dropbox_daemon.media import audio as audio_mod
+
+
+@dataclass
+class FaceFrame:
+    """One output frame's template picture and where its face is (None: no face)."""
+
+    index: int
+    frame: np.ndarray  # (h, w, 3) BGR uint8, read-only
+    box: Box | None
+
+
+@dataclass
+class Patch:
+    """A generated face region to blend into the frame at `box`; `mask` in 0..1 or None (feathered box)."""
+
+    box: Box
+    pixels: np.ndarray  # (y1 - y0, x1 - x0, 3) BGR uint8
+    mask: np.ndarray | None = None  # (y1 - y0, x1 - x0) float32
+
+
+@dataclass
+class AudioFeatures:
+    """The job's audio as engines want it; each feature computed on first use."""
+
+    samples: np.ndarray  # float32 mono at audio.SAMPLE_RATE
+    fps: float
+    n_frames: int
+
+    @cached_property
+    def mel(self) -> np.ndarray:
+        return audio_mod.melspectrogram(self.samples)
+
+    def mel_window(self, frame: int) -> np.ndarray:
+        return audio_mod.mel_window(self.mel, frame, self.fps)
+
+    @cached_property
+    def opening(self) -> np.ndarray:
+        """0..1 mouth opening per output frame, from the loudness envelope."""
+        rms = audio_mod.rms_envelope(self.samples, self.fps, self.n_frames)
+        return audio_mod.mouth_opening(rms)
 
 
 @dataclass
@@ -33,10 +79,13 @@ class RenderContext:
 class Engine(ABC):
     name: str = "base"
     device: str = "cpu"
+    needs_faces: bool = True  # False: the pipeline skips face tracking (passthrough)
 
     def load(self) -> None:  # noqa: B027 - engines without models have nothing to load
         """Load models once, before the first job (the worker stays warm)."""
 
     @abstractmethod
-    def render(self, frames: Iterator[np.ndarray], ctx: RenderContext) -> Iterator[np.ndarray]:
-        """Yield one output frame (BGR uint8, ctx.size) for every template frame given."""
+    def render(
+        self, frames: Iterator[FaceFrame], audio: AudioFeatures, ctx: RenderContext
+    ) -> Iterator[Patch | None]:
+        """Yield one Patch (or None: leave the frame as it is) per FaceFrame, in order."""

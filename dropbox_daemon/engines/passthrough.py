@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
-
-from dropbox_daemon.engines.base import Engine, RenderContext
+from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
 
 
 class PassthroughEngine(Engine):
     name = "passthrough"
+    needs_faces = False
 
-    def render(self, frames: Iterator[np.ndarray], ctx: RenderContext) -> Iterator[np.ndarray]:
-        yield from frames
+    def render(
+        self, frames: Iterator[FaceFrame], audio: AudioFeatures, ctx: RenderContext
+    ) -> Iterator[Patch | None]:
+        for _ in frames:
+            yield None

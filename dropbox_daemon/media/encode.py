@@ -52,7 +52,8 @@ def encode_args(
         "preset": preset,
         "acodec": "aac",
         "audio_bitrate": audio_bitrate,
-        "movflags": "+faststart",
+        # use_metadata_tags: keep custom keys (ai_generated) that mp4 has no atom for
+        "movflags": "+faststart+use_metadata_tags",
         "t": f"{duration:.6f}",
         "f": "mp4",
         "r": fps,

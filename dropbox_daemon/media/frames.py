@@ -66,7 +66,11 @@ def to_bgr(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
 
 
 class TemplateFrames:
-    """Iterates the template frame for each of `n_out` output frames."""
+    """Iterates (template frame index, picture) for each of `n_out` output frames.
+
+    The index is that of the template resampled to the output rate, so that
+    per-template data (the face track) can be looked up for looped frames.
+    """
 
     def __init__(
         self,
@@ -84,19 +88,30 @@ class TemplateFrames:
         self.frame_bytes = size[0] * size[1] * 3
         self.source_frames = 0  # frames of the template at the output rate, once known
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         if self.info.kind == "image":
-            yield from self._image()
+            arr = self._still()
+            for _ in range(self.n_out):
+                yield 0, arr
         else:
             yield from self._video()
 
-    def _image(self) -> Iterator[np.ndarray]:
+    def _still(self) -> np.ndarray:
         with av.open(str(self.path)) as c:
             frame = next(c.decode(video=0))
         arr = to_bgr(frame, self.size)
         arr.flags.writeable = False
         self.source_frames = 1
-        for _ in range(self.n_out):
+        return arr
+
+    def template_frames(self, limit: int) -> Iterator[np.ndarray]:
+        """The template's own frames at the output size and rate, at most `limit` of them."""
+        if self.info.kind == "image":
+            yield self._still()
+            return
+        for i, arr in enumerate(self._decode()):
+            if i >= limit:
+                return
             yield arr
 
     def _decode(self) -> Iterator[np.ndarray]:
@@ -124,7 +139,7 @@ class TemplateFrames:
                 hint="trim the template, lower output.height, or raise [limits] max_loop_cache_bytes",
             )
 
-    def _video(self) -> Iterator[np.ndarray]:
+    def _video(self) -> Iterator[tuple[int, np.ndarray]]:
         estimate = None
         if self.info.frames and self.info.fps:
             estimate = math.ceil(self.info.frames * self.fps / self.info.fps)
@@ -136,7 +151,7 @@ class TemplateFrames:
             for arr in self._decode():
                 if loops:
                     cache.write(arr.data)
-                yield arr
+                yield i, arr
                 i += 1
                 if i >= self.n_out:
                     return
@@ -169,7 +184,8 @@ class TemplateFrames:
                             stage="rendering",
                             hint="check the disk of the inbox",
                         )
-                    yield buf
+                    buf.flags.writeable = False
+                    yield idx, buf
             finally:
                 if not loops:
                     cache.close()

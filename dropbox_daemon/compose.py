@@ -1,0 +1,120 @@
+"""Compositing: generated face patches blended into the frame, watermark and AI label on top.
+
+Everything here is per-pixel numpy/OpenCV on small regions; overlays are
+rendered once per job and only alpha-blended per frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dropbox_daemon.engines.base import Patch
+from dropbox_daemon.errors import MediaError
+
+
+@lru_cache(maxsize=32)
+def feathered_box(w: int, h: int, feather: float = 0.12) -> np.ndarray:
+    """A w x h mask: 1 inside, falling smoothly to 0 over `feather` of each side at the edges."""
+    fx, fy = max(1.0, feather * w), max(1.0, feather * h)
+    ramp_x = np.clip(np.minimum(np.arange(w) + 0.5, w - np.arange(w) - 0.5) / fx, 0, 1)
+    ramp_y = np.clip(np.minimum(np.arange(h) + 0.5, h - np.arange(h) - 0.5) / fy, 0, 1)
+    m = np.outer(ramp_y, ramp_x)
+    return (m * m * (3 - 2 * m)).astype(np.float32)
+
+
+def match_colour(pixels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Shift a generated patch's per-channel mean and spread onto the template's (LAB)."""
+    src = cv2.cvtColor(pixels, cv2.COLOR_BGR2LAB).astype(np.float32)
+    ref = cv2.cvtColor(reference, cv2.COLOR_BGR2LAB).astype(np.float32)
+    sm, ss = src.reshape(-1, 3).mean(0), src.reshape(-1, 3).std(0) + 1e-3
+    rm, rs = ref.reshape(-1, 3).mean(0), ref.reshape(-1, 3).std(0) + 1e-3
+    out = (src - sm) * (rs / ss) + rm
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2BGR)
+
+
+def blend(frame: np.ndarray, patch: Patch) -> np.ndarray:
+    """A copy of `frame` with `patch` composited in through its (feathered) mask."""
+    out = frame.copy()
+    x0, y0, x1, y1 = patch.box
+    region = out[y0:y1, x0:x1]
+    h, w = region.shape[:2]
+    mask = patch.mask if patch.mask is not None else feathered_box(w, h)
+    m = mask[:h, :w, None]
+    region[:] = (region * (1 - m) + patch.pixels[:h, :w] * m + 0.5).astype(np.uint8)
+    return out
+
+
+@dataclass
+class Overlay:
+    """A pre-rendered image with alpha, placed at (x, y) of every frame."""
+
+    x: int
+    y: int
+    bgr: np.ndarray  # float32
+    alpha: np.ndarray  # float32, (h, w, 1)
+
+    def apply(self, frame: np.ndarray) -> None:
+        """Alpha-blend onto `frame` in place (whatever falls outside the frame is dropped)."""
+        roi = frame[self.y : self.y + self.bgr.shape[0], self.x : self.x + self.bgr.shape[1]]
+        h, w = roi.shape[:2]
+        a = self.alpha[:h, :w]
+        roi[:] = (roi * (1 - a) + self.bgr[:h, :w] * a + 0.5).astype(np.uint8)
+
+
+def watermark_overlay(
+    path: Path, size: tuple[int, int], *, width_share: float, margin_share: float, opacity: float
+) -> Overlay:
+    """The watermark image scaled to `width_share` of the frame, bottom-right with a margin."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None or img.ndim != 3 and img.ndim != 2:
+        raise MediaError(
+            f"watermark {path.name!r} is not a readable image",
+            code="watermark_invalid",
+            stage="preparing",
+            hint="use a PNG (with transparency) or JPEG file",
+        )
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    fw, fh = size
+    target_w = max(8, int(fw * width_share))
+    target_h = max(1, round(img.shape[0] * target_w / img.shape[1]))
+    target_h = min(target_h, fh // 2)
+    img = cv2.resize(img, (target_w, target_h), interpolation=cv2.INTER_AREA)
+    alpha = (
+        img[..., 3:4].astype(np.float32) / 255
+        if img.shape[2] == 4
+        else np.ones((target_h, target_w, 1), np.float32)
+    )
+    margin = int(margin_share * fw)
+    x, y = max(0, fw - target_w - margin), max(0, fh - target_h - margin)
+    return Overlay(x, y, img[..., :3].astype(np.float32), alpha * opacity)
+
+
+def label_overlay(text: str, size: tuple[int, int], *, margin_share: float) -> Overlay:
+    """The visible AI-generated mark: white text on a translucent dark box, bottom-left."""
+    fw, fh = size
+    scale = max(0.35, fw / 1600)
+    thick = max(1, round(scale * 2))
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    pad = max(3, int(th * 0.4))
+    w, h = min(fw, tw + 2 * pad), min(fh, th + base + 2 * pad)
+    bgr = np.zeros((h, w, 3), np.uint8)
+    cv2.putText(
+        bgr,
+        text,
+        (pad, pad + th),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 255, 255),
+        thick,
+        cv2.LINE_AA,
+    )
+    text_alpha = bgr.max(axis=2, keepdims=True).astype(np.float32) / 255
+    alpha = np.maximum(0.45, text_alpha)  # the box itself at 45%, the text opaque
+    margin = int(margin_share * fw)
+    return Overlay(margin, max(0, fh - h - margin), bgr.astype(np.float32), alpha)

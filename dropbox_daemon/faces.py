@@ -1,0 +1,216 @@
+"""Face detection, tracking over a template's frames, and the template cache.
+
+A track is one box (or None) per template frame at the output size and rate.
+Detection runs once per template and settings; the track is cached in the
+state folder under the template's content hash, so the next job on the same
+template skips detection entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dropbox_daemon.errors import RenderError
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in output pixels
+TRACK_VERSION = 2  # bump when the tracking arithmetic changes: old caches are ignored
+
+
+class Detector(ABC):
+    """Finds faces in one frame; a stronger detector can replace the default."""
+
+    name = "detector"
+
+    @abstractmethod
+    def detect(self, bgr: np.ndarray) -> list[Box]:
+        """Boxes of the faces in `bgr`, in its pixel coordinates, most confident first."""
+
+
+class HaarDetector(Detector):
+    """OpenCV's frontal-face Haar cascade (shipped in cv2.data), run on a downscaled frame."""
+
+    name = "haar"
+
+    def __init__(self, detect_width: int = 480, min_face: float = 0.08) -> None:
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise RenderError(
+                f"cannot load the Haar cascade {path}", code="detector", stage="faces"
+            )
+        self.detect_width = detect_width
+        self.min_face = min_face  # smallest face, as a share of the frame's width
+
+    def detect(self, bgr: np.ndarray) -> list[Box]:
+        h, w = bgr.shape[:2]
+        scale = min(1.0, self.detect_width / w)
+        small = (
+            cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+            if scale < 1
+            else bgr
+        )
+        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+        side = max(20, int(self.min_face * small.shape[1]))
+        found, _levels, weights = self.cascade.detectMultiScale3(
+            gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side), outputRejectLevels=True
+        )
+        ranked = sorted(zip(list(found), list(weights), strict=True), key=lambda t: -float(t[1]))
+        # most confident first: the cascade's stage weight separates faces from face-like clutter
+        return [
+            (int(x / scale), int(y / scale), int((x + fw) / scale), int((y + fh) / scale))
+            for (x, y, fw, fh), _w in ranked
+        ]
+
+
+@dataclass(frozen=True)
+class TrackSettings:
+    detector: str = "haar"
+    max_gap: int = 12  # frames: a face missed this long or shorter is carried over
+    smooth: int = 5  # frames in the moving average of box coordinates
+    # top, bottom, left, right as shares of the box: Haar boxes end at the lower lip, the chin is below
+    pad: tuple[float, float, float, float] = (0.0, 0.15, 0.0, 0.0)
+
+    def key(self) -> str:
+        return json.dumps([TRACK_VERSION, self.detector, self.max_gap, self.smooth, list(self.pad)])
+
+
+def pick_face(boxes: list[Box], previous: Box | None) -> Box | None:
+    """The face to follow: the one overlapping the previous face, else the most confident."""
+    if not boxes:
+        return None
+    if previous is not None:
+        px, py = (previous[0] + previous[2]) / 2, (previous[1] + previous[3]) / 2
+        size = max(previous[2] - previous[0], previous[3] - previous[1])
+        near = [
+            b for b in boxes if abs((b[0] + b[2]) / 2 - px) + abs((b[1] + b[3]) / 2 - py) < size
+        ]
+        if near:
+            return near[0]
+    return boxes[0]
+
+
+def fill_gaps(raw: list[Box | None], max_gap: int) -> list[Box | None]:
+    """Interpolate boxes across runs of misses no longer than `max_gap` between two hits."""
+    out = list(raw)
+    hits = [i for i, b in enumerate(raw) if b is not None]
+    for a, b in zip(hits, hits[1:], strict=False):
+        gap = b - a - 1
+        if 0 < gap <= max_gap:
+            ba, bb = np.array(raw[a], float), np.array(raw[b], float)
+            for k in range(1, gap + 1):
+                t = k / (gap + 1)
+                out[a + k] = tuple(int(round(v)) for v in ba + (bb - ba) * t)  # type: ignore[assignment]
+    return out
+
+
+def smooth_runs(boxes: list[Box | None], window: int) -> list[Box | None]:
+    """Centred moving average of each coordinate within every run of consecutive boxes."""
+    out: list[Box | None] = list(boxes)
+    i, n = 0, len(boxes)
+    half = window // 2
+    while i < n:
+        if boxes[i] is None:
+            i += 1
+            continue
+        j = i
+        while j < n and boxes[j] is not None:
+            j += 1
+        run = np.array(boxes[i:j], float)
+        for k in range(j - i):
+            lo, hi = max(0, k - half), min(j - i, k + half + 1)
+            out[i + k] = tuple(int(round(v)) for v in run[lo:hi].mean(axis=0))  # type: ignore[assignment]
+        i = j
+    return out
+
+
+def pad_box(box: Box, pad: tuple[float, float, float, float], size: tuple[int, int]) -> Box:
+    """Grow a box by shares of its size (top, bottom, left, right), clipped to the frame."""
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    w, h = size
+    return (
+        max(0, int(x0 - pad[2] * bw)),
+        max(0, int(y0 - pad[0] * bh)),
+        min(w, int(x1 + pad[3] * bw)),
+        min(h, int(y1 + pad[1] * bh)),
+    )
+
+
+def build_track(
+    frames: Iterable[np.ndarray], detector: Detector, settings: TrackSettings
+) -> list[Box | None]:
+    """Detect, follow, fill and smooth: one box or None per frame."""
+    raw: list[Box | None] = []
+    previous: Box | None = None
+    size = None
+    for frame in frames:
+        size = (frame.shape[1], frame.shape[0])
+        box = pick_face(detector.detect(frame), previous)
+        raw.append(box)
+        if box is not None:
+            previous = box
+    track = smooth_runs(fill_gaps(raw, settings.max_gap), settings.smooth)
+    if size is None:
+        return track
+    return [pad_box(b, settings.pad, size) if b is not None else None for b in track]
+
+
+def face_share(track: list[Box | None]) -> float:
+    return sum(b is not None for b in track) / max(1, len(track))
+
+
+def faceless_ranges(track: list[Box | None]) -> list[tuple[int, int]]:
+    """[first, last] frame ranges without a face."""
+    out, start = [], None
+    for i, b in enumerate(track):
+        if b is None and start is None:
+            start = i
+        elif b is not None and start is not None:
+            out.append((start, i - 1))
+            start = None
+    if start is not None:
+        out.append((start, len(track) - 1))
+    return out
+
+
+class TrackCache:
+    """Tracks on disk, keyed by template content hash, output size, rate and settings."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def key(
+        self, template_sha256: str, size: tuple[int, int], fps: float, settings: TrackSettings
+    ) -> str:
+        blob = json.dumps([template_sha256, list(size), round(fps, 6), settings.key()])
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def get(self, key: str, needed: int) -> list[Box | None] | None:
+        """A cached track covering `needed` frames (or the whole template), else None."""
+        try:
+            data = json.loads((self.folder / f"{key}.json").read_text())
+            boxes = [tuple(b) if b is not None else None for b in data["boxes"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if len(boxes) < needed and not data.get("complete"):
+            return None  # made for a shorter job: detect again over more frames
+        return boxes  # type: ignore[return-value]
+
+    def put(self, key: str, track: list[Box | None], *, complete: bool) -> None:
+        """Store a track; `complete` when it covers every frame of the template."""
+        from dropbox_daemon.outbox import atomic_write_json
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            self.folder / f"{key}.json",
+            {"complete": complete, "boxes": [list(b) if b else None for b in track]},
+        )

@@ -1,0 +1,106 @@
+"""Face tracking arithmetic (exact values) and the real Haar detector on a real face."""
+
+from __future__ import annotations
+
+import numpy as np
+from support import astronaut
+
+from dropbox_daemon.faces import (
+    Detector,
+    HaarDetector,
+    TrackCache,
+    TrackSettings,
+    build_track,
+    face_share,
+    faceless_ranges,
+    fill_gaps,
+    pad_box,
+    pick_face,
+    smooth_runs,
+)
+
+
+def test_fill_gaps_interpolates_short_misses_only() -> None:
+    raw = [(0, 0, 10, 10), None, None, (30, 0, 40, 10), None, None, None, (0, 0, 10, 10)]
+    out = fill_gaps(raw, max_gap=2)
+    assert out[1] == (10, 0, 20, 10) and out[2] == (20, 0, 30, 10)
+    assert out[4:7] == [None, None, None]  # 3 > max_gap: left as no face
+    assert fill_gaps([None, (0, 0, 1, 1), None], 5) == [
+        None,
+        (0, 0, 1, 1),
+        None,
+    ]  # no hit on one side
+
+
+def test_smooth_runs_moving_average_within_runs() -> None:
+    boxes = [(0, 0, 10, 10), (3, 0, 13, 10), (0, 0, 10, 10), None, (50, 50, 60, 60)]
+    out = smooth_runs(boxes, 3)
+    assert out[0] == (2, 0, 12, 10)  # mean of frames 0 and 1 (edge), rounded
+    assert out[1] == (1, 0, 11, 10)
+    assert out[3] is None and out[4] == (50, 50, 60, 60)  # runs do not bleed into each other
+
+
+def test_pad_box_and_clip() -> None:
+    assert pad_box((10, 10, 110, 110), (0.0, 0.15, 0.1, 0.1), (200, 120)) == (0, 10, 120, 120)
+
+
+def test_pick_face_follows_the_previous_one() -> None:
+    a, b = (0, 0, 10, 10), (100, 100, 150, 150)
+    assert pick_face([b, a], None) == b  # most confident first
+    assert pick_face([b, a], (1, 1, 11, 11)) == a
+    assert pick_face([], a) is None
+
+
+def test_faceless_ranges_and_share() -> None:
+    t = [None, None, (0, 0, 1, 1), None, (0, 0, 1, 1), None]
+    assert faceless_ranges(t) == [(0, 1), (3, 3), (5, 5)]
+    assert face_share(t) == 2 / 6
+
+
+class Scripted(Detector):
+    """A detector answering from a list (tests the tracking, not the detection)."""
+
+    def __init__(self, answers: list[list[tuple[int, int, int, int]]]) -> None:
+        self.answers = iter(answers)
+
+    def detect(self, bgr: np.ndarray) -> list[tuple[int, int, int, int]]:
+        return next(self.answers)
+
+
+def test_build_track_carries_single_missed_frames() -> None:
+    face = (20, 20, 60, 60)
+    answers = [[face]] * 4 + [[]] + [[face]] * 4
+    frames = [np.zeros((100, 100, 3), np.uint8)] * 9
+    track = build_track(frames, Scripted(answers), TrackSettings(pad=(0, 0, 0, 0)))
+    assert all(b == face for b in track)
+
+
+def test_haar_finds_the_astronaut_and_misses_a_blank_frame() -> None:
+    img = astronaut()
+    boxes = HaarDetector().detect(img)
+    x0, y0, x1, y1 = boxes[0]
+    assert 150 < x0 < 200 and 50 < y0 < 90 and 80 < x1 - x0 < 120  # her face, not the shuttle
+    assert HaarDetector().detect(np.full_like(img, 128)) == []
+
+
+def test_real_detector_track_fills_a_covered_frame() -> None:
+    img = astronaut(256)
+    frames = [img] * 10
+    covered = img.copy()
+    covered[:, :] = 90  # a frame where nothing can be found
+    frames[5] = covered
+    track = build_track(frames, HaarDetector(), TrackSettings())
+    assert all(b is not None for b in track)
+    assert track[5] == track[4]
+
+
+def test_track_cache_needs_enough_frames(tmp_path) -> None:  # noqa: ANN001
+    cache = TrackCache(tmp_path)
+    key = cache.key("abc", (64, 64), 25.0, TrackSettings())
+    assert cache.get(key, 3) is None
+    cache.put(key, [(0, 0, 1, 1), None], complete=False)
+    assert cache.get(key, 2) == [(0, 0, 1, 1), None]
+    assert cache.get(key, 3) is None  # made for a shorter job
+    cache.put(key, [(0, 0, 1, 1), None], complete=True)
+    assert cache.get(key, 300) is not None  # the whole template: enough for any job
+    assert key != cache.key("abc", (64, 64), 30.0, TrackSettings())
