@@ -247,8 +247,13 @@ def make_face_video(
     rate: int = 25,
     fade: tuple[float, float] | None = None,
     pan: float = 0.03,
+    linear: bool = False,
 ) -> Path:
-    """The astronaut drifting slowly (a continuous motion), optionally fading to black in [a, b] s."""
+    """The astronaut drifting (a continuous motion), optionally fading to black in [a, b] s.
+
+    linear: a steady drift by `pan` of the width over the whole clip, so that its
+    first and last frames differ (a jump cut between them would show).
+    """
     import cv2
     import numpy as np
 
@@ -285,7 +290,10 @@ def make_face_video(
     )
     for i in range(n):
         t = i / rate
-        dx = pan * size * np.sin(2 * np.pi * t / max(seconds, 1e-6))
+        if linear:
+            dx = pan * size * (t / max(seconds, 1e-6) - 0.5)
+        else:
+            dx = pan * size * np.sin(2 * np.pi * t / max(seconds, 1e-6))
         m = np.float32([[1, 0, dx], [0, 1, 0]])
         frame = cv2.warpAffine(base, m, (size, size), borderMode=cv2.BORDER_REFLECT)
         if fade is not None and fade[0] <= t < fade[1]:
