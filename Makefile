@@ -25,6 +25,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/pickup.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/render.py
 
 clean:
 	rm -rf $(VENV) .state

@@ -264,7 +264,7 @@ def run(
     stage2 = Threaded(generated(), "engine", QUEUE_FRAMES)
 
     def composed() -> Iterator[np.ndarray]:
-        for ff, patch in meter.waiting("compose", iter(stage2)):
+        for ff, patch in stage2:
             t = time.perf_counter()
             frame = compose.blend(ff.frame, patch) if patch is not None else ff.frame
             if overlays:

@@ -72,7 +72,9 @@ class Media:
 
     @property
     def face_video_30(self) -> Path:  # 30 s, 192x192, drifting: the loop test
-        return self._get("face30.mp4", lambda p: make_face_video(p, 30.0, size=192, pan=0.12, linear=True))
+        return self._get(
+            "face30.mp4", lambda p: make_face_video(p, 30.0, size=192, pan=0.12, linear=True)
+        )
 
     @property
     def fade_video(self) -> Path:  # 4 s with a 1 s fade to black from 1.5 s

@@ -12,7 +12,7 @@ def resolve(requested: str, inbox_default: str, cfg: Config) -> str:
     """The engine a job runs on: the manifest's, else the inbox's, with `auto` decided here."""
     name = requested if requested != "auto" else inbox_default
     if name == "auto":
-        name = "wav2lip" if cfg.models.wav2lip else "preview"
+        name = "wav2lip" if cfg.models.wav2lip and "wav2lip" in AVAILABLE else "preview"
     return name
 
 

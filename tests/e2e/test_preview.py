@@ -16,7 +16,9 @@ from dropbox_daemon.media.audio import load_mono16k
 
 def frames_of(path) -> np.ndarray:  # noqa: ANN001
     with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="bgr24") for f in c.decode(video=0)]).astype(np.float32)
+        return np.stack([f.to_ndarray(format="bgr24") for f in c.decode(video=0)]).astype(
+            np.float32
+        )
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -27,7 +29,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def run_job(daemon, media_files: dict, job_id: str, timeout: float = 180, **manifest) -> dict:  # noqa: ANN001, ANN003
     for name, src in media_files.items():
         put_file(daemon.inbox / f"{job_id}-{name}", src)
-    m = {"job_id": job_id, **{k: f"{job_id}-{v}" for k, v in (("audio", "audio.wav"),) if "audio.wav" in media_files}}
+    m = {
+        "job_id": job_id,
+        **{k: f"{job_id}-{v}" for k, v in (("audio", "audio.wav"),) if "audio.wav" in media_files},
+    }
     m.update({k: f"{job_id}-{v}" for k, v in manifest.pop("files", {}).items()})
     m.update(manifest)
     put_manifest(daemon.inbox / f"{job_id}.json", m)
@@ -45,7 +50,10 @@ def test_mouth_moves_with_the_speech_and_nothing_else_changes(daemon, media) -> 
     pv = run_job(daemon, files, "pv", engine="preview", files={"template": "face.png"})
     pt = run_job(daemon, files, "pt", engine="passthrough", files={"template": "face.png"})
     assert pv["state"] == pt["state"] == "done", (pv, pt)
-    a, b = frames_of(daemon.outbox / "pv" / "result.mp4"), frames_of(daemon.outbox / "pt" / "result.mp4")
+    a, b = (
+        frames_of(daemon.outbox / "pv" / "result.mp4"),
+        frames_of(daemon.outbox / "pt" / "result.mp4"),
+    )
     assert a.shape == b.shape
     x0, y0, x1, y1 = the_track(daemon)[0]
     w, h = x1 - x0, y1 - y0
@@ -53,7 +61,12 @@ def test_mouth_moves_with_the_speech_and_nothing_else_changes(daemon, media) -> 
     change = np.abs(a[:, mouth[0], mouth[1]] - b[:, mouth[0], mouth[1]]).mean(axis=(1, 2, 3))
     # the loudness of the speech per video frame (40 ms windows)
     y = load_mono16k(media.speech)
-    rms = np.array([np.sqrt(np.mean(y[int(i / 25 * 16000): int(i / 25 * 16000) + 640] ** 2)) for i in range(len(a))])
+    rms = np.array(
+        [
+            np.sqrt(np.mean(y[int(i / 25 * 16000) : int(i / 25 * 16000) + 640] ** 2))
+            for i in range(len(a))
+        ]
+    )
     r = float(np.corrcoef(change, rms)[0, 1])
     assert r >= 0.6, f"mouth change vs speech loudness r = {r:.2f}"
     # moves in speech, rests in pauses (the floor is x264 coding two different histories)
@@ -66,12 +79,16 @@ def test_mouth_moves_with_the_speech_and_nothing_else_changes(daemon, media) -> 
 
 def test_video_template_loops_back_and_forth_without_a_jump(daemon, media) -> None:  # noqa: ANN001
     files = {"audio.wav": media.tone_95, "t.mp4": media.face_video_30}
-    task = run_job(daemon, files, "loop95", engine="preview", files={"template": "t.mp4"}, timeout=300)
+    task = run_job(
+        daemon, files, "loop95", engine="preview", files={"template": "t.mp4"}, timeout=300
+    )
     assert task["state"] == "done", task
     assert abs(task["output"]["duration"] - 95.0) <= 0.04
     track = the_track(daemon)
     n_src = len(track)
-    x0, y0, x1, y1 = (min(b[i] for b in track if b) if i < 2 else max(b[i] for b in track if b) for i in range(4))
+    x0, y0, x1, y1 = (
+        min(b[i] for b in track if b) if i < 2 else max(b[i] for b in track if b) for i in range(4)
+    )
     with av.open(str(daemon.outbox / "loop95" / "result.mp4")) as c:
         gray = [f.to_ndarray(format="gray").astype(np.float32) for f in c.decode(video=0)]
     keep = np.ones(gray[0].shape, bool)
@@ -80,7 +97,10 @@ def test_video_template_loops_back_and_forth_without_a_jump(daemon, media) -> No
     step = np.array([np.abs(gray[i + 1] - gray[i])[keep].mean() for i in range(len(gray) - 1)])
     turns = {k * (n_src - 1) + d for k in (1, 2, 3) for d in (-1, 0)} & set(range(len(step)))
     elsewhere = np.delete(step, sorted(turns))
-    assert step[sorted(turns)].max() <= elsewhere.max() + 0.05, (step[sorted(turns)], elsewhere.max())
+    assert step[sorted(turns)].max() <= elsewhere.max() + 0.05, (
+        step[sorted(turns)],
+        elsewhere.max(),
+    )
     jump = np.abs(gray[n_src - 1] - gray[0])[keep].mean()  # what a jump cut would have cost
     assert jump > 3 * elsewhere.max(), (jump, elsewhere.max())
 
@@ -92,7 +112,10 @@ def test_second_job_on_a_template_skips_detection(daemon, media) -> None:  # noq
     assert first["state"] == second["state"] == "done"
     assert "cache miss" in (daemon.outbox / "c1" / "log.txt").read_text()
     assert "cache hit" in (daemon.outbox / "c2" / "log.txt").read_text()
-    assert second["timings"]["faces"] < first["timings"]["faces"] / 5, (first["timings"], second["timings"])
+    assert second["timings"]["faces"] < first["timings"]["faces"] / 5, (
+        first["timings"],
+        second["timings"],
+    )
     assert second["timings"]["total"] < first["timings"]["total"]
 
 
@@ -102,7 +125,9 @@ def test_template_without_a_face_fails_no_face(daemon, media) -> None:  # noqa: 
     assert task["state"] == "failed" and task["error"]["code"] == "no_face", task
     err = json.loads((daemon.outbox / "nf" / "error.json").read_text())
     # (the test pattern fools the cascade on a few frames: below min_share is still no face)
-    assert re.search(r"in \d+% of its 25 frames \(needed 20%\); frames without a face: 0-\d+", err["message"])
+    assert re.search(
+        r"in \d+% of its 25 frames \(needed 20%\); frames without a face: 0-\d+", err["message"]
+    )
     assert err["hint"] and err["stage"] == "preparing"
     assert (daemon.outbox / "nf" / "poster.jpg").stat().st_size > 0
     assert (daemon.outbox / "nf" / "input" / "nf-t.mp4").exists()
@@ -129,20 +154,35 @@ def test_watermark_label_and_metadata(daemon, media, tmp_path) -> None:  # noqa:
     logo[..., 3] = 255  # opaque
     cv2.imwrite(str(tmp_path / "logo.png"), logo)
     files = {"audio.wav": media.tone, "t.png": media.face_image, "logo.png": tmp_path / "logo.png"}
-    on = run_job(daemon, files, "wm", engine="passthrough", files={"template": "t.png"},
-                 output={"watermark": "wm-logo.png"})
-    off = run_job(daemon, files, "nowm", engine="passthrough", files={"template": "t.png"},
-                  output={"ai_label": False})
+    on = run_job(
+        daemon,
+        files,
+        "wm",
+        engine="passthrough",
+        files={"template": "t.png"},
+        output={"watermark": "wm-logo.png"},
+    )
+    off = run_job(
+        daemon,
+        files,
+        "nowm",
+        engine="passthrough",
+        files={"template": "t.png"},
+        output={"ai_label": False},
+    )
     assert on["state"] == off["state"] == "done", (on, off)
-    a, b = frames_of(daemon.outbox / "wm" / "result.mp4")[10], frames_of(daemon.outbox / "nowm" / "result.mp4")[10]
+    a, b = (
+        frames_of(daemon.outbox / "wm" / "result.mp4")[10],
+        frames_of(daemon.outbox / "nowm" / "result.mp4")[10],
+    )
     size = 512
     # the watermark: 15% of the width, bottom-right, 2% margin, 80% opaque red
     wm = a[size - 10 - 30 : size - 12, size - 10 - 70 : size - 12]
     assert wm[..., 2].mean() > 200 and wm[..., 1].mean() < 80
     # the label: bottom-left, darker box with white text where there was none
-    label = a[size - 30 : size - 12, 12 : 100]
+    label = a[size - 30 : size - 12, 12:100]
     assert (label.max(axis=2) > 230).sum() > 20
-    assert np.abs(label - b[size - 30 : size - 12, 12 : 100]).mean() > 10
+    assert np.abs(label - b[size - 30 : size - 12, 12:100]).mean() > 10
     with av.open(str(daemon.outbox / "wm" / "result.mp4")) as c:
         tags = dict(c.metadata)
     assert tags.get("ai_generated") == "true" and "AI-generated" in tags.get("comment", "")
@@ -151,5 +191,7 @@ def test_watermark_label_and_metadata(daemon, media, tmp_path) -> None:  # noqa:
     assert "ai_generated" not in tags and "AI-generated" not in tags.get("comment", "")
     template = cv2.imread(str(media.face_image)).astype(np.float32)
     corner = (slice(size - 30, size - 12), slice(12, 100))
-    assert psnr(b[corner], template[corner]) > 30  # no label when off: only coding loss (4:2:0, crf)
+    assert (
+        psnr(b[corner], template[corner]) > 30
+    )  # no label when off: only coding loss (4:2:0, crf)
     assert psnr(a[corner], template[corner]) < 20

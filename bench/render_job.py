@@ -1,0 +1,72 @@
+"""Run one job through the worker's pipeline in this process and print a JSON line.
+
+Used by bench/render.py in a fresh subprocess per measurement, so that the
+peak RSS (ru_maxrss) belongs to that job alone.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from dropbox_daemon import config, engines, pipeline
+
+
+def main() -> None:
+    audio, template, engine_name, state = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    height = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] != "-" else None
+    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    drop = root / "claim" / "drop"
+    drop.mkdir(parents=True)
+    (root / "out").mkdir()
+    shutil.copyfile(audio, drop / Path(audio).name)
+    shutil.copyfile(template, drop / Path(template).name)
+    cfg = config.from_dict(
+        {"inbox": [{"name": "b", "path": str(root)}], "daemon": {"state_dir": state}},
+        source=root / "c.toml",
+    )
+    eng = engines.create(engine_name, cfg)
+    t = time.perf_counter()
+    eng.load()
+    load = time.perf_counter() - t
+    job = {
+        "job_id": "bench",
+        "inbox": "b",
+        "claim_dir": str(root / "claim"),
+        "outbox_dir": str(root / "out"),
+        "manifest": {
+            "audio": Path(audio).name,
+            "template": Path(template).name,
+            "output": {"height": height},
+        },
+    }
+    logs: list[str] = []
+    t = time.perf_counter()
+    result = pipeline.run(
+        job, cfg, eng, lambda m: logs.append(m.get("message", "")), threading.Event()
+    )
+    wall = time.perf_counter() - t
+    print(
+        json.dumps(
+            {
+                "wall": wall,
+                "load": load,
+                "timings": result["timings"],
+                "output": result["output"],
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "ffmpeg_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                "cache_hit": any("cache hit" in m for m in logs),
+            }
+        )
+    )
+    shutil.rmtree(root)
+
+
+if __name__ == "__main__":
+    main()
