@@ -228,6 +228,8 @@ def move_job_folder(cl: Claim) -> list[str]:
     moved = []
     folder = cl.candidate.base_dir
     for entry in sorted(os.listdir(folder)):
+        if os.path.lexists(cl.drop_dir / entry):
+            continue  # moved before a crash, or a name clash: the original stays put
         _move(folder / entry, cl.drop_dir / entry)
         moved.append(entry)
     try:

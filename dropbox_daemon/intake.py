@@ -52,6 +52,9 @@ class Intake:
 
     def ingest(self, inbox: InboxConfig, cl: Claim, *, recovered: bool = False) -> Job:
         """Validate a claimed drop and record it: queued, duplicate or rejected."""
+        if recovered:
+            # a crash may have stopped the move half way: finish it, then read from the claim
+            self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
         base = cl.drop_dir if recovered else cl.candidate.base_dir
         root = cl.drop_dir if recovered else inbox.path
         try:
@@ -61,12 +64,16 @@ class Intake:
         if not recovered:
             self._move_media(cl, manifest.media().values())
         job_id = manifest.job_id or generated_id(cl.candidate.stem, cl.claim_id)
-        if self.outbox.reserve(job_id):
+        ours = recovered and not self.store.exists(job_id) and self.outbox.read_task(job_id) is None
+        if self.outbox.reserve(job_id) or ours:
             return self._queue_new(inbox, cl, manifest, job_id)
         return self._existing(inbox, cl, manifest, job_id)
 
     def _move_media(self, cl: Claim, names) -> None:  # noqa: ANN001
+        """Move the drop's files beside its claimed manifest (what is already there stays)."""
         if cl.candidate.job_folder:
+            if not cl.candidate.base_dir.is_dir():
+                return
             move_job_folder(cl)
         else:
             move_named(cl, list(names), cl.candidate.base_dir)
@@ -165,10 +172,7 @@ class Intake:
 
     def _reject(self, inbox: InboxConfig, cl: Claim, err: RejectedDrop, *, recovered: bool) -> Job:
         if not recovered:
-            if cl.candidate.job_folder:
-                move_job_folder(cl)
-            else:
-                move_named(cl, _raw_media_names(cl.manifest, self.cfg), inbox.path)
+            self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
         job_id = salvage_job_id(cl.manifest, self.cfg.limits)
         if job_id is None or not self.outbox.reserve(job_id):
             prior = self.store.get(job_id) if job_id else None

@@ -373,8 +373,33 @@ class Store:
 
     # -- recovery -------------------------------------------------------------
     def recover_interrupted(self) -> list[Job]:
-        """At start-up: running jobs go back to queued (attempt counted) or fail past max_attempts."""
+        """At start-up: running jobs go back to queued (attempt counted) or fail past max_attempts.
+
+        A job still `received` was cut off during intake: queued if its manifest
+        was valid (its files were moved before the row was written), else rejected.
+        """
         out = []
+        for job in self._query("SELECT * FROM jobs WHERE state = 'received'"):
+            if job.manifest is not None and job.duplicate_of is None:
+                out.append(
+                    self.transition(job.job_id, "queued", detail="intake resumed after a restart")
+                )
+            else:
+                err = job.error or {
+                    "code": "intake_interrupted",
+                    "message": "the daemon stopped while taking this drop",
+                    "hint": "drop it again; its files are in input/ and in the claim folder",
+                    "stage": "validate",
+                }
+                to = "duplicate" if job.duplicate_of else "rejected"
+                out.append(
+                    self.transition(
+                        job.job_id,
+                        to,
+                        detail="intake resumed after a restart",
+                        error=None if to == "duplicate" else err,
+                    )
+                )
         for job in self._query(
             "SELECT * FROM jobs WHERE state IN ('preparing', 'rendering', 'encoding')"
         ):

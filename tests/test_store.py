@@ -98,3 +98,12 @@ def test_counts_include_zeros(store: Store) -> None:
     new(store)
     counts = store.counts()
     assert counts["received"] == 1 and counts["done"] == 0 and set(counts) == set(STATES)
+
+
+def test_recover_jobs_cut_off_during_intake(store: Store) -> None:
+    new(store, "valid", manifest={"audio": "a.wav", "template": "t.png"})
+    new(store, "invalid")
+    store.recover_interrupted()
+    assert store.get("valid").state == "queued"
+    bad = store.get("invalid")
+    assert bad.state == "rejected" and bad.error["code"] == "intake_interrupted"

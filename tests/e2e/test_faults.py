@@ -114,3 +114,31 @@ def test_sigterm_during_a_job_exits_zero_and_loses_nothing(daemon_factory, media
     d.start()
     assert d.wait_state("term", timeout=120)["state"] == "done"
     assert os.path.exists(d.outbox / "term" / "result.mp4")
+
+
+def test_claim_left_by_a_crash_is_resumed(daemon_factory, media) -> None:  # noqa: ANN001
+    """The daemon died right after claiming: manifest in the claim, media still in the inbox."""
+    import json
+    import socket
+
+    d = daemon_factory()
+    claim = d.inbox / ".dropbox" / "claimed" / "20260101T000000-deadbeef00" / "drop"
+    claim.mkdir(parents=True)
+    owner = {
+        "host": socket.gethostname(),
+        "pid": 1,
+        "claimed_at": 0,
+        "source": "orphan.json",
+        "job_folder": False,
+    }
+    (claim.parent / "owner.json").write_text(json.dumps(owner))
+    put_file(d.inbox / "o.wav", media.tone)
+    put_file(claim / "o.png", media.image)  # this one had been moved already
+    (claim / "orphan.json").write_text(
+        json.dumps({"job_id": "orphan", "audio": "o.wav", "template": "o.png"})
+    )
+    d.start()
+    task = d.wait_state("orphan", timeout=60)
+    assert task["state"] == "done", task
+    assert not (d.inbox / "o.wav").exists() and (claim / "o.wav").exists()
+    assert "resuming claim" in d.log_text()
