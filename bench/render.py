@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from common import ROOT, write_section
-from support import FFMPEG, astronaut, make_tone
+from support import astronaut, encode_frames, make_tone
 
 TEMPLATE_SECONDS = 10
 
@@ -20,43 +20,15 @@ TEMPLATE_SECONDS = 10
 def presenter_clip(path: Path, w: int, h: int, seconds: int = TEMPLATE_SECONDS) -> Path:
     """The astronaut portrait centred on a w x h canvas, drifting slowly: a talking-head template."""
     face = astronaut(h)
-    p = subprocess.Popen(
-        [
-            FFMPEG,
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "bgr24",
-            "-s",
-            f"{w}x{h}",
-            "-framerate",
-            "25",
-            "-i",
-            "pipe:",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-crf",
-            "18",
-            str(path),
-        ],
-        stdin=subprocess.PIPE,
-    )
-    for i in range(seconds * 25):
-        canvas = np.full((h, w, 3), 60, np.uint8)
-        x = (w - h) // 2 + int(0.02 * w * np.sin(i / 40))
-        canvas[:, x : x + h] = face
-        p.stdin.write(canvas.tobytes())
-    p.stdin.close()
-    p.wait()
-    return path
+
+    def frames():  # noqa: ANN202
+        for i in range(seconds * 25):
+            canvas = np.full((h, w, 3), 60, np.uint8)
+            x = (w - h) // 2 + int(0.02 * w * np.sin(i / 40))
+            canvas[:, x : x + h] = face
+            yield canvas
+
+    return encode_frames(path, frames(), (w, h))
 
 
 def job(audio: Path, template: Path, state: Path, engine: str = "preview") -> dict:

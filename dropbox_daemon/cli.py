@@ -164,14 +164,21 @@ def cmd_show(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     return EXIT_OK
 
 
+class NoSuchJob(Exception):
+    """The job named on the command line is not in the store."""
+
+
+def _job(store, job_id: str):  # noqa: ANN001, ANN202
+    job = store.get(job_id)
+    if job is None:
+        raise NoSuchJob(job_id)
+    return job
+
+
 def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     store = _store(cfg)
-    job = store.get(args.job)
-    if job is None:
-        print(f"no job {args.job!r}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+    job = _job(store, args.job)
     try:
-        store.outbox.clear_previous_run(job.job_id)
         job = store.transition(
             job.job_id,
             "queued",
@@ -187,6 +194,7 @@ def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
+    store.outbox.clear_previous_run(job.job_id)  # error.json and input/ of the failed run
     _out(args, f"{job.job_id} queued again", job.record())
     return EXIT_OK
 
@@ -195,10 +203,7 @@ def cmd_cancel(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     from dropbox_daemon.store import RUNNING
 
     store = _store(cfg)
-    job = store.get(args.job)
-    if job is None:
-        print(f"no job {args.job!r}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+    job = _job(store, args.job)
     if job.state in ("queued", "received"):
         try:
             job = store.transition(
@@ -290,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return EXIT_CONFIG
+    except NoSuchJob as e:
+        print(f"no job {e.args[0]!r} in {cfg.db_path}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURE

@@ -259,6 +259,32 @@ def make_face_video(
 
     base = astronaut(size)
     n = round(seconds * rate)
+
+    def frames():  # noqa: ANN202
+        for i in range(n):
+            yield frame_at(i / rate)
+
+    def frame_at(t: float):  # noqa: ANN202
+        if linear:
+            dx = pan * size * (t / max(seconds, 1e-6) - 0.5)
+        else:
+            dx = pan * size * np.sin(2 * np.pi * t / max(seconds, 1e-6))
+        m = np.float32([[1, 0, dx], [0, 1, 0]])
+        frame = cv2.warpAffine(base, m, (size, size), borderMode=cv2.BORDER_REFLECT)
+        if fade is not None and fade[0] <= t < fade[1]:
+            # fade out over the first 20%, black for 60%, fade in over the last 20%
+            span = fade[1] - fade[0]
+            k = max(0.0, 1 - (t - fade[0]) / (0.2 * span), 1 - (fade[1] - t) / (0.2 * span))
+            frame = (frame * min(1.0, k)).astype(np.uint8)
+        return frame
+
+    return encode_frames(path, frames(), (size, size), rate, crf=16)
+
+
+def encode_frames(
+    path: Path, frames: Any, size: tuple[int, int], rate: int = 25, crf: int = 18
+) -> Path:
+    """Encode BGR frames (an iterable of arrays of `size` = (w, h)) into an H.264 mp4."""
     proc = subprocess.Popen(
         [
             FFMPEG,
@@ -271,7 +297,7 @@ def make_face_video(
             "-pix_fmt",
             "bgr24",
             "-s",
-            f"{size}x{size}",
+            f"{size[0]}x{size[1]}",
             "-framerate",
             str(rate),
             "-i",
@@ -283,24 +309,12 @@ def make_face_video(
             "-preset",
             "ultrafast",
             "-crf",
-            "16",
+            str(crf),
             str(path),
         ],
         stdin=subprocess.PIPE,
     )
-    for i in range(n):
-        t = i / rate
-        if linear:
-            dx = pan * size * (t / max(seconds, 1e-6) - 0.5)
-        else:
-            dx = pan * size * np.sin(2 * np.pi * t / max(seconds, 1e-6))
-        m = np.float32([[1, 0, dx], [0, 1, 0]])
-        frame = cv2.warpAffine(base, m, (size, size), borderMode=cv2.BORDER_REFLECT)
-        if fade is not None and fade[0] <= t < fade[1]:
-            # fade out over the first 20%, black for 60%, fade in over the last 20%
-            span = fade[1] - fade[0]
-            k = max(0.0, 1 - (t - fade[0]) / (0.2 * span), 1 - (fade[1] - t) / (0.2 * span))
-            frame = (frame * min(1.0, k)).astype(np.uint8)
+    for frame in frames:
         proc.stdin.write(frame.tobytes())
     proc.stdin.close()
     assert proc.wait() == 0
