@@ -112,21 +112,115 @@ def _daemon_pid(cfg: config_mod.Config) -> int | None:
 
 
 def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    import datetime as dt
+
     pid = _daemon_pid(cfg)
     counts: dict[str, int] = {}
     if cfg.db_path.exists():
         store = _store(cfg)
         counts = store.counts()
         store.close()
+    try:
+        beat = json.loads((cfg.daemon_dir / "health.json").read_text())
+    except (OSError, ValueError):
+        beat = None
+    lines = [f"dropbox-daemon {__version__}: " + (f"running (pid {pid})" if pid else "NOT running")]
+    healthy = False
+    if beat is not None:
+        written = dt.datetime.fromisoformat(beat["written_at"].replace("Z", "+00:00"))
+        age = (dt.datetime.now(dt.UTC) - written).total_seconds()
+        stale = age > 3 * cfg.health.heartbeat_seconds + 5
+        healthy = bool(pid) and not stale and beat["status"] != "failing"
+        if healthy:
+            verdict = "healthy" if beat["status"] == "ok" else "working, degraded"
+        else:
+            verdict = "NOT healthy"
+        lines.append(
+            f"health: {verdict} ({beat['status']}); heartbeat written {age:.0f} s ago"
+            + (" - STALE: the daemon is hung or stopped" if stale else "")
+        )
+        lines += [f"  - {r}" for r in beat.get("reasons", [])]
+        w = beat.get("worker", {})
+        mem = f", {w['memory_bytes'] >> 20} MiB" if w.get("memory_bytes") else ""
+        lines.append(
+            f"worker: {w.get('state')} (pid {w.get('pid')}, {w.get('device')}{mem}, "
+            f"{w.get('restarts', 0)} restarts)"
+        )
+        if beat.get("current_job"):
+            cj = beat["current_job"]
+            lines.append(f"now: {cj['job_id']} {cj['state']} {cj['progress'] * 100:.0f}%")
+    else:
+        lines.append("health: no heartbeat written yet")
     active = {k: v for k, v in counts.items() if v}
-    up = f"running (pid {pid})" if pid else "NOT running"
-    queue = ", ".join(f"{k} {v}" for k, v in active.items()) or "no jobs yet"
-    _out(
-        args,
-        f"dropbox-daemon {__version__}: {up}\njobs: {queue}",
-        {"running": bool(pid), "pid": pid, "jobs": counts, "version": __version__},
-    )
-    return EXIT_OK if pid else EXIT_FAILURE
+    lines.append("jobs: " + (", ".join(f"{k} {v}" for k, v in active.items()) or "no jobs yet"))
+    data = {
+        "running": bool(pid),
+        "pid": pid,
+        "healthy": healthy,
+        "jobs": counts,
+        "health": beat,
+        "version": __version__,
+    }
+    _out(args, "\n".join(lines), data)
+    return EXIT_OK if pid and healthy else EXIT_FAILURE
+
+
+def cmd_doctor(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from dropbox_daemon import doctor
+
+    checks = doctor.run_checks(cfg)
+    if args.json:
+        print(json.dumps(doctor.as_dicts(checks), indent=2))
+    else:
+        mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+        for c in checks:
+            fix = f"\n       fix: {c.fix}" if c.fix and c.status != "ok" else ""
+            print(f"[{mark[c.status]}] {c.name}: {c.detail}{fix}")
+        fails = sum(c.status == "fail" for c in checks)
+        warns = sum(c.status == "warn" for c in checks)
+        print(f"{len(checks)} checks: {fails} failed, {warns} warnings")
+    return EXIT_FAILURE if any(c.status == "fail" for c in checks) else EXIT_OK
+
+
+def cmd_smoke(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from dropbox_daemon import smoke
+
+    passed, report = smoke.run(cfg, timeout=args.timeout, start_daemon=args.start_daemon)
+    if args.json:
+        print(json.dumps({"passed": passed, **report}, indent=2))
+    elif passed:
+        t = report["timings"]
+        print(
+            f"PASS smoke {report['job_id']}: {report['result']} ({report['duration']:.2f} s, "
+            f"{report['size']}, engine {report['engine']}) in {report['wall_seconds']:.1f} s "
+            f"[prepare {t.get('prepare', 0):.2f} s, render {t.get('render', 0):.2f} s, "
+            f"encode {t.get('encode', 0):.2f} s]"
+        )
+    else:
+        print(f"FAIL smoke {report.get('job_id', '')}: {report['error']}")
+    return EXIT_OK if passed else EXIT_FAILURE
+
+
+def cmd_logs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    path = cfg.daemon.outbox / args.job / "log.txt"
+    try:
+        text = path.read_text()
+    except OSError:
+        print(f"no log for job {args.job!r} at {path}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(text, end="")
+    if args.daemon:
+        logfile = cfg.daemon.state_dir / "logs" / "daemon.jsonl"
+        print(f"--- daemon log lines of {args.job} ({logfile}) ---")
+        try:
+            with open(logfile) as f:
+                for line in f:
+                    if args.job in line:
+                        rec = json.loads(line)["record"]
+                        print(f"{rec['time']['repr']} {rec['level']['name']} {rec['message']}")
+        except (OSError, ValueError, KeyError):
+            pass
+    return EXIT_OK
 
 
 def cmd_jobs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
@@ -268,6 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     c.add_argument("job")
     sub.add_parser("demo", parents=[common], help="render a sample job end to end")
+    sub.add_parser(
+        "doctor", parents=[common], help="check this host's set-up; non-zero on any failure"
+    )
+    sm = sub.add_parser(
+        "smoke", parents=[common], help="render a 10 s job through the daemon: pass or fail"
+    )
+    sm.add_argument("--timeout", type=float, default=600)
+    sm.add_argument(
+        "--start-daemon", action="store_true", help="start a daemon for the test if none runs"
+    )
+    lg = sub.add_parser("logs", parents=[common], help="a job's log (log.txt)")
+    lg.add_argument("job")
+    lg.add_argument(
+        "--daemon", action="store_true", help="also the daemon's own log lines about it"
+    )
     return p
 
 
@@ -280,6 +389,9 @@ COMMANDS = {
     "retry": cmd_retry,
     "cancel": cmd_cancel,
     "demo": cmd_demo,
+    "doctor": cmd_doctor,
+    "smoke": cmd_smoke,
+    "logs": cmd_logs,
 }
 
 

@@ -21,6 +21,7 @@ from dropbox_daemon.errors import ConfigError
 ENV_CONFIG = "DROPBOX_DAEMON_CONFIG"
 DEFAULT_CONFIG_NAME = "config.toml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SMOKE_INBOX = "smoke"  # the inbox `dropbox-daemon smoke` drops into
 
 
 class _Strict(BaseModel):
@@ -47,10 +48,17 @@ class InboxConfig(_Strict):
     # only the periodic rescan (for shares where even polling stat()s cost too much)
     watch: Literal["auto", "events", "poll", "rescan"] = "auto"
     settle_seconds: float = Field(default=3.0, ge=0, le=3600)
-    keep_days: float = Field(default=7.0, gt=0)
+    # results, claim folders and records kept this long; default 7, or 3 for the smoke inbox
+    keep_days: float = Field(default=None, gt=0, validate_default=False)  # type: ignore[assignment]
     engine: Literal["auto", "wav2lip", "preview", "passthrough", "http"] = "auto"
     priority: int = Field(default=0, ge=-10, le=10)
     output: OutputDefaults = Field(default_factory=OutputDefaults)
+
+    @model_validator(mode="after")
+    def _default_keep(self) -> InboxConfig:
+        if self.keep_days is None:
+            self.keep_days = 3.0 if self.name == SMOKE_INBOX else 7.0
+        return self
 
 
 class LogConfig(_Strict):
@@ -120,6 +128,21 @@ class OverlayConfig(_Strict):
     metadata_tag: str = "AI-generated video (lip-synced by dropbox-daemon)"
 
 
+class HealthConfig(_Strict):
+    """The heartbeat: health.json, metrics.prom, systemd's watchdog."""
+
+    heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
+    loop_stall_seconds: float = Field(default=60.0, gt=0)  # main loop silent this long: failing
+    disk_warn_bytes: int = Field(default=5 << 30, ge=0)  # under this free: degraded
+    disk_fail_bytes: int = Field(default=1 << 30, ge=0)  # under this free: failing
+
+
+class RetentionConfig(_Strict):
+    every_minutes: float = Field(default=60.0, gt=0)  # how often expired jobs are removed
+    backup_every_hours: float = Field(default=24.0, gt=0)  # online backup of the database
+    backups_keep: int = Field(default=7, ge=1)
+
+
 class ModelsConfig(_Strict):
     wav2lip: Path | None = None
 
@@ -131,6 +154,8 @@ class Config(_Strict):
     media: MediaConfig = Field(default_factory=MediaConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     overlay: OverlayConfig = Field(default_factory=OverlayConfig)
     # Where the file was read from; not a key of the file.
     source: Path | None = Field(default=None, exclude=True)

@@ -17,12 +17,14 @@ from typing import Any
 
 from loguru import logger
 
-from dropbox_daemon import drops
+from dropbox_daemon import drops, health
 from dropbox_daemon.config import Config, InboxConfig
 from dropbox_daemon.drops import candidate_for
 from dropbox_daemon.errors import ConfigError, IllegalTransition
 from dropbox_daemon.intake import Intake
+from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.scheduler import Scheduler
 from dropbox_daemon.store import RUNNING, Job, Store, pick_next
 from dropbox_daemon.watcher import Watcher
 
@@ -74,7 +76,10 @@ class Daemon:
         self.last_served: dict[str, float] = {}
         self.next_rescan = 0.0
         self.flags = Flags()
-        self.started_at = time.time()
+        self.view = health.DaemonView()
+        self.metrics = health.Metrics()
+        self.notifier = Notifier()
+        self.scheduler = Scheduler(cfg, self.view, self.metrics, self.notifier)
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -86,6 +91,7 @@ class Daemon:
         for inbox in self.cfg.inbox:
             drops.claims_root(inbox.path).mkdir(parents=True, exist_ok=True)
         self.store = Store(self.cfg.db_path, self.outbox)
+        self.store.on_change = self.metrics.on_change
         self.intake = Intake(self.cfg, self.store, self.outbox)
         for job in self.store.recover_interrupted():
             logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
@@ -97,7 +103,9 @@ class Daemon:
             )
         self._recover_orphan_claims()
         self.watcher.start()
+        self.view.watch_modes = dict(self.watcher.modes)
         self.worker.start()
+        self.scheduler.start()
         logger.info(
             "dropbox-daemon {} started: {} inbox(es), outbox {}, state {}",
             __import__("dropbox_daemon").__version__,
@@ -151,6 +159,10 @@ class Daemon:
 
     def stop(self) -> None:
         """Stop taking jobs; let the running one finish within stop_timeout, else re-queue it."""
+        self.view.stopping = True
+        self.notifier.stopping(
+            f"stopping; {'finishing ' + self.current.job_id if self.current else 'idle'}"
+        )
         deadline = time.monotonic() + self.cfg.daemon.stop_timeout_seconds
         if self.current is not None:
             logger.info(
@@ -167,11 +179,13 @@ class Daemon:
             self.worker.kill()
             self._requeue(job_id, "the daemon was stopped during the job", count_attempt=False)
         self.worker.stop(timeout=5)
+        self.scheduler.stop()
         logger.info("dropbox-daemon stopped")
 
     # -- the loop ---------------------------------------------------------------------
     def loop_once(self, now: float) -> None:
         """One pass: worker messages, hints, rescans, claims, cancels, dispatch."""
+        self.view.loop_tick = time.monotonic()
         self._handle_worker(now)
         for hint in self.watcher.drain():
             inbox = self.cfg.inbox_by_name(hint.inbox)
@@ -187,6 +201,13 @@ class Daemon:
         self._take_settled(now)
         self._handle_cancels(now)
         self._dispatch(now)
+        self._share_view()
+
+    def _share_view(self) -> None:
+        v, w = self.view, self.worker
+        v.worker_pid, v.worker_state, v.worker_info = w.pid, w.state, w.info
+        v.worker_restarts = w.restarts
+        v.current_job = self.current.job_id if self.current else None
 
     def _take_settled(self, now: float) -> None:
         assert self.intake is not None
@@ -306,6 +327,7 @@ class Daemon:
                 self._finish_cancel(cur.job_id, "the worker was killed to stop it")
         if self.worker.state in ("dead", "stopped") and not self.flags.stop:
             self.worker.restarts += 1
+            self.metrics.worker_restarts.inc()
             self.worker.kill()
             self.worker.start()
 
@@ -324,6 +346,11 @@ class Daemon:
             self.worker.state = "idle" if self.current is None else "busy"
             self.worker.info = msg
             logger.info("worker ready (pid {}, device {})", msg["pid"], msg["device"])
+            if not self.view.ready:
+                self.view.ready = True
+                self.notifier.ready(
+                    f"ready: {len(self.cfg.inbox)} inbox(es) watched, worker on {msg['device']}"
+                )
             return
         cur = self.current
         job_id = msg.get("job_id")
@@ -363,7 +390,7 @@ class Daemon:
                 "done",
                 expect=RUNNING,
                 output=msg["output"],
-                timings=msg["timings"],
+                timings={**job.timings, **msg["timings"]},  # keeps the pickup time
                 device=msg.get("device"),
                 detail=f"{msg['output']['name']} in {msg['timings']['total']:.2f} s",
             )

@@ -38,7 +38,7 @@ def make_samples(folder: Path, ffmpeg: str, seconds: float = DEMO_SECONDS) -> tu
     return audio, template
 
 
-def _start_daemon(cfg: Config) -> subprocess.Popen[bytes]:
+def start_daemon(cfg: Config) -> subprocess.Popen[bytes]:
     from dropbox_daemon.daemon import read_pid
 
     cmd = [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(cfg.source)]
@@ -55,7 +55,7 @@ def run(cfg: Config, *, json_out: bool = False) -> int:
     from dropbox_daemon.daemon import read_pid
 
     samples = make_samples(cfg.daemon.state_dir / "demo", ffmpeg_binary(cfg.media.ffmpeg))
-    proc = None if read_pid(cfg) else _start_daemon(cfg)
+    proc = None if read_pid(cfg) else start_daemon(cfg)
     try:
         handle = client.submit(cfg.inbox[0].path, *samples, outbox=cfg.daemon.outbox)
         print(f"dropped job {handle.job_id} into {cfg.inbox[0].path}", file=sys.stderr)

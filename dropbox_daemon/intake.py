@@ -95,8 +95,12 @@ class Intake:
         )
 
     def _queue_new(self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str) -> Job:
+        try:  # from the manifest's last write (a rename keeps it) to now
+            pickup = {"pickup": round(max(0.0, time.time() - cl.manifest.stat().st_mtime), 4)}
+        except OSError:
+            pickup = {}
         job = self.store.create(
-            self._base_job(inbox, cl, job_id, m),
+            self._base_job(inbox, cl, job_id, m).model_copy(update={"timings": pickup}),
             detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} (claim {cl.claim_id})",
         )
         return self.store.transition(

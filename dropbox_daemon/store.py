@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -186,6 +186,8 @@ class Store:
     def __init__(self, path: Path, outbox: Outbox, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = path
         self.outbox = outbox
+        # called after every committed state change with (job, from_state): metrics
+        self.on_change: Callable[[Job, str | None], None] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(
             path, isolation_level=None, timeout=busy_timeout_ms / 1000, check_same_thread=False
@@ -204,6 +206,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT: one writer at a time across processes."""
+        self._pending_changes: list[tuple[Job, str | None]] = []
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
@@ -211,6 +214,9 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+        if self.on_change is not None:
+            for job, from_state in self._pending_changes:
+                self.on_change(job, from_state)
 
     @property
     def schema_version(self) -> int:
@@ -249,6 +255,7 @@ class Store:
             "INSERT INTO events (job_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
             (job.job_id, now, from_state, job.state, detail),
         )
+        self._pending_changes.append((job, from_state))
         arrow = f"{from_state} -> {job.state}" if from_state else job.state
         self.outbox.log(
             job.job_id, job.trace_id, f"state {arrow}" + (f": {detail}" if detail else ""), at=now
@@ -370,6 +377,41 @@ class Store:
 
     def cancel_requested(self) -> list[Job]:
         return self._query("SELECT * FROM jobs WHERE cancel_requested = 1")
+
+    # -- retention and backups ---------------------------------------------------
+    def delete_if_expired(self, job_id: str, cutoff: float) -> Job | None:
+        """Delete a job and its events if it is still ended before `cutoff`; the deleted Job or None."""
+        with self.transaction() as c:
+            job = self._row(c, job_id)
+            if job is None or job.state not in TERMINAL or (job.finished_at or cutoff) >= cutoff:
+                return None
+            c.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+        return job
+
+    def ended_before(self, cutoff: float, inbox: str) -> list[Job]:
+        return self._query(
+            "SELECT * FROM jobs WHERE inbox = ? AND finished_at < ? AND state IN "
+            "('done', 'failed', 'cancelled', 'rejected', 'duplicate') ORDER BY finished_at",
+            (inbox, cutoff),
+        )
+
+    def claim_dirs(self) -> set[str]:
+        return {
+            r[0]
+            for r in self.conn.execute("SELECT claim_dir FROM jobs WHERE claim_dir IS NOT NULL")
+        }
+
+    def backup(self, dest: Path) -> None:
+        """An online, consistent copy of the database (sqlite's backup API)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".partial")
+        target = sqlite3.connect(tmp)
+        try:
+            self.conn.backup(target)
+        finally:
+            target.close()
+        tmp.replace(dest)
 
     # -- recovery -------------------------------------------------------------
     def recover_interrupted(self) -> list[Job]:

@@ -118,6 +118,7 @@ class DaemonProc:
         daemon: dict[str, Any] | None = None,
         limits: dict[str, Any] | None = None,
         extra_inboxes: list[dict[str, Any]] | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.root = root
         self.inbox = root / "inbox"
@@ -151,16 +152,17 @@ class DaemonProc:
         ]
         for box in [i, *(extra_inboxes or [])]:
             lines += ["[[inbox]]", *(f"{k} = {toml_value(v)}" for k, v in box.items())]
-        if limits:
-            lines += ["[limits]", *(f"{k} = {toml_value(v)}" for k, v in limits.items())]
+        for name, table in {**({"limits": limits} if limits else {}), **(sections or {})}.items():
+            lines += [f"[{name}]", *(f"{k} = {toml_value(v)}" for k, v in table.items())]
         self.config.write_text("\n".join(lines) + "\n")
 
-    def start(self) -> DaemonProc:
+    def start(self, env: dict[str, str] | None = None) -> DaemonProc:
         log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         wait_for(
             lambda: "worker ready" in self.log_text() or self.proc.poll() is not None,

@@ -1,0 +1,306 @@
+"""`dropbox-daemon doctor`: is this host set up to run the daemon? Each check: ok, warn or fail, and the fix."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dropbox_daemon.config import Config
+from dropbox_daemon.drops import claims_root
+from dropbox_daemon.media.encode import ffmpeg_binary
+from dropbox_daemon.watcher import mount_of, watch_mode
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dropbox-daemon.service"
+INSTALLED_UNIT = Path("/etc/systemd/system/dropbox-daemon.service")
+MIN_INOTIFY_WATCHES = 8192
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+def _writable(path: Path) -> str | None:
+    """None if a file can be created and removed in `path`, else why not."""
+    probe = path / f".doctor-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def check_folders(cfg: Config) -> list[Check]:
+    out = []
+    folders = [("outbox", cfg.daemon.outbox), ("state", cfg.daemon.state_dir)]
+    folders += [(f"inbox {i.name}", i.path) for i in cfg.inbox]
+    for name, path in folders:
+        if not path.is_dir():
+            out.append(
+                Check(
+                    f"{name} folder",
+                    "fail",
+                    f"{path} does not exist",
+                    f"mkdir -p {path} and give the service user write access",
+                )
+            )
+            continue
+        why = _writable(path)
+        if why:
+            out.append(
+                Check(
+                    f"{name} folder",
+                    "fail",
+                    f"{path} is not writable: {why}",
+                    f"chown/chmod {path} so the service user can write to it",
+                )
+            )
+        else:
+            out.append(Check(f"{name} folder", "ok", f"{path} is writable"))
+    return out
+
+
+def check_claims(cfg: Config) -> list[Check]:
+    """A claim is a rename inside the inbox's own file system: try one."""
+    out = []
+    for inbox in cfg.inbox:
+        if not inbox.path.is_dir():
+            continue
+        root = claims_root(inbox.path)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            same = os.stat(inbox.path).st_dev == os.stat(root).st_dev
+            src = inbox.path / f".doctor-{uuid.uuid4().hex[:8]}.tmp"
+            src.write_bytes(b"x")
+            try:
+                os.rename(src, root / src.name)
+            finally:
+                src.unlink(missing_ok=True)
+                (root / src.name).unlink(missing_ok=True)
+        except OSError as e:
+            out.append(
+                Check(
+                    f"claims in inbox {inbox.name}",
+                    "fail",
+                    f"cannot rename into {root}: {e.strerror or e}",
+                    f"make {root} a plain folder on the same file system as {inbox.path}",
+                )
+            )
+            continue
+        if not same:
+            out.append(
+                Check(
+                    f"claims in inbox {inbox.name}",
+                    "fail",
+                    f"{root} is on another file system than {inbox.path}: claims would not be atomic",
+                    f"remove the mount at {root}; it must be a plain folder inside the inbox",
+                )
+            )
+            continue
+        mode, why = watch_mode(inbox)
+        mnt, fstype = mount_of(inbox.path)
+        out.append(
+            Check(
+                f"claims in inbox {inbox.name}",
+                "ok",
+                f"rename works on {fstype} ({mnt}); watching with {mode}: {why}",
+            )
+        )
+    return out
+
+
+def check_ffmpeg(cfg: Config, gpu: bool) -> list[Check]:
+    try:
+        exe = ffmpeg_binary(cfg.media.ffmpeg)
+        encoders = subprocess.run(
+            [exe, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        return [
+            Check(
+                "ffmpeg",
+                "fail",
+                f"ffmpeg cannot run: {e}",
+                "pip install imageio-ffmpeg, or set [media] ffmpeg to a working binary",
+            )
+        ]
+    out = [Check("ffmpeg", "ok", exe)]
+    for enc, needed in (("libx264", True), ("aac", True), ("h264_nvenc", gpu)):
+        have = f" {enc} " in encoders
+        if have:
+            out.append(Check(f"encoder {enc}", "ok", "available"))
+        elif needed:
+            out.append(
+                Check(
+                    f"encoder {enc}",
+                    "fail",
+                    f"{exe} has no {enc} encoder",
+                    "use the imageio-ffmpeg binary or an ffmpeg built with it ([media] ffmpeg)",
+                )
+            )
+        else:
+            out.append(Check(f"encoder {enc}", "ok", "not needed without a GPU"))
+    return out
+
+
+def check_torch(cfg: Config) -> tuple[list[Check], bool]:
+    """torch's version and device, in a child process (torch is never imported by the daemon)."""
+    code = (
+        "import json, torch; print(json.dumps({'v': torch.__version__, 'cuda': torch.cuda.is_available(), "
+        "'name': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))"
+    )
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+        import json
+
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return [
+            Check(
+                "torch",
+                "warn",
+                "torch cannot be imported",
+                "pip install -c constraints.txt -e . (or the CUDA build on GPU hosts)",
+            )
+        ], False
+    device = f"CUDA ({info['name']})" if info["cuda"] else "CPU only"
+    return [Check("torch", "ok", f"torch {info['v']}, {device}")], bool(info["cuda"])
+
+
+def check_weights(cfg: Config) -> list[Check]:
+    path = cfg.models.wav2lip
+    if path is None:
+        return [Check("wav2lip weights", "ok", "none configured: engine auto renders with preview")]
+    if not path.is_file():
+        return [
+            Check(
+                "wav2lip weights",
+                "fail",
+                f"{path} does not exist",
+                "copy wav2lip.pth or wav2lip_gan.pth there, or remove [models] wav2lip",
+            )
+        ]
+    code = (
+        "import sys, torch; ck = torch.load(sys.argv[1], map_location='cpu', weights_only=True); "
+        "sd = ck.get('state_dict', ck); print(len(sd))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300
+    )
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["unknown error"])[-1]
+        return [
+            Check(
+                "wav2lip weights",
+                "fail",
+                f"{path} cannot be loaded: {last[:200]}",
+                "the file is damaged or not a PyTorch checkpoint: download it again",
+            )
+        ]
+    return [Check("wav2lip weights", "ok", f"{path}: {r.stdout.strip()} tensors")]
+
+
+def check_disk(cfg: Config) -> list[Check]:
+    out = []
+    for name, path in (("outbox", cfg.daemon.outbox), ("state", cfg.daemon.state_dir)):
+        try:
+            free = shutil.disk_usage(path).free
+        except OSError:
+            continue
+        status = (
+            "fail"
+            if free < cfg.health.disk_fail_bytes
+            else "warn"
+            if free < cfg.health.disk_warn_bytes
+            else "ok"
+        )
+        out.append(
+            Check(
+                f"disk free ({name})",
+                status,
+                f"{free / 2**30:.1f} GiB free at {path}",
+                "free space or lower [inbox] keep_days" if status != "ok" else "",
+            )
+        )
+    return out
+
+
+def check_inotify(cfg: Config) -> list[Check]:
+    try:
+        watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    except (OSError, ValueError):
+        return [Check("inotify", "warn", "cannot read the inotify limits", "")]
+    if watches < MIN_INOTIFY_WATCHES:
+        return [
+            Check(
+                "inotify",
+                "warn",
+                f"max_user_watches is {watches}",
+                "sysctl fs.inotify.max_user_watches=524288 (events may be missed; rescans still find drops)",
+            )
+        ]
+    return [Check("inotify", "ok", f"max_user_watches {watches}")]
+
+
+def check_unit(cfg: Config) -> list[Check]:
+    """The unit's ReadWritePaths= must cover every folder the daemon writes to."""
+    unit = INSTALLED_UNIT if INSTALLED_UNIT.exists() else UNIT
+    if not unit.exists():
+        return [
+            Check(
+                "systemd unit",
+                "warn",
+                "no unit file found",
+                f"install {UNIT.name} (docs/operations.md)",
+            )
+        ]
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    try:
+        parser.read(unit)
+        paths = [Path(p) for p in parser.get("Service", "ReadWritePaths", fallback="").split()]
+        state_dir = parser.get("Service", "StateDirectory", fallback="")
+    except configparser.Error as e:
+        return [Check("systemd unit", "warn", f"{unit} cannot be read: {e}", "")]
+    if state_dir:
+        paths.append(Path("/var/lib") / state_dir)
+    needed = [cfg.daemon.outbox, cfg.daemon.state_dir, *(i.path for i in cfg.inbox)]
+    missing = [str(p) for p in needed if not any(p == q or p.is_relative_to(q) for q in paths)]
+    status = (
+        "warn" if unit == UNIT else "fail"
+    )  # the repo's copy is a template; an installed unit must match
+    if missing:
+        return [
+            Check(
+                "systemd unit",
+                status,
+                f"{unit} does not let the service write to: {', '.join(missing)}",
+                f"add them to ReadWritePaths= in {unit}, or move the folders",
+            )
+        ]
+    return [
+        Check("systemd unit", "ok", f"{unit} covers every inbox, the outbox and the state folder")
+    ]
+
+
+def run_checks(cfg: Config) -> list[Check]:
+    checks = check_folders(cfg) + check_claims(cfg)
+    torch_checks, gpu = check_torch(cfg)
+    checks += check_ffmpeg(cfg, gpu) + torch_checks + check_weights(cfg)
+    checks += check_disk(cfg) + check_inotify(cfg) + check_unit(cfg)
+    return checks
+
+
+def as_dicts(checks: list[Check]) -> list[dict[str, str]]:
+    return [asdict(c) for c in checks]

@@ -1,0 +1,238 @@
+"""health.json and metrics.prom: the operator's view of the running daemon.
+
+Metrics use prometheus_client's types and its atomic textfile writer (for
+node_exporter's textfile collector). The health record says in one word
+whether the daemon is ok, degraded or failing, and why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
+
+from dropbox_daemon import __version__
+from dropbox_daemon.config import Config
+from dropbox_daemon.outbox import atomic_write_json, utc_iso
+from dropbox_daemon.store import RUNNING, TERMINAL, Job, Store
+
+HEALTH_JSON = "health.json"
+METRICS_PROM = "metrics.prom"
+STATUS_LEVEL = {"ok": 0, "degraded": 1, "failing": 2}
+
+
+class Metrics:
+    """The daemon's Prometheus metrics; fed by every state change (Store.on_change)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.jobs = Counter(
+            "dropbox_jobs",
+            "Jobs that ended, by final state and inbox",
+            ["state", "inbox"],
+            registry=r,
+        )
+        self.queue = Gauge(
+            "dropbox_queue_depth", "Jobs waiting or running, by state", ["state"], registry=r
+        )
+        self.render = Histogram(
+            "dropbox_render_seconds",
+            "Wall time of a job's render, from start to done",
+            registry=r,
+            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600),
+        )
+        self.rtf = Histogram(
+            "dropbox_realtime_factor",
+            "Seconds of video rendered per wall-clock second",
+            registry=r,
+            buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 16),
+        )
+        self.pickup = Histogram(
+            "dropbox_pickup_latency_seconds",
+            "From the manifest's last write to the job being queued",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+        )
+        self.worker_restarts = Counter(
+            "dropbox_worker_restarts", "Worker processes replaced", registry=r
+        )
+        self.callback_failures = Counter(
+            "dropbox_callback_failures", "Callbacks given up on", registry=r
+        )
+        self.last_success = Gauge(
+            "dropbox_last_success_timestamp_seconds", "When a job last ended done", registry=r
+        )
+        self.disk_free = Gauge("dropbox_disk_free_bytes", "Free space", ["path"], registry=r)
+        self.status = Gauge("dropbox_health_status", "0 ok, 1 degraded, 2 failing", registry=r)
+
+    def on_change(self, job: Job, from_state: str | None) -> None:
+        """Count a job's state change (called by the store after each transition)."""
+        if job.state == "queued" and from_state == "received" and "pickup" in job.timings:
+            self.pickup.observe(max(0.0, job.timings["pickup"]))
+        if job.state not in TERMINAL:
+            return
+        self.jobs.labels(job.state, job.inbox).inc()
+        if job.state == "done":
+            self.last_success.set(job.finished_at or time.time())
+            total = job.timings.get("total")
+            if total:
+                self.render.observe(total)
+                duration = (job.output or {}).get("duration")
+                if duration:
+                    self.rtf.observe(duration / total)
+
+    def write(self, path: Path) -> None:
+        write_to_textfile(str(path), self.registry)
+
+
+@dataclass
+class DaemonView:
+    """What the main loop shares with the heartbeat thread (plain values, read without locks)."""
+
+    started_at: float = field(default_factory=time.time)
+    loop_tick: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    stopping: bool = False
+    worker_pid: int | None = None
+    worker_state: str = "stopped"
+    worker_info: dict[str, Any] = field(default_factory=dict)
+    worker_restarts: int = 0
+    current_job: str | None = None
+    watch_modes: dict[str, str] = field(default_factory=dict)
+
+
+def disk_free(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _process_memory(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except (psutil.Error, OSError):
+        return None
+
+
+def _job_brief(job: Job | None) -> dict[str, Any] | None:
+    if job is None:
+        return None
+    return {
+        "job_id": job.job_id,
+        "state": job.state,
+        "inbox": job.inbox,
+        "progress": job.progress,
+        "finished_at": utc_iso(job.finished_at),
+        "started_at": utc_iso(job.started_at),
+        "error": (job.error or {}).get("message") if job.error else None,
+    }
+
+
+def evaluate(
+    view: DaemonView, cfg: Config, disks: dict[str, int | None], now_mono: float
+) -> tuple[str, list[str]]:
+    """(status, reasons): failing stops the watchdog pings, degraded only reports."""
+    failing, degraded = [], []
+    stall = now_mono - view.loop_tick
+    if stall > cfg.health.loop_stall_seconds:
+        failing.append(f"main loop silent for {stall:.0f} s")
+    if view.worker_state == "dead" or (view.ready and view.worker_state in ("stopped",)):
+        failing.append(f"worker is {view.worker_state}")
+    elif view.worker_state == "starting":
+        degraded.append("worker is starting (loading models)")
+    if view.worker_restarts:
+        degraded.append(f"worker restarted {view.worker_restarts} time(s) since start")
+    for name, free in disks.items():
+        if free is None:
+            failing.append(f"{name} folder is not reachable")
+        elif free < cfg.health.disk_fail_bytes:
+            failing.append(
+                f"{name} has {free >> 20} MiB free (under {cfg.health.disk_fail_bytes >> 20} MiB)"
+            )
+        elif free < cfg.health.disk_warn_bytes:
+            degraded.append(
+                f"{name} has {free >> 20} MiB free (under {cfg.health.disk_warn_bytes >> 20} MiB)"
+            )
+    for inbox in cfg.inbox:
+        if not inbox.path.is_dir():
+            degraded.append(f"inbox {inbox.name} ({inbox.path}) is missing")
+    status = "failing" if failing else "degraded" if degraded else "ok"
+    return status, failing + degraded
+
+
+def build(
+    view: DaemonView, cfg: Config, store: Store, metrics: Metrics, now: float, now_mono: float
+) -> dict[str, Any]:
+    """The health record, and the metrics brought up to date with it."""
+    counts = store.counts()
+    by_inbox: dict[str, dict[str, int]] = {}
+    for inbox, state, n in store.conn.execute(
+        "SELECT inbox, state, COUNT(*) FROM jobs WHERE state IN ('received', 'queued', 'preparing', 'rendering', 'encoding') GROUP BY inbox, state"
+    ):
+        by_inbox.setdefault(inbox, {})[state] = n
+    current = store.get(view.current_job) if view.current_job else None
+    last_done = store.jobs(state="done", limit=1)
+    last_failed = store.jobs(state="failed", limit=1)
+    disks = {"outbox": disk_free(cfg.daemon.outbox), "state": disk_free(cfg.daemon.state_dir)}
+    status, reasons = evaluate(view, cfg, disks, now_mono)
+    for state in ("received", "queued", *RUNNING):
+        metrics.queue.labels(state).set(counts.get(state, 0))
+    for name, free in disks.items():
+        if free is not None:
+            metrics.disk_free.labels(name).set(free)
+    metrics.status.set(STATUS_LEVEL[status])
+    return {
+        "status": status,
+        "reasons": reasons,
+        "written_at": utc_iso(now),
+        "version": __version__,
+        "pid": os.getpid(),
+        "host": cfg.daemon.host,
+        "uptime_seconds": round(now - view.started_at, 1),
+        "config_hash": cfg.config_hash(),
+        "ready": view.ready,
+        "worker": {
+            "pid": view.worker_pid,
+            "state": view.worker_state,
+            "device": view.worker_info.get("device"),
+            "engines_loaded": view.worker_info.get("engines", []),
+            "model_loaded": bool(view.worker_info),
+            "memory_bytes": _process_memory(view.worker_pid),
+            "restarts": view.worker_restarts,
+        },
+        "queue": {k: v for k, v in counts.items() if k in ("received", "queued", *RUNNING)},
+        "queue_by_inbox": by_inbox,
+        "jobs_by_state": counts,
+        "current_job": _job_brief(current),
+        "last_done": _job_brief(last_done[0] if last_done else None),
+        "last_failed": _job_brief(last_failed[0] if last_failed else None),
+        "disk_free_bytes": disks,
+        "inboxes": {
+            i.name: {"path": str(i.path), "watch": view.watch_modes.get(i.name)} for i in cfg.inbox
+        },
+    }
+
+
+def status_line(view: DaemonView, store: Store) -> str:
+    """systemd's STATUS=: what the daemon is doing, in a few words."""
+    queued = store.counts().get("queued", 0)
+    if view.current_job:
+        job = store.get(view.current_job)
+        pct = f" {job.progress:.0%}" if job else ""
+        return f"rendering {view.current_job}{pct}, {queued} queued"
+    return f"idle, {queued} queued"
+
+
+def write(cfg: Config, record: dict[str, Any], metrics: Metrics) -> None:
+    cfg.daemon_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg.daemon_dir / HEALTH_JSON, record)
+    metrics.write(cfg.daemon_dir / METRICS_PROM)

@@ -1,0 +1,110 @@
+"""APScheduler jobs: the heartbeat (health.json, metrics.prom, systemd watchdog), retention, backups.
+
+They run in the scheduler's own thread with their own database connection,
+so a hung main loop cannot stop the heartbeat from noticing it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from loguru import logger
+
+from dropbox_daemon import health, retention
+from dropbox_daemon.config import Config
+from dropbox_daemon.notify import Notifier
+from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.store import Store
+
+
+class Scheduler:
+    """Owns the BackgroundScheduler: start() and stop() are its whole life."""
+
+    def __init__(
+        self, cfg: Config, view: health.DaemonView, metrics: health.Metrics, notifier: Notifier
+    ) -> None:
+        self.cfg, self.view, self.metrics, self.notifier = cfg, view, metrics, notifier
+        self.sched = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+            timezone=dt.UTC,
+        )
+        self._store: Store | None = None
+        self.last_status = "ok"
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:  # opened in the scheduler's thread, used only there
+            self._store = Store(self.cfg.db_path, Outbox(self.cfg.daemon.outbox))
+        return self._store
+
+    def start(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        r = self.cfg.retention
+        self.sched.add_job(
+            self.heartbeat,
+            "interval",
+            seconds=self.cfg.health.heartbeat_seconds,
+            next_run_time=now,
+            id="heartbeat",
+        )
+        self.sched.add_job(
+            self.retention,
+            "interval",
+            minutes=r.every_minutes,
+            next_run_time=now + dt.timedelta(seconds=30),
+            id="retention",
+        )
+        self.sched.add_job(
+            self.backup,
+            "interval",
+            hours=r.backup_every_hours,
+            next_run_time=now + dt.timedelta(minutes=5),
+            id="backup",
+        )
+        self.sched.start()
+
+    def stop(self) -> None:
+        self.sched.shutdown(wait=True)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def heartbeat(self) -> None:
+        """Write health.json and metrics.prom; ping the watchdog only while really healthy."""
+        try:
+            now, mono = time.time(), time.monotonic()
+            record = health.build(self.view, self.cfg, self.store, self.metrics, now, mono)
+            health.write(self.cfg, record, self.metrics)
+        except Exception:  # noqa: BLE001 - the heartbeat must outlive a bad beat
+            logger.exception("heartbeat failed; health.json is stale until the next one succeeds")
+            return
+        status = record["status"]
+        if status != self.last_status:
+            log = logger.warning if status != "ok" else logger.info
+            log("health is now {}: {}", status, "; ".join(record["reasons"]) or "all checks pass")
+            self.last_status = status
+        if self.view.stopping:
+            return
+        self.notifier.status(health.status_line(self.view, self.store))
+        if status != "failing" and self.view.ready:
+            self.notifier.watchdog()
+
+    def retention(self) -> None:
+        try:
+            retention.purge(self.store, self.cfg)
+        except Exception:  # noqa: BLE001
+            logger.exception(
+                "retention run failed; it runs again in {} min", self.cfg.retention.every_minutes
+            )
+
+    def backup(self) -> None:
+        try:
+            retention.backup(self.store, self.cfg)
+        except Exception:  # noqa: BLE001
+            logger.exception(
+                "database backup failed; check free space in {}", self.cfg.daemon.state_dir
+            )

@@ -1,0 +1,235 @@
+"""The service as operators see it: sd_notify, heartbeat, metrics, status, logs, doctor, smoke, the unit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import put_file, put_manifest, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = REPO / "systemd" / "dropbox-daemon.service"
+FAST = {"health": {"heartbeat_seconds": 0.5, "disk_warn_bytes": 0, "disk_fail_bytes": 0}}
+
+
+def drop(d, media, job_id: str, template: str = "ok") -> None:  # noqa: ANN001
+    put_file(d.inbox / f"{job_id}.wav", media.tone)
+    if template == "ok":
+        put_file(d.inbox / f"{job_id}.png", media.image)
+    put_manifest(
+        d.inbox / f"{job_id}.json",
+        {"job_id": job_id, "audio": f"{job_id}.wav", "template": f"{job_id}.png"},
+    )
+
+
+def test_notify_heartbeat_metrics_status_logs(daemon_factory, media, tmp_path) -> None:  # noqa: ANN001
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(30)
+    d = daemon_factory(sections=FAST).start(env={"NOTIFY_SOCKET": sock_path})
+    seen: list[str] = []
+    while not {"READY=1", "WATCHDOG=1"} <= set(seen):
+        seen += sock.recv(4096).decode().split("\n")
+    assert any(m.startswith("STATUS=") for m in seen)
+    assert "worker ready" in d.log_text()  # READY only once the worker had loaded
+
+    drop(d, media, "m1")
+    drop(d, media, "m2")
+    drop(d, media, "m3", template="missing")
+    for j in ("m1", "m2", "m3"):
+        d.wait_state(j, timeout=60)
+    prom = d.outbox / "_daemon" / "metrics.prom"
+
+    def jobs_metric() -> dict:
+        fams = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+        return {
+            (s.labels["state"], s.labels["inbox"]): s.value
+            for s in fams["dropbox_jobs"].samples
+            if s.name == "dropbox_jobs_total"
+        }
+
+    counts = wait_for(
+        lambda: (c := jobs_metric()) and c.get(("rejected", "default")) == 1 and c, 30, "metrics", d
+    )
+    assert counts == {("done", "default"): 2.0, ("rejected", "default"): 1.0}
+    fams = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+    render = {s.name: s.value for s in fams["dropbox_render_seconds"].samples}
+    assert render["dropbox_render_seconds_count"] == 2
+    assert {s.name: s.value for s in fams["dropbox_pickup_latency_seconds"].samples}[
+        "dropbox_pickup_latency_seconds_count"
+    ] >= 2
+    assert fams["dropbox_last_success_timestamp_seconds"].samples[0].value > 0
+    beat = json.loads((d.outbox / "_daemon" / "health.json").read_text())
+    assert beat["status"] == "ok" and beat["ready"] and beat["worker"]["state"] == "idle"
+    assert beat["worker"]["memory_bytes"] > 10 << 20
+    assert beat["last_done"]["job_id"] in ("m1", "m2") and beat["jobs_by_state"]["rejected"] == 1
+    assert beat["config_hash"] == d.task("m1")["config_hash"]
+    assert set(beat["disk_free_bytes"]) == {"outbox", "state"}
+    written = beat["written_at"]
+    wait_for(
+        lambda: (
+            json.loads((d.outbox / "_daemon" / "health.json").read_text())["written_at"] != written
+        ),
+        10,
+        "the next heartbeat",
+        d,
+    )
+
+    r = d.cli("status")
+    assert (
+        r.returncode == 0 and "health: healthy (ok)" in r.stdout and "worker: idle" in r.stdout
+    ), r.stdout
+    r = d.cli("logs", "m1", "--daemon")
+    assert (
+        r.returncode == 0 and "state encoding -> done" in r.stdout and "job m1 started" in r.stdout
+    )
+    jsonl = (d.state / "logs" / "daemon.jsonl").read_text().splitlines()
+    assert any(json.loads(line)["record"]["extra"].get("job_id") == "m1" for line in jsonl)
+    assert d.stop() == 0
+    sock.settimeout(0.5)
+    tail: list[str] = []
+    try:
+        while True:
+            tail += sock.recv(4096).decode().split("\n")
+    except TimeoutError:
+        pass
+    sock.close()
+    assert "STOPPING=1" in tail
+    r = d.cli("status")
+    assert r.returncode == 1 and "NOT running" in r.stdout
+
+
+def test_smoke_passes_through_a_running_daemon(daemon_factory) -> None:  # noqa: ANN001
+    d = daemon_factory(
+        inbox={"engine": "auto"}, extra_inboxes=[{"name": "smoke", "path": "smoke-in"}]
+    )
+    d.start()
+    r = d.cli("smoke", "--timeout", "120")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (
+        r.stdout.startswith("PASS smoke") and "engine preview" in r.stdout and "10.00 s" in r.stdout
+    )
+    report = json.loads(d.cli("smoke", "--json").stdout)
+    assert report["passed"] and Path(report["result"]).exists()
+
+
+def test_smoke_fails_clearly_without_a_daemon(daemon_factory) -> None:  # noqa: ANN001
+    d = daemon_factory(extra_inboxes=[{"name": "smoke", "path": "smoke-in"}])
+    r = d.cli("smoke")
+    assert r.returncode == 1 and "FAIL" in r.stdout and "not running" in r.stdout
+
+
+@pytest.mark.skipif(
+    not shutil.which("systemd-analyze"),
+    reason="systemd-analyze not installed (apt-get install systemd)",
+)
+def test_unit_verifies_and_is_hardened() -> None:
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, cwd="/"
+    )
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(UNIT)], capture_output=True, text=True
+    )
+    line = [x for x in r.stdout.splitlines() if "Overall exposure level" in x][0]
+    exposure = float(line.split(":")[1].split()[0])
+    assert exposure <= 2.0, line
+    text = UNIT.read_text()
+    for needed in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+        "User=dropbox",
+        "ProtectSystem=strict",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-nvidia-frontend rw",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+        "NoNewPrivileges=yes",
+    ):
+        assert needed in text, needed
+
+
+def doctor(d) -> tuple[int, dict]:  # noqa: ANN001
+    r = d.cli("doctor", "--json")
+    checks = json.loads(r.stdout)
+    return r.returncode, {c["name"]: c for c in checks}
+
+
+def test_doctor_good_setup_exits_zero(daemon_factory) -> None:  # noqa: ANN001
+    d = daemon_factory()
+    d.outbox.mkdir()
+    d.state.mkdir()
+    rc, checks = doctor(d)
+    assert rc == 0, [c for c in checks.values() if c["status"] == "fail"]
+    assert (
+        checks["encoder libx264"]["status"] == "ok"
+        and checks["claims in inbox default"]["status"] == "ok"
+    )
+
+
+def test_doctor_fails_on_missing_weights_and_encoder(daemon_factory, tmp_path) -> None:  # noqa: ANN001
+    import imageio_ffmpeg
+
+    real = imageio_ffmpeg.get_ffmpeg_exe()
+    # an ffmpeg build without libx264: the real binary, its encoder list without that line
+    fake = tmp_path / "ffmpeg-no-x264"
+    fake.write_text(f'#!/bin/sh\n"{real}" "$@" | grep -v libx264\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    d = daemon_factory(
+        sections={"media": {"ffmpeg": str(fake)}, "models": {"wav2lip": str(tmp_path / "nope.pth")}}
+    )
+    d.outbox.mkdir()
+    d.state.mkdir()
+    rc, checks = doctor(d)
+    assert rc == 1
+    assert (
+        checks["encoder libx264"]["status"] == "fail"
+        and "libx264" in checks["encoder libx264"]["detail"]
+    )
+    assert (
+        checks["wav2lip weights"]["status"] == "fail"
+        and "does not exist" in checks["wav2lip weights"]["detail"]
+    )
+    assert all(c["fix"] for c in checks.values() if c["status"] == "fail")
+
+
+def _mount_tmpfs(path: Path, *opts: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(["size=4m", *opts]), "tmpfs", str(path)],
+        capture_output=True,
+    )
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a test file system")
+def test_doctor_fails_on_unwritable_outbox_and_foreign_claim_folder(daemon_factory) -> None:  # noqa: ANN001
+    d = daemon_factory()
+    d.state.mkdir()
+    claimed = d.inbox / ".dropbox" / "claimed"
+    if not _mount_tmpfs(d.outbox, "ro") or not _mount_tmpfs(claimed):
+        pytest.skip("mount is not permitted here")
+    try:
+        rc, checks = doctor(d)
+        assert rc == 1
+        assert (
+            checks["outbox folder"]["status"] == "fail"
+            and "not writable" in checks["outbox folder"]["detail"]
+        )
+        claim = checks["claims in inbox default"]
+        assert claim["status"] == "fail" and (
+            "another file system" in claim["detail"] or "cannot rename" in claim["detail"]
+        )
+    finally:
+        subprocess.run(["umount", str(d.outbox)], capture_output=True)
+        subprocess.run(["umount", str(claimed)], capture_output=True)
