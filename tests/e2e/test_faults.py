@@ -100,6 +100,7 @@ def test_retry_reruns_a_failed_job(daemon_factory, media) -> None:  # noqa: ANN0
     )
     assert task["error"] is None
     assert not (d.outbox / "r" / "error.json").exists()
+    assert "config changed since the job was queued" in (d.outbox / "r" / "log.txt").read_text()
     assert d.cli("retry", "r").returncode != 0  # a done job is not retried
 
 
