@@ -143,6 +143,59 @@ class RetentionConfig(_Strict):
     backups_keep: int = Field(default=7, ge=1)
 
 
+class RetryConfig(_Strict):
+    """Exponential back-off with jitter, shared by callbacks and the http engine."""
+
+    initial_seconds: float = Field(default=1.0, gt=0)
+    max_seconds: float = Field(default=300.0, gt=0)  # one wait never longer than this
+    multiplier: float = Field(default=2.0, ge=1)
+    jitter: float = Field(
+        default=0.2, ge=0, le=1
+    )  # +- share of each wait, so retries do not stampede
+
+
+class CallbacksConfig(_Strict):
+    """POSTs of the task record to a manifest's callback_url at the end of a job."""
+
+    allow_hosts: list[str] = Field(default_factory=list)  # "hooks.example.com", "*.example.com"
+    allow_http_hosts: list[str] = Field(
+        default_factory=list
+    )  # hosts that may be called over plain http
+    secret: str | None = None  # HMAC-SHA256 key; X-Dropbox-Signature is sent when set
+    secret_file: Path | None = None  # or read it from this file (keeps it out of config.toml)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    deadline_seconds: float = Field(default=3600.0, gt=0)  # give up this long after the job ended
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    def signing_key(self) -> bytes | None:
+        if self.secret_file is not None:
+            return self.secret_file.read_text().strip().encode()
+        return self.secret.encode() if self.secret else None
+
+
+class HttpEngineConfig(_Strict):
+    """An existing lip-sync HTTP service (HeyGem-style /human/generate, or submit/poll)."""
+
+    base_url: str | None = None  # e.g. "http://127.0.0.1:8383"
+    mode: Literal["sync", "async"] = "sync"
+    generate_path: str = "/human/generate"  # sync: POST {audio_path, video_path, save_path}
+    submit_path: str = "/submit"  # async: POST -> {task_id}
+    status_path: str = "/status/{task_id}"  # async: GET -> {status, save_path}
+    # [[local prefix, service prefix], ...]: how the service sees this host's files
+    path_map: list[tuple[str, str]] = Field(default_factory=list)
+    request_timeout_seconds: float = Field(
+        default=600.0, gt=0
+    )  # one HTTP request (sync calls render inside it)
+    job_timeout_seconds: float = Field(default=3600.0, gt=0)  # the whole remote job
+    poll_seconds: float = Field(default=2.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)  # tries of one request on 429/5xx/connection errors
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+
+class EnginesConfig(_Strict):
+    http: HttpEngineConfig = Field(default_factory=HttpEngineConfig)
+
+
 class ModelsConfig(_Strict):
     wav2lip: Path | None = None
 
@@ -155,6 +208,8 @@ class Config(_Strict):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     faces: FacesConfig = Field(default_factory=FacesConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
+    engines: EnginesConfig = Field(default_factory=EnginesConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     overlay: OverlayConfig = Field(default_factory=OverlayConfig)
     # Where the file was read from; not a key of the file.
@@ -209,6 +264,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         inbox.path = fix(inbox.path)
     if cfg.models.wav2lip is not None:
         cfg.models.wav2lip = fix(cfg.models.wav2lip)
+    if cfg.callbacks.secret_file is not None:
+        cfg.callbacks.secret_file = fix(cfg.callbacks.secret_file)
     return cfg
 
 

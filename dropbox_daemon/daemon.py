@@ -18,6 +18,7 @@ from typing import Any
 from loguru import logger
 
 from dropbox_daemon import drops, health
+from dropbox_daemon.callbacks import Deliverer
 from dropbox_daemon.config import Config, InboxConfig
 from dropbox_daemon.drops import candidate_for
 from dropbox_daemon.errors import ConfigError, IllegalTransition
@@ -80,6 +81,7 @@ class Daemon:
         self.metrics = health.Metrics()
         self.notifier = Notifier()
         self.scheduler = Scheduler(cfg, self.view, self.metrics, self.notifier)
+        self.deliverer = Deliverer(cfg, on_give_up=self.metrics.callback_failures.inc)
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -91,7 +93,7 @@ class Daemon:
         for inbox in self.cfg.inbox:
             drops.claims_root(inbox.path).mkdir(parents=True, exist_ok=True)
         self.store = Store(self.cfg.db_path, self.outbox)
-        self.store.on_change = self.metrics.on_change
+        self.store.on_change = self._on_change
         self.intake = Intake(self.cfg, self.store, self.outbox)
         for job in self.store.recover_interrupted():
             logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
@@ -106,6 +108,7 @@ class Daemon:
         self.view.watch_modes = dict(self.watcher.modes)
         self.worker.start()
         self.scheduler.start()
+        self.deliverer.start()
         logger.info(
             "dropbox-daemon {} started: {} inbox(es), outbox {}, state {}",
             __import__("dropbox_daemon").__version__,
@@ -180,6 +183,7 @@ class Daemon:
             self._requeue(job_id, "the daemon was stopped during the job", count_attempt=False)
         self.worker.stop(timeout=5)
         self.scheduler.stop()
+        self.deliverer.stop()
         logger.info("dropbox-daemon stopped")
 
     # -- the loop ---------------------------------------------------------------------
@@ -202,6 +206,11 @@ class Daemon:
         self._handle_cancels(now)
         self._dispatch(now)
         self._share_view()
+
+    def _on_change(self, job: Job, from_state: str | None) -> None:
+        self.metrics.on_change(job, from_state)
+        if job.callback_url and job.terminal:
+            self.deliverer.wake.set()
 
     def _share_view(self) -> None:
         v, w = self.view, self.worker

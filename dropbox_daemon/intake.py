@@ -43,6 +43,18 @@ def _raw_media_names(path: Path, cfg: Config) -> list[str]:
     return [n for n in names if isinstance(n, str)]
 
 
+def _raw_callback_url(path: Path, cfg: Config) -> str | None:
+    """The callback_url of a manifest that failed validation, so its sender still hears back."""
+    from dropbox_daemon.manifest import read_raw
+
+    try:
+        value = read_raw(path, cfg.limits).get("callback_url")
+    except RejectedDrop:
+        return None
+    ok = isinstance(value, str) and re.match(r"^https?://[^\s/]+", value) and len(value) <= 2048
+    return value if ok else None
+
+
 class Intake:
     """Turns claims into jobs in the store."""
 
@@ -195,7 +207,9 @@ class Intake:
             job_id = generated_id(cl.candidate.stem, cl.claim_id)
             self.outbox.reserve(job_id)
         job = self.store.create(
-            self._base_job(inbox, cl, job_id, None),
+            self._base_job(inbox, cl, job_id, None).model_copy(
+                update={"callback_url": _raw_callback_url(cl.manifest, self.cfg)}
+            ),
             detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} (claim {cl.claim_id})",
         )
         self.outbox.save_inputs(job_id, cl.drop_dir)

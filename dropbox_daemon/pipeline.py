@@ -162,6 +162,25 @@ def run(
             ),
         }
     )
+    remote = engine.source_video(
+        RenderContext(
+            job_id=job["job_id"],
+            audio_path=audio_path,
+            audio_duration=audio.duration,
+            fps=0.0,
+            n_frames=0,
+            size=(0, 0),
+            work_dir=claim_dir,
+            options=opts,
+            trace_id=job.get("trace_id", "-"),
+            log=lambda m: emit({"type": "log", "message": m}),
+            cancel=cancel,
+        ),
+        audio_path,
+        template_path,
+    )
+    if remote is not None:
+        template_path, visual = remote, check_engine_video(remote, audio.duration, limits)
     fps = min(float(opts["fps"] or visual.fps or cfg.media.default_fps), limits.max_fps)
     size = output_size(visual.width, visual.height, opts["height"])
     if size[0] * size[1] > limits.max_pixels:
@@ -241,6 +260,8 @@ def run(
         work_dir=claim_dir,
         options=opts,
         log=lambda m: emit({"type": "log", "message": m}),
+        trace_id=job.get("trace_id", "-"),
+        cancel=cancel,
     )
     meter = Meter()
 
@@ -338,6 +359,34 @@ def run(
         "ai_label": bool(opts["ai_label"]),
     }
     return {"output": output, "timings": {**{k: round(v, 4) for k, v in timings.items()}, **busy}}
+
+
+def check_engine_video(path: Path, audio_duration: float, limits) -> VisualInfo:  # noqa: ANN001
+    """Probe a video an engine made elsewhere; EngineError unless it is a video as long as the audio."""
+    from dropbox_daemon.errors import EngineError, RejectedDrop
+
+    try:
+        info = probe_visual(path, limits, field="engine output")
+    except RejectedDrop as e:
+        raise EngineError(
+            f"the engine's video is not usable: {e.message}",
+            code="engine_output",
+            stage="rendering",
+            hint="look at the service's log for this task",
+        ) from e
+    tolerance = 0.5 + 2 / (info.fps or 25)
+    if (
+        info.kind != "video"
+        or info.duration is None
+        or abs(info.duration - audio_duration) > tolerance
+    ):
+        raise EngineError(
+            f"the engine's video lasts {info.duration} s, the audio {audio_duration:.2f} s",
+            code="engine_output",
+            stage="rendering",
+            hint="the service must render the whole audio; look at its log for this task",
+        )
+    return info
 
 
 def check_result(path: Path, audio_duration: float, fps: float, n_frames: int):  # noqa: ANN201

@@ -93,7 +93,28 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
     """,
+    # 2: callback deliveries, written with the job's final state (callbacks.py sends them)
+    """
+    CREATE TABLE IF NOT EXISTS deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        trace_id TEXT,
+        url TEXT NOT NULL,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        last_status INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);
+    CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id);
+    """,
 ]
+
+CALLBACK_STATES = ("done", "failed", "cancelled", "rejected")
 
 
 class Job(BaseModel):
@@ -256,6 +277,18 @@ class Store:
             (job.job_id, now, from_state, job.state, detail),
         )
         self._pending_changes.append((job, from_state))
+        if job.callback_url and job.state in CALLBACK_STATES:
+            c.execute(
+                "INSERT INTO deliveries (job_id, trace_id, url, body, next_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job.job_id,
+                    job.trace_id,
+                    job.callback_url,
+                    json.dumps(job.record(), default=str),
+                    now,
+                    now,
+                ),
+            )
         arrow = f"{from_state} -> {job.state}" if from_state else job.state
         self.outbox.log(
             job.job_id, job.trace_id, f"state {arrow}" + (f": {detail}" if detail else ""), at=now
@@ -378,6 +411,58 @@ class Store:
     def cancel_requested(self) -> list[Job]:
         return self._query("SELECT * FROM jobs WHERE cancel_requested = 1")
 
+    # -- callback deliveries --------------------------------------------------------
+    def due_deliveries(self, now: float, limit: int = 20) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "SELECT * FROM deliveries WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
+                (now, limit),
+            )
+        )
+
+    def next_delivery_in(self, now: float) -> float:
+        """Seconds until the next pending delivery is due (60 when there is none)."""
+        row = self.conn.execute(
+            "SELECT MIN(next_at) FROM deliveries WHERE state = 'pending'"
+        ).fetchone()
+        return 60.0 if row[0] is None else max(0.0, row[0] - now)
+
+    def retry_delivery(
+        self,
+        delivery_id: int,
+        *,
+        attempts: int,
+        next_at: float,
+        status: int | None,
+        error: str | None,
+    ) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE deliveries SET attempts = ?, next_at = ?, last_status = ?, last_error = ? WHERE id = ?",
+                (attempts, next_at, status, error, delivery_id),
+            )
+
+    def finish_delivery(
+        self,
+        delivery_id: int,
+        state: str,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE deliveries SET state = ?, finished_at = ?, last_status = ?, last_error = ?, "
+                "attempts = COALESCE(?, attempts) WHERE id = ?",
+                (state, time.time(), status, error, attempts, delivery_id),
+            )
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        return list(
+            self.db.query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,))
+        )
+
     # -- retention and backups ---------------------------------------------------
     def delete_if_expired(self, job_id: str, cutoff: float) -> Job | None:
         """Delete a job and its events if it is still ended before `cutoff`; the deleted Job or None."""
@@ -386,6 +471,7 @@ class Store:
             if job is None or job.state not in TERMINAL or (job.finished_at or cutoff) >= cutoff:
                 return None
             c.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))
             c.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
         return job
 

@@ -336,3 +336,59 @@ def make_speech(path: Path) -> Path:
     expr = "0.5*sin(2*PI*160*t)*abs(sin(2*PI*3*t))*lt(mod(t,2.5),1.5)"
     ffmpeg("-f", "lavfi", "-i", f"aevalsrc='{expr}':s=16000:d=6", str(path))
     return path
+
+
+class HttpServer:
+    """A real HTTP server on 127.0.0.1 (a thread); `handler(req) -> (status, headers, body)`.
+
+    Every request is kept in `requests` as a dict: method, path, headers, body, at.
+    """
+
+    def __init__(
+        self, handler: Callable[[dict[str, Any]], tuple[int, dict[str, str], bytes]]
+    ) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.requests: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                n = int(self.headers.get("content-length") or 0)
+                req = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": self.rfile.read(n) if n else b"",
+                    "at": time.time(),
+                }
+                outer.requests.append(req)
+                status, headers, body = handler(req)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _serve  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def json_reply(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    return status, {"content-type": "application/json", **(headers or {})}, json.dumps(obj).encode()

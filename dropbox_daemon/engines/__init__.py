@@ -5,7 +5,7 @@ from __future__ import annotations
 from dropbox_daemon.config import Config
 
 KNOWN = ("auto", "wav2lip", "preview", "passthrough", "http")
-AVAILABLE = ("passthrough", "preview")
+AVAILABLE = ("passthrough", "preview", "http")
 
 
 def resolve(requested: str, inbox_default: str, cfg: Config) -> str:
@@ -24,6 +24,10 @@ def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
         from dropbox_daemon.engines.passthrough import PassthroughEngine
 
         return PassthroughEngine()
+    if name == "http":
+        from dropbox_daemon.engines.http import HttpEngine
+
+        return HttpEngine(cfg.engines.http)
     if name == "preview":
         from dropbox_daemon.engines.preview import PreviewEngine
 

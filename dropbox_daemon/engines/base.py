@@ -8,6 +8,7 @@ then renders many jobs; render() streams (one frame in, one patch out, in order)
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class RenderContext:
     work_dir: Path
     options: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = lambda _msg: None
+    trace_id: str = "-"
+    cancel: threading.Event | None = None
 
 
 class Engine(ABC):
@@ -83,6 +86,14 @@ class Engine(ABC):
 
     def load(self) -> None:  # noqa: B027 - engines without models have nothing to load
         """Load models once, before the first job (the worker stays warm)."""
+
+    def source_video(self, ctx: RenderContext, audio: Path, template: Path) -> Path | None:
+        """An engine that renders elsewhere returns the finished video here (None: render() does it).
+
+        The pipeline then takes that video's frames in place of the template's and
+        still checks, labels and encodes them.
+        """
+        return None
 
     @abstractmethod
     def render(
