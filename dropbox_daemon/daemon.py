@@ -375,6 +375,8 @@ class Daemon:
                     self.store.update(job_id, progress=round(msg["progress"], 4))
             elif kind == "inputs":
                 self.store.update(job_id, inputs=msg["inputs"])
+            elif kind == "loads":
+                self.worker.info = {**self.worker.info, "loads": msg["loads"]}
             elif kind == "log":
                 job = self.store.get(job_id)
                 if job is not None:

@@ -65,7 +65,36 @@ def _serve(conn: Connection, cfg: Config) -> None:
                 return
 
     threading.Thread(target=reader, name="worker-reader", daemon=True).start()
-    send({"type": "ready", "pid": os.getpid(), "device": "cpu", "engines": sorted(loaded)})
+    load_errors: dict[str, str] = {}
+    loads: dict[str, int] = {}
+
+    def load(name: str) -> Any:
+        """Create and load an engine once; later jobs find it warm."""
+        eng = engines.create(name, cfg)
+        t = time.monotonic()
+        eng.load()
+        loaded[name] = eng
+        loads[name] = loads.get(name, 0) + 1
+        logger.info("engine {} loaded in {:.2f} s on {}", name, time.monotonic() - t, eng.device)
+        return eng
+
+    for name in engines.preload(cfg):  # the configured models, before READY
+        try:
+            load(name)
+        except DaemonError as e:
+            load_errors[name] = e.message
+            logger.error("engine {} could not be loaded: {} ({})", name, e.message, e.hint)
+    devices = sorted({e.device for e in loaded.values()}) or ["cpu"]
+    send(
+        {
+            "type": "ready",
+            "pid": os.getpid(),
+            "device": ",".join(devices),
+            "engines": sorted(loaded),
+            "loads": loads,
+            "load_errors": load_errors,
+        }
+    )
     while True:
         with have_job:
             while not jobs and not stopping.is_set():
@@ -81,16 +110,15 @@ def _serve(conn: Connection, cfg: Config) -> None:
         try:
             name = job["engine"]
             if name not in loaded:
-                eng = engines.create(name, cfg)
                 t = time.monotonic()
-                eng.load()
-                loaded[name] = eng
+                load(name)
                 emit(
                     {
                         "type": "log",
                         "message": f"engine {name} loaded in {time.monotonic() - t:.2f} s",
                     }
                 )
+                emit({"type": "loads", "loads": loads})
             engine = loaded[name]
             result = pipeline.run(job, cfg, engine, emit, cancels[job_id])
             emit({"type": "result", "outcome": "done", "device": engine.device, **result})

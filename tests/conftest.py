@@ -85,6 +85,15 @@ class Media:
         return self._get("tone95.wav", lambda p: make_tone(p, 95.0))
 
     @property
+    def wav2lip_checkpoint(self) -> Path:  # random weights, calibrated, in the published format
+        def make(p: Path) -> None:
+            from w2l_fixture import calibrated_net, save_published
+
+            save_published(calibrated_net(), p)
+
+        return self._get("wav2lip_random.pth", make)
+
+    @property
     def speech(self) -> Path:
         return self._get("speech.wav", make_speech)
 

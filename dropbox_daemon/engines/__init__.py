@@ -5,7 +5,7 @@ from __future__ import annotations
 from dropbox_daemon.config import Config
 
 KNOWN = ("auto", "wav2lip", "preview", "passthrough", "http")
-AVAILABLE = ("passthrough", "preview", "http")
+AVAILABLE = ("passthrough", "preview", "http", "wav2lip")
 
 
 def resolve(requested: str, inbox_default: str, cfg: Config) -> str:
@@ -16,6 +16,11 @@ def resolve(requested: str, inbox_default: str, cfg: Config) -> str:
     return name
 
 
+def preload(cfg: Config) -> list[str]:
+    """Engines a worker loads at start, before it says ready: those with models configured."""
+    return ["wav2lip"] if cfg.models.wav2lip else []
+
+
 def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
     """A new engine instance by name; EngineError for one this build does not have."""
     from dropbox_daemon.errors import EngineError
@@ -24,6 +29,13 @@ def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
         from dropbox_daemon.engines.passthrough import PassthroughEngine
 
         return PassthroughEngine()
+    if name == "wav2lip":
+        from dropbox_daemon.engines.wav2lip import Wav2LipEngine
+
+        m = cfg.models
+        return Wav2LipEngine(
+            m.wav2lip, precision=m.precision, batch=m.batch_size, cuda_batch=m.cuda_batch_size
+        )
     if name == "http":
         from dropbox_daemon.engines.http import HttpEngine
 

@@ -1,0 +1,343 @@
+"""wav2lip: the Wav2Lip generator, loading the published checkpoints as distributed.
+
+The network is written here with the module names of the published model, so
+that `wav2lip.pth` / `wav2lip_gan.pth` (`{"state_dict": {"module.<name>": ...}}`)
+load strictly. At load time BatchNorm is folded into the convolutions, the
+model is put in channels_last and, where the CPU has bf16 (AVX512-BF16/AMX) or
+on CUDA, reduced precision is used unless the config says otherwise.
+Only the worker process imports this module (and torch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from loguru import logger
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from dropbox_daemon.compose import feathered_box
+from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
+from dropbox_daemon.errors import EngineError
+
+FACE = 96  # the model's face crop, pixels
+SHOWN_KEYS = 6  # missing/unexpected checkpoint keys named in an error
+
+
+class Conv(nn.Module):
+    """conv -> BatchNorm -> (+ input) -> ReLU, named as the published model names it."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        s: int | tuple[int, int],
+        p: int,
+        residual: bool = False,
+        transpose: bool = False,
+        output_padding: int = 0,
+    ) -> None:
+        super().__init__()
+        conv: nn.Module = (
+            nn.ConvTranspose2d(cin, cout, k, s, p, output_padding)
+            if transpose
+            else nn.Conv2d(cin, cout, k, s, p)
+        )
+        self.conv_block = nn.Sequential(conv, nn.BatchNorm2d(cout))
+        self.act = nn.ReLU()
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_block(x)
+        if self.residual:
+            out = out + x
+        return self.act(out)
+
+
+def _res(c: int, n: int) -> list[Conv]:
+    return [Conv(c, c, 3, 1, 1, residual=True) for _ in range(n)]
+
+
+def _up(cin: int, cout: int, n_res: int, stride: int = 2) -> nn.Sequential:
+    pad, out_pad = (1, 1) if stride == 2 else (0, 0)
+    return nn.Sequential(
+        Conv(cin, cout, 3, stride, pad, transpose=True, output_padding=out_pad), *_res(cout, n_res)
+    )
+
+
+class Wav2LipNet(nn.Module):
+    """The generator: (B, 1, 80, 16) mel windows + (B, 6, 96, 96) faces -> (B, 3, 96, 96) in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.face_encoder_blocks = nn.ModuleList(
+            [
+                nn.Sequential(Conv(6, 16, 7, 1, 3)),  # 96
+                nn.Sequential(Conv(16, 32, 3, 2, 1), *_res(32, 2)),  # 48
+                nn.Sequential(Conv(32, 64, 3, 2, 1), *_res(64, 3)),  # 24
+                nn.Sequential(Conv(64, 128, 3, 2, 1), *_res(128, 2)),  # 12
+                nn.Sequential(Conv(128, 256, 3, 2, 1), *_res(256, 2)),  # 6
+                nn.Sequential(Conv(256, 512, 3, 2, 1), *_res(512, 1)),  # 3
+                nn.Sequential(Conv(512, 512, 3, 1, 0), Conv(512, 512, 1, 1, 0)),  # 1
+            ]
+        )
+        self.audio_encoder = nn.Sequential(
+            Conv(1, 32, 3, 1, 1),
+            *_res(32, 2),
+            Conv(32, 64, 3, (3, 1), 1),
+            *_res(64, 2),
+            Conv(64, 128, 3, 3, 1),
+            *_res(128, 2),
+            Conv(128, 256, 3, (3, 2), 1),
+            *_res(256, 1),
+            Conv(256, 512, 3, 1, 0),
+            Conv(512, 512, 1, 1, 0),
+        )
+        self.face_decoder_blocks = nn.ModuleList(
+            [
+                nn.Sequential(Conv(512, 512, 1, 1, 0)),
+                _up(1024, 512, 1, stride=1),  # 3
+                _up(1024, 512, 2),  # 6
+                _up(768, 384, 2),  # 12
+                _up(512, 256, 2),  # 24
+                _up(320, 128, 2),  # 48
+                _up(160, 64, 2),  # 96
+            ]
+        )
+        self.output_block = nn.Sequential(
+            Conv(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid()
+        )
+
+    def forward(self, mel: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        x = self.audio_encoder(mel)
+        skips = []
+        f = faces
+        for block in self.face_encoder_blocks:
+            f = block(f)
+            skips.append(f)
+        for block in self.face_decoder_blocks:
+            x = torch.cat((block(x), skips.pop()), dim=1)
+        return self.output_block(x)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors with any `module.` prefix removed; EngineError if it cannot be read."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise EngineError(
+            f"wav2lip weights {path} do not exist",
+            code="weights_missing",
+            stage="preparing",
+            hint="set [models] wav2lip to the path of wav2lip.pth or wav2lip_gan.pth",
+        ) from e
+    except Exception as e:  # noqa: BLE001 - pickle/zip errors of every kind: a damaged file
+        raise EngineError(
+            f"wav2lip weights {path} cannot be read: {type(e).__name__}: {str(e)[:200]}",
+            code="weights_invalid",
+            stage="preparing",
+            hint="the file is damaged or not a PyTorch checkpoint: copy it again",
+        ) from e
+    sd = ck.get("state_dict", ck) if isinstance(ck, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise EngineError(
+            f"wav2lip weights {path} hold no state_dict of tensors",
+            code="weights_invalid",
+            stage="preparing",
+            hint="use the published wav2lip.pth or wav2lip_gan.pth",
+        )
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_reference(path: Path) -> Wav2LipNet:
+    """The network exactly as published (unfused, fp32, eval): strict load, keys named on mismatch."""
+    sd = read_state_dict(path)
+    net = Wav2LipNet()
+    want, have = set(net.state_dict()), set(sd)
+    missing, unexpected = sorted(want - have), sorted(have - want)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:SHOWN_KEYS])})")
+        if unexpected:
+            parts.append(
+                f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:SHOWN_KEYS])})"
+            )
+        raise EngineError(
+            f"{path} is not a Wav2Lip generator checkpoint: " + "; ".join(parts),
+            code="weights_mismatch",
+            stage="preparing",
+            hint="use wav2lip.pth or wav2lip_gan.pth (not the discriminator or another model)",
+        )
+    try:
+        net.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise EngineError(
+            f"{path} does not fit the Wav2Lip generator: {str(e)[:300]}",
+            code="weights_mismatch",
+            stage="preparing",
+            hint="use the published checkpoints",
+        ) from e
+    return net.eval()
+
+
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """Fold every BatchNorm into the convolution before it (in place); inference only."""
+    for module in net.modules():
+        if isinstance(module, Conv):
+            conv, bn = module.conv_block[0], module.conv_block[1]
+            fused = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
+            module.conv_block = nn.Sequential(fused)
+    return net
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def choose_dtype(precision: str, device: str) -> torch.dtype:
+    """fp16 on CUDA by default; on the CPU bf16 only when forced (see docs/benchmarks.md:
+    on the parity inputs it stays ~28 dB from fp32, short of the 35 dB bound)."""
+    if precision == "fp32":
+        return torch.float32
+    if device == "cuda":
+        return torch.float16 if precision in ("auto", "fp16") else torch.bfloat16
+    if precision == "bf16":
+        if not cpu_has_bf16():
+            logger.warning(
+                "precision bf16 forced on a CPU without AVX512-BF16/AMX: it will be slow"
+            )
+        return torch.bfloat16
+    return torch.float32
+
+
+class FastWav2Lip:
+    """The inference model: folded, channels_last, on its device and precision."""
+
+    def __init__(self, path: Path, *, device: str = "cpu", precision: str = "auto") -> None:
+        self.device = device
+        self.dtype = choose_dtype(precision, device)
+        net = fold_batchnorm(load_reference(path))
+        self.net = net.to(device=device, dtype=self.dtype, memory_format=torch.channels_last).eval()
+
+    @torch.inference_mode()
+    def __call__(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """mel (B, 80, 16) float32, faces (B, 96, 96, 6) float32 in [0, 1] -> (B, 96, 96, 3) float32."""
+        m = torch.from_numpy(mel).to(self.device, self.dtype).unsqueeze(1)
+        f = torch.from_numpy(faces).to(self.device, self.dtype).permute(0, 3, 1, 2)
+        f = f.contiguous(memory_format=torch.channels_last)
+        out = self.net(m, f)
+        return out.permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+def model_inputs(crops: list[np.ndarray]) -> np.ndarray:
+    """96x96 BGR face crops -> (B, 96, 96, 6) in [0, 1]: lower half masked, then the full face."""
+    faces = np.stack(crops).astype(np.float32) / 255.0
+    masked = faces.copy()
+    masked[:, FACE // 2 :] = 0
+    return np.concatenate([masked, faces], axis=3)
+
+
+class Wav2LipEngine(Engine):
+    name = "wav2lip"
+
+    def __init__(
+        self,
+        weights: Path | None,
+        *,
+        precision: str = "auto",
+        batch: int = 16,
+        cuda_batch: int = 128,
+    ) -> None:
+        self.weights = weights
+        self.precision = precision
+        self.batch = batch
+        self.cuda_batch = cuda_batch
+        self.model: FastWav2Lip | None = None
+        self.loads = 0
+
+    def load(self) -> None:
+        if self.weights is None:
+            raise EngineError(
+                "no wav2lip weights configured",
+                code="weights_missing",
+                stage="preparing",
+                hint="set [models] wav2lip in config.toml, or use engine preview",
+            )
+        torch.set_num_threads(os.cpu_count() or 1)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = FastWav2Lip(self.weights, device=device, precision=self.precision)
+        self.device = f"{device}/{str(self.model.dtype).removeprefix('torch.')}"
+        if device == "cuda":
+            self.batch = self.cuda_batch
+        self.loads += 1
+
+    def render(
+        self, frames: Iterator[FaceFrame], audio: AudioFeatures, ctx: RenderContext
+    ) -> Iterator[Patch | None]:
+        assert self.model is not None
+        pending: list[FaceFrame] = []
+        n_faces = 0
+        for ff in frames:
+            pending.append(ff)
+            n_faces += ff.box is not None
+            if n_faces >= self.batch:
+                yield from self._run(pending, audio)
+                pending, n_faces = [], 0
+        if pending:
+            yield from self._run(pending, audio)
+
+    def _run(self, items: list[FaceFrame], audio: AudioFeatures) -> Iterator[Patch | None]:
+        with_face = [ff for ff in items if ff.box is not None]
+        out: dict[int, np.ndarray] = {}
+        if with_face:
+            crops = [
+                cv2.resize(
+                    ff.frame[b[1] : b[3], b[0] : b[2]], (FACE, FACE), interpolation=cv2.INTER_AREA
+                )
+                for ff in with_face
+                for b in [ff.box]
+            ]
+            mel = np.stack([audio.mel_window(ff.index) for ff in with_face]).astype(np.float32)
+            pred = self._predict(mel, model_inputs(crops))
+            out = {ff.index: p for ff, p in zip(with_face, pred, strict=True)}
+        for ff in items:
+            if ff.box is None:
+                yield None
+                continue
+            x0, y0, x1, y1 = ff.box
+            face = np.clip(out[ff.index] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            pixels = cv2.resize(face, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+            yield Patch(ff.box, pixels, _lower_face_mask(x1 - x0, y1 - y0))
+
+    def _predict(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """Run the model, splitting the batch in halves for as long as the GPU runs out of memory."""
+        assert self.model is not None
+        try:
+            return self.model(mel, faces)
+        except torch.OutOfMemoryError:
+            if len(mel) == 1:
+                raise
+            torch.cuda.empty_cache()
+            self.batch = max(1, len(mel) // 2)
+            half = len(mel) // 2
+            return np.concatenate(
+                [self._predict(mel[:half], faces[:half]), self._predict(mel[half:], faces[half:])]
+            )
+
+
+def _lower_face_mask(w: int, h: int) -> np.ndarray:
+    """Blend the generated lower face only: the eyes and brow stay the template's own, sharp."""
+    m = feathered_box(w, h).copy()
+    ramp = np.clip((np.arange(h) - 0.4 * h) / (0.15 * h), 0, 1).astype(np.float32)
+    return m * ramp[:, None]

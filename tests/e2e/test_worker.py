@@ -1,0 +1,117 @@
+"""The model-warm worker and the wav2lip engine, driven through a real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import av
+import psutil
+from support import put_file, put_manifest, wait_for
+
+
+def drop(d, media, job_id: str, engine: str | None = None, audio=None, template=None) -> None:  # noqa: ANN001
+    put_file(d.inbox / f"{job_id}.wav", audio or media.tone)
+    put_file(d.inbox / f"{job_id}.png", template or media.face_image)
+    m = {"job_id": job_id, "audio": f"{job_id}.wav", "template": f"{job_id}.png"}
+    if engine:
+        m["engine"] = engine
+    put_manifest(d.inbox / f"{job_id}.json", m)
+
+
+def worker_pid(d) -> int:  # noqa: ANN001
+    return json.loads((d.outbox / "_daemon" / "health.json").read_text())["worker"]["pid"]
+
+
+def health(d) -> dict:  # noqa: ANN001
+    return json.loads((d.outbox / "_daemon" / "health.json").read_text())
+
+
+FAST = {"health": {"heartbeat_seconds": 0.5, "disk_warn_bytes": 0, "disk_fail_bytes": 0}}
+
+
+def test_wav2lip_renders_and_loads_the_model_once(daemon_factory, media) -> None:  # noqa: ANN001
+    d = daemon_factory(
+        inbox={"engine": "auto"},
+        sections={**FAST, "models": {"wav2lip": str(media.wav2lip_checkpoint)}},
+    ).start()
+    wait_for(
+        lambda: health(d)["worker"]["model_loads"] == {"wav2lip": 1},
+        30,
+        "the model loaded at start",
+        d,
+    )
+    for n in range(10):
+        drop(d, media, f"w{n}")
+    for n in range(10):
+        task = d.wait_state(f"w{n}", timeout=120)
+        assert task["state"] == "done" and task["engine"] == "wav2lip", task
+    assert task["device"].startswith("cpu")
+    with av.open(str(d.outbox / "w9" / "result.mp4")) as c:
+        assert c.streams.video[0].frames == task["output"]["frames"] == 50
+    assert d.log_text().count("engine wav2lip loaded") == 1  # at start, before READY
+    assert health(d)["worker"]["model_loads"] == {"wav2lip": 1}
+    assert not any("loaded in" in (d.outbox / f"w{n}" / "log.txt").read_text() for n in range(10))
+
+
+def test_damaged_checkpoint_fails_its_jobs_and_preview_still_serves(
+    daemon_factory, media, tmp_path
+) -> None:  # noqa: ANN001
+    bad = tmp_path / "wav2lip_gan.pth"
+    bad.write_bytes(media.wav2lip_checkpoint.read_bytes()[:4096])  # a truncated download
+    d = daemon_factory(sections={**FAST, "models": {"wav2lip": str(bad)}}).start()
+    drop(d, media, "broken", engine="wav2lip")
+    task = d.wait_state("broken", timeout=60)
+    assert task["state"] == "failed" and task["error"]["code"] == "weights_invalid", task
+    assert str(bad) in task["error"]["message"] and task["error"]["hint"]
+    wait_for(
+        lambda: "wav2lip" in health(d)["worker"]["load_errors"], 10, "the load error in health", d
+    )
+    drop(d, media, "fine", engine="preview")
+    assert d.wait_state("fine", timeout=60)["state"] == "done"
+
+
+def test_worker_killed_mid_job_is_replaced_and_the_job_done(daemon_factory, media) -> None:  # noqa: ANN001
+    d = daemon_factory(sections=FAST).start()
+    drop(d, media, "victim", audio=media.tone_long, template=media.big_image)
+    d.wait_state("victim", {"rendering"}, timeout=60)
+    old = worker_pid(d)
+    os.kill(old, signal.SIGKILL)
+    t0 = time.monotonic()
+    wait_for(
+        lambda: (
+            (p := health(d)["worker"]["pid"])
+            and p != old
+            and health(d)["worker"]["state"] != "dead"
+        ),
+        30,
+        "a new worker",
+        d,
+    )
+    assert time.monotonic() - t0 < 10
+    task = d.wait_state("victim", timeout=120)
+    assert task["state"] == "done" and task["attempts"] == 2, task
+    log = (d.outbox / "victim" / "log.txt").read_text()
+    assert "killed by signal SIGKILL" in log and "re-queued" in log
+    assert health(d)["worker"]["restarts"] == 1 and d.alive()
+
+
+def test_hung_worker_is_killed_after_hang_seconds(daemon_factory, media) -> None:  # noqa: ANN001
+    d = daemon_factory(daemon={"hang_seconds": 3.0}, sections=FAST).start()
+    drop(d, media, "frozen", audio=media.tone_long, template=media.big_image)
+    d.wait_state("frozen", {"rendering"}, timeout=60)
+    pid = worker_pid(d)
+    psutil.Process(pid).suspend()  # SIGSTOP: alive, silent
+    t0 = time.monotonic()
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        30,
+        "the hung worker to be killed",
+        d,
+    )
+    assert 3.0 <= time.monotonic() - t0 < 15
+    task = d.wait_state("frozen", timeout=120)
+    assert task["state"] == "done" and task["attempts"] == 2
+    assert "sent nothing for 3 s (hung)" in (d.outbox / "frozen" / "log.txt").read_text()

@@ -1,0 +1,108 @@
+"""The wav2lip engine's model: published checkpoint format, strict loading, and parity of the
+fast model (BatchNorm folded, channels_last, bf16) with the unfused reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from w2l_fixture import calibrated_net, real_inputs, save_published, to_torch
+
+from dropbox_daemon.engines.wav2lip import (
+    FastWav2Lip,
+    cpu_has_bf16,
+    load_reference,
+    read_state_dict,
+)
+from dropbox_daemon.errors import EngineError
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):  # noqa: ANN001, ANN201
+    net = calibrated_net()
+    return net, save_published(net, tmp_path_factory.mktemp("w2l") / "wav2lip_random.pth")
+
+
+def test_the_test_model_is_not_vacuous(checkpoint) -> None:  # noqa: ANN001
+    net, _ = checkpoint
+    mel, faces = real_inputs(8, seed=5)
+    with torch.inference_mode():
+        out = net(*to_torch(mel, faces)).numpy()
+        quiet = net(*to_torch(np.full_like(mel, -4.0), faces)).numpy()
+    assert np.percentile(out, 99) - np.percentile(out, 1) > 0.8  # spans most of [0, 1]
+    assert np.abs(out - quiet)[:, :, 48:].mean() > 0.05  # the mouth half depends on the audio
+
+
+def test_published_format_loads_with_and_without_module_prefix(checkpoint, tmp_path) -> None:  # noqa: ANN001
+    net, path = checkpoint
+    sd = read_state_dict(path)
+    assert set(sd) == set(net.state_dict()) and not any(k.startswith("module.") for k in sd)
+    plain = tmp_path / "plain.pth"
+    torch.save(net.state_dict(), plain)
+    ref = load_reference(plain)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(ref.state_dict().values(), net.state_dict().values(), strict=True)
+    )
+
+
+def test_cpu_default_is_fp32(checkpoint) -> None:  # noqa: ANN001
+    assert FastWav2Lip(checkpoint[1]).dtype == torch.float32
+
+
+def test_fast_model_matches_the_reference_in_fp32(checkpoint) -> None:  # noqa: ANN001
+    net, path = checkpoint
+    fast = FastWav2Lip(path, precision="fp32")
+    for seed in (7, 8):
+        mel, faces = real_inputs(6, seed=seed)
+        with torch.inference_mode():
+            ref = net(*to_torch(mel, faces)).permute(0, 2, 3, 1).numpy()
+        got = fast(mel, faces)
+        assert np.abs(got - ref).max() <= 1e-4
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no AVX512-BF16/AMX")
+@pytest.mark.xfail(
+    strict=True,
+    reason="bf16 activations stay ~28 dB from fp32 on these inputs; "
+    "hence bf16 is opt-in, not the CPU default (issue 9 stays open on this point)",
+)
+def test_bf16_stays_within_35_db_of_fp32(checkpoint) -> None:  # noqa: ANN001
+    _, path = checkpoint
+    mel, faces = real_inputs(8, seed=9)
+    ref = FastWav2Lip(path, precision="fp32")(mel, faces)
+    bf = FastWav2Lip(path, precision="bf16")
+    assert bf.dtype == torch.bfloat16
+    got = bf(mel, faces)
+    mse = float(np.mean((got * 255 - ref * 255) ** 2))
+    psnr = 10 * np.log10(255**2 / mse)
+    assert psnr >= 35.0, psnr
+
+
+def test_wrong_or_damaged_checkpoints_are_named(checkpoint, tmp_path) -> None:  # noqa: ANN001
+    net, _ = checkpoint
+    sd = {f"module.{k}": v for k, v in net.state_dict().items() if not k.startswith("output_block")}
+    sd["module.extra.weight"] = torch.zeros(1)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"state_dict": sd}, wrong)
+    with pytest.raises(EngineError) as e:
+        load_reference(wrong)
+    assert e.value.code == "weights_mismatch"
+    assert (
+        "missing (e.g. output_block.0.conv_block.0.bias" in e.value.message
+        and "extra.weight" in e.value.message
+    )
+    shape = tmp_path / "shape.pth"
+    bad = dict(net.state_dict())
+    bad["output_block.1.weight"] = torch.zeros(3, 16, 1, 1)
+    torch.save({"state_dict": bad}, shape)
+    with pytest.raises(EngineError, match="does not fit"):
+        load_reference(shape)
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(EngineError) as e:
+        load_reference(damaged)
+    assert e.value.code == "weights_invalid"
+    with pytest.raises(EngineError) as e:
+        load_reference(tmp_path / "absent.pth")
+    assert e.value.code == "weights_missing"
