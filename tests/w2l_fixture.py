@@ -31,7 +31,7 @@ def real_inputs(n: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     mels = np.stack([A.mel_window(mel, i * 9, 25) for i in range(n)]).astype(np.float32)
     face = astronaut()[60:190, 160:290]
     crops = []
-    for i in range(n):
+    for _ in range(n):
         dx, dy = rng.integers(-4, 5, 2)
         crops.append(
             cv2.resize(np.roll(face, (dy, dx), (0, 1)), (FACE, FACE), interpolation=cv2.INTER_AREA)
