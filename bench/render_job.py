@@ -7,6 +7,7 @@ peak RSS (ru_maxrss) belongs to that job alone.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import sys
@@ -27,10 +28,10 @@ def main() -> None:
     (root / "out").mkdir()
     shutil.copyfile(audio, drop / Path(audio).name)
     shutil.copyfile(template, drop / Path(template).name)
-    cfg = config.from_dict(
-        {"inbox": [{"name": "b", "path": str(root)}], "daemon": {"state_dir": state}},
-        source=root / "c.toml",
-    )
+    data = {"inbox": [{"name": "b", "path": str(root)}], "daemon": {"state_dir": state}}
+    if os.environ.get("DROPBOX_BENCH_WAV2LIP"):
+        data["models"] = {"wav2lip": os.environ["DROPBOX_BENCH_WAV2LIP"]}
+    cfg = config.from_dict(data, source=root / "c.toml")
     eng = engines.create(engine_name, cfg)
     t = time.perf_counter()
     eng.load()

@@ -115,3 +115,16 @@ def test_hung_worker_is_killed_after_hang_seconds(daemon_factory, media) -> None
     task = d.wait_state("frozen", timeout=120)
     assert task["state"] == "done" and task["attempts"] == 2
     assert "sent nothing for 3 s (hung)" in (d.outbox / "frozen" / "log.txt").read_text()
+
+
+def test_job_past_its_time_limit_is_stopped(daemon_factory, media) -> None:  # noqa: ANN001
+    d = daemon_factory(
+        daemon={"job_timeout_seconds": 2.0, "max_attempts": 1}, sections=FAST
+    ).start()
+    drop(d, media, "slowpoke", audio=media.tone_long, template=media.big_image)
+    task = d.wait_state("slowpoke", timeout=60)
+    assert task["state"] == "failed" and task["error"]["code"] == "worker_failed", task
+    assert "passed its time limit of 2 s" in task["error"]["message"]
+    assert (d.outbox / "slowpoke" / "input" / "slowpoke.wav").exists()
+    drop(d, media, "after", template=media.image)  # and the daemon goes on
+    assert d.wait_state("after", timeout=60)["state"] == "done"
