@@ -121,7 +121,7 @@ def test_job_past_its_time_limit_is_stopped(daemon_factory, media) -> None:  # n
     d = daemon_factory(
         daemon={"job_timeout_seconds": 2.0, "max_attempts": 1}, sections=FAST
     ).start()
-    drop(d, media, "slowpoke", audio=media.tone_long, template=media.big_image)
+    drop(d, media, "slowpoke", audio=media.tone_95, template=media.big_image)  # ~10 s of work
     task = d.wait_state("slowpoke", timeout=60)
     assert task["state"] == "failed" and task["error"]["code"] == "worker_failed", task
     assert "passed its time limit of 2 s" in task["error"]["message"]
