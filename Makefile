@@ -26,6 +26,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/pickup.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/wav2lip.py
+	$(BIN)/python bench/web.py
 
 clean:
 	rm -rf $(VENV) .state

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -196,6 +197,26 @@ class EnginesConfig(_Strict):
     http: HttpEngineConfig = Field(default_factory=HttpEngineConfig)
 
 
+class HttpConfig(_Strict):
+    """The optional status endpoint and page (off unless listen is set)."""
+
+    listen: str = ""  # e.g. "127.0.0.1:8765"; empty: no listener
+    token: str | None = None  # bearer token for everything but /health
+    token_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v and not re.match(r"^[^\s:]+:\d{1,5}$", v):
+            raise ValueError('must be "host:port", e.g. "127.0.0.1:8765"')
+        return v
+
+    def bearer(self) -> str | None:
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return self.token
+
+
 class ModelsConfig(_Strict):
     wav2lip: Path | None = (
         None  # wav2lip.pth or wav2lip_gan.pth as published; nothing is downloaded
@@ -216,6 +237,7 @@ class Config(_Strict):
     health: HealthConfig = Field(default_factory=HealthConfig)
     callbacks: CallbacksConfig = Field(default_factory=CallbacksConfig)
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     overlay: OverlayConfig = Field(default_factory=OverlayConfig)
     # Where the file was read from; not a key of the file.
@@ -270,6 +292,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         inbox.path = fix(inbox.path)
     if cfg.models.wav2lip is not None:
         cfg.models.wav2lip = fix(cfg.models.wav2lip)
+    if cfg.http.token_file is not None:
+        cfg.http.token_file = fix(cfg.http.token_file)
     if cfg.callbacks.secret_file is not None:
         cfg.callbacks.secret_file = fix(cfg.callbacks.secret_file)
     return cfg

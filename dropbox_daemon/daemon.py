@@ -28,6 +28,7 @@ from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.scheduler import Scheduler
 from dropbox_daemon.store import RUNNING, Job, Store, pick_next
 from dropbox_daemon.watcher import Watcher
+from dropbox_daemon.web import Web
 
 CANCEL_GRACE = 1.5  # seconds a worker gets to stop a cancelled job before it is killed
 PROGRESS_WRITE_EVERY = 1.0  # seconds between task.json progress rewrites
@@ -82,6 +83,7 @@ class Daemon:
         self.notifier = Notifier()
         self.scheduler = Scheduler(cfg, self.view, self.metrics, self.notifier)
         self.deliverer = Deliverer(cfg, on_give_up=self.metrics.callback_failures.inc)
+        self.web = Web(cfg, self.view, self.metrics)
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -106,6 +108,7 @@ class Daemon:
         self._recover_orphan_claims()
         self.watcher.start()
         self.view.watch_modes = dict(self.watcher.modes)
+        self.web.start()
         self.worker.start()
         self.scheduler.start()
         self.deliverer.start()
@@ -184,6 +187,7 @@ class Daemon:
         self.worker.stop(timeout=5)
         self.scheduler.stop()
         self.deliverer.stop()
+        self.web.stop()
         logger.info("dropbox-daemon stopped")
 
     # -- the loop ---------------------------------------------------------------------

@@ -112,6 +112,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);
     CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id);
     """,
+    # 3: newest-first pages for the jobs API, filtered or not
+    """
+    CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
+    CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
+    CREATE INDEX IF NOT EXISTS jobs_inbox_seq ON jobs(inbox, seq);
+    """,
 ]
 
 CALLBACK_STATES = ("done", "failed", "cancelled", "rejected")
@@ -385,6 +391,26 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         return self._query(sql, (*params, limit))
+
+    def page(
+        self,
+        *,
+        state: str | None = None,
+        inbox: str | None = None,
+        limit: int = 50,
+        before_seq: int | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, `limit` of them, older than `before_seq` (keyset pagination)."""
+        where, params = [], []
+        for col, val in (("state", state), ("inbox", inbox)):
+            if val:
+                where.append(f"{col} = ?")
+                params.append(val)
+        if before_seq is not None:
+            where.append("seq < ?")
+            params.append(before_seq)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._query(sql + " ORDER BY seq DESC LIMIT ?", (*params, limit))
 
     def queued(self, limit: int = 500) -> list[Job]:
         return self._query(

@@ -156,7 +156,7 @@ class DaemonProc:
             lines += [f"[{name}]", *(f"{k} = {toml_value(v)}" for k, v in table.items())]
         self.config.write_text("\n".join(lines) + "\n")
 
-    def start(self, env: dict[str, str] | None = None) -> DaemonProc:
+    def start(self, env: dict[str, str] | None = None, wait_ready: bool = True) -> DaemonProc:
         log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(self.config)],
@@ -164,6 +164,8 @@ class DaemonProc:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
+        if not wait_ready:
+            return self
         wait_for(
             lambda: "worker ready" in self.log_text() or self.proc.poll() is not None,
             60,

@@ -1,0 +1,181 @@
+"""The status endpoint and page: httpx against a running daemon, and a headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import put_file, put_manifest, wait_for
+
+TOKEN = "t0k3n-for-tests"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def web_daemon(daemon_factory, media, token: str | None = TOKEN, **sections):  # noqa: ANN001, ANN003, ANN201
+    port = free_port()
+    http = {"listen": f"127.0.0.1:{port}"} | ({"token": token} if token else {})
+    d = daemon_factory(sections={"http": http, "health": {"heartbeat_seconds": 0.5}, **sections})
+    d.base = f"http://127.0.0.1:{port}"
+    return d
+
+
+def drop(d, media, job_id: str, **kw) -> None:  # noqa: ANN001, ANN003
+    put_file(d.inbox / f"{job_id}.wav", kw.pop("audio", media.tone))
+    put_file(d.inbox / f"{job_id}.png", kw.pop("template", media.image))
+    put_manifest(
+        d.inbox / f"{job_id}.json",
+        {"job_id": job_id, "audio": f"{job_id}.wav", "template": f"{job_id}.png", **kw},
+    )
+
+
+def raw_get(base: str, path: str) -> int:
+    """A request whose path goes out exactly as written (no client-side dot-segment cleanup)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n".encode()
+        )
+        return int(s.recv(64).split()[1])
+
+
+def test_endpoints(daemon_factory, media) -> None:  # noqa: ANN001
+    d = web_daemon(daemon_factory, media, models={"wav2lip": str(media.wav2lip_checkpoint)})
+    d.start(wait_ready=False)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    c = httpx.Client(base_url=d.base, timeout=10)
+
+    def get(path: str, **kw):  # noqa: ANN003, ANN202
+        try:
+            return c.get(path, **kw)
+        except httpx.TransportError:
+            return None
+
+    not_ready = wait_for(
+        lambda: (r := get("/ready", headers=auth)) is not None and r.status_code == 503 and r,
+        30,
+        "/ready to answer 503 while the model loads",
+        d,
+    )
+    assert any("worker not ready" in x for x in not_ready.json()["reasons"])
+    wait_for(
+        lambda: (r := get("/ready", headers=auth)) is not None and r.status_code == 200,
+        60,
+        "ready",
+        d,
+    )
+    assert c.get("/ready").status_code == 401 and c.get("/api/jobs").status_code == 401
+    assert c.get("/api/jobs", params={"token": "wrong"}).status_code == 401
+    h = wait_for(lambda: (r := c.get("/health")).status_code == 200 and r, 10, "/health", d)
+    assert h.json()["alive"] is True  # /health needs no token
+
+    drop(d, media, "ok1", engine="passthrough")
+    put_manifest(
+        d.inbox / "bad1.json", {"job_id": "bad1", "audio": "none.wav", "template": "none.png"}
+    )
+    d.wait_state("ok1", "done", timeout=60)
+    d.wait_state("bad1", "rejected", timeout=30)
+    jobs = c.get("/api/jobs", headers=auth).json()
+    assert {j["job_id"] for j in jobs["jobs"]} == {"ok1", "bad1"} and jobs["counts"]["done"] == 1
+    done = c.get("/api/jobs", params={"state": "done", "limit": 1}, headers=auth).json()["jobs"]
+    assert [j["job_id"] for j in done] == ["ok1"]
+    assert c.get("/api/jobs", params={"state": "nope"}, headers=auth).status_code == 400
+    page1 = c.get("/api/jobs", params={"limit": 1}, headers=auth).json()
+    page2 = c.get(
+        "/api/jobs", params={"limit": 1, "before": page1["next_before"]}, headers=auth
+    ).json()
+    assert page1["jobs"][0]["job_id"] != page2["jobs"][0]["job_id"] and page2["next_before"] is None
+    rec = c.get("/api/jobs/ok1", headers=auth).json()
+    assert rec["state"] == "done" and rec == d.task("ok1") | {"updated_at": rec["updated_at"]}
+    assert c.get("/api/jobs/nope", headers=auth).status_code == 404
+    log = c.get("/api/jobs/ok1/log", headers=auth)
+    assert log.status_code == 200 and rec["trace_id"] in log.text
+    video = c.get("/files/ok1/result.mp4", headers=auth)
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    assert video.content == (d.outbox / "ok1" / "result.mp4").read_bytes()
+    part = c.get("/files/ok1/result.mp4", headers={**auth, "Range": "bytes=0-99"})
+    assert part.status_code == 206 and len(part.content) == 100
+    assert (
+        c.get("/files/ok1/poster.jpg", params={"token": TOKEN}).status_code == 200
+    )  # <img> can't send headers
+    for path in (
+        "/api/jobs/../config.toml",
+        "/api/jobs/..%2F..%2Fconfig.toml",
+        "/files/ok1/task.json",
+        "/files/ok1/..%2F..%2Fconfig.toml",
+        "/files/../state/jobs.sqlite3",
+        "/api/jobs/ok1/../../x",
+    ):
+        assert raw_get(d.base, path) == 404, path
+    metrics = c.get("/metrics", headers=auth)
+    fams = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+    assert "dropbox_jobs" in fams and "dropbox_queue_depth" in fams
+    page = c.get("/", headers=auth)
+    assert page.status_code == 200 and "<title>dropbox-daemon</title>" in page.text
+    assert "https://" not in page.text and "http://" not in page.text  # nothing from a CDN
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
+)
+def test_page_in_a_headless_browser(daemon_factory, media) -> None:  # noqa: ANN001
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    d = web_daemon(daemon_factory, media).start()
+    drop(d, media, "first", engine="passthrough")
+    d.wait_state("first", "done", timeout=60)
+    drop(d, media, "long", engine="passthrough", audio=media.tone_95, template=media.big_image)
+    d.wait_state("long", {"rendering"}, timeout=60)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1200,900",
+    ):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        browser.get(f"{d.base}/?token={TOKEN}")
+
+        def progress() -> int | None:
+            els = browser.find_elements("css selector", '.running-job[data-job="long"]')
+            if not els:
+                return None
+            text = els[0].text.strip().rstrip("%").split()
+            return int(text[-1]) if text and text[-1].isdigit() else None
+
+        p1 = wait_for(
+            lambda: (p := progress()) is not None and p, 30, "the running job on the page", d
+        )
+        wait_for(lambda: (p := progress()) is not None and p > p1, 30, "the progress to advance", d)
+        loaded = wait_for(
+            lambda: browser.execute_script(
+                "const i = document.querySelector('tr[data-job=\"first\"] img'); return i && i.complete && i.naturalWidth"
+            ),
+            30,
+            "the finished job's poster",
+            d,
+        )
+        assert loaded > 0
+        assert "ok" in browser.find_element("id", "health").text
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "status-page.png"))
+    finally:
+        browser.quit()
