@@ -110,6 +110,7 @@ class Daemon:
         self.view.watch_modes = dict(self.watcher.modes)
         self.web.start()
         self.worker.start()
+        self._share_view()  # the first heartbeat already names the worker
         self.scheduler.start()
         self.deliverer.start()
         logger.info(

@@ -22,7 +22,8 @@ def drop(d, media, job_id: str, engine: str | None = None, audio=None, template=
 
 
 def worker_pid(d) -> int:  # noqa: ANN001
-    return json.loads((d.outbox / "_daemon" / "health.json").read_text())["worker"]["pid"]
+    """The worker's pid from a heartbeat written while it runs (never None: psutil would take ours)."""
+    return wait_for(lambda: health(d)["worker"]["pid"], 10, "a heartbeat naming the worker", d)
 
 
 def health(d) -> dict:  # noqa: ANN001
