@@ -74,6 +74,7 @@ class Daemon:
         self.worker = WorkerHandle(cfg, wake=self.wake.set)
         self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in cfg.inbox}
         self.pending: dict[Path, Pending] = {}
+        self.retry_claims: list[tuple[InboxConfig, drops.Claim]] = []
         self.current: Current | None = None
         self.last_served: dict[str, float] = {}
         self.next_rescan = 0.0
@@ -153,7 +154,13 @@ class Daemon:
         self.start()
         try:
             while not self.flags.stop:
-                self.loop_once(time.time())
+                try:
+                    self.loop_once(time.time())
+                except Exception:  # noqa: BLE001 - the service outlives any one bad pass
+                    logger.exception(
+                        "main loop: unexpected error; the daemon goes on and retries in 1 s"
+                    )
+                    self.wake.wait(1.0)
                 self.wake.wait(self.cfg.daemon.loop_seconds)
                 self.wake.clear()
             self.stop()
@@ -204,6 +211,10 @@ class Daemon:
                 p.fast = p.fast or hint.renamed
         if now >= self.next_rescan:
             self.next_rescan = now + self.cfg.daemon.rescan_seconds
+            if self.store is not None and self.store.stale_outbox:
+                self.store.flush_outbox()
+            if self.retry_claims:
+                self._retry_claims()
             for inbox in self.cfg.inbox:
                 for cand in drops.scan(inbox.path):
                     self.pending.setdefault(cand.manifest, Pending(cand, inbox))
@@ -245,11 +256,31 @@ class Daemon:
                 self.intake.ingest(p.inbox, cl)
             except Exception:  # noqa: BLE001 - one bad drop must not stop the daemon
                 logger.exception(
-                    "inbox {}: taking drop {} failed; its files are kept in {} for a look",
+                    "inbox {}: taking drop {} failed; its files are kept in {} and it is tried "
+                    "again at the next rescan",
                     p.inbox.name,
                     p.candidate.manifest.name,
                     cl.dir,
                 )
+                self.retry_claims.append((p.inbox, cl))
+
+    def _retry_claims(self) -> None:
+        """Drops whose intake failed (a full disk, say): try again; their files wait in the claim."""
+        assert self.store is not None and self.intake is not None
+        todo, self.retry_claims = self.retry_claims, []
+        known = self.store.claim_dirs()
+        for inbox, cl in todo:
+            if str(cl.dir) in known:
+                continue  # it made it into the store after all
+            try:
+                self.intake.ingest(inbox, cl, recovered=True)
+            except Exception:  # noqa: BLE001
+                logger.warning(
+                    "inbox {}: claim {} still cannot be taken; trying again later",
+                    inbox.name,
+                    cl.claim_id,
+                )
+                self.retry_claims.append((inbox, cl))
 
     def _recover_orphan_claims(self) -> None:
         assert self.store is not None and self.intake is not None
@@ -421,8 +452,7 @@ class Daemon:
         if outcome == "cancelled":
             self._finish_cancel(job_id, err["message"])
             return
-        self.outbox.write_error(job_id, err)
-        self.outbox.save_inputs(job_id, Path(job.claim_dir or "") / drops.DROP_SUBDIR)
+        self._keep_for_redrop(job, err)
         to = "rejected" if outcome == "rejected" else "failed"
         self.store.transition(
             job_id, to, expect=RUNNING, error=err, detail=f"{err['code']}: {err['message']}"
@@ -448,11 +478,24 @@ class Daemon:
                 "message": f"{why} (attempt {attempts} of {job.max_attempts})",
                 "hint": "look at the daemon's log around this time; `dropbox-daemon retry` runs it again",
             }
-            self.outbox.write_error(job_id, err)
-            self.outbox.save_inputs(job_id, Path(job.claim_dir or "") / drops.DROP_SUBDIR)
+            self._keep_for_redrop(job, err)
             self.store.transition(job_id, "failed", error=err, detail=err["message"])
         else:
             self.store.transition(job_id, "queued", attempts=attempts, detail=f"{why}; re-queued")
+
+    def _keep_for_redrop(self, job: Job, err: dict[str, Any]) -> None:
+        """error.json and input/ in the outbox; on a full outbox the drop stays in its claim folder."""
+        claim = Path(job.claim_dir or "") / drops.DROP_SUBDIR
+        try:
+            self.outbox.write_error(job.job_id, err)
+            self.outbox.save_inputs(job.job_id, claim)
+        except OSError as e:
+            logger.bind(job_id=job.job_id, trace_id=job.trace_id).error(
+                "job {}: cannot write error.json/input/ to the outbox ({}); the drop's files stay in {}",
+                job.job_id,
+                e.strerror or e,
+                claim,
+            )
 
     # -- cancels -------------------------------------------------------------------------
     def _handle_cancels(self, now: float) -> None:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
 from pydantic import BaseModel, Field
 from sqlite_utils import Database
 
@@ -213,6 +214,7 @@ class Store:
     def __init__(self, path: Path, outbox: Outbox, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = path
         self.outbox = outbox
+        self.stale_outbox: set[str] = set()  # jobs whose task.json could not be written
         # called after every committed state change with (job, from_state): metrics
         self.on_change: Callable[[Job, str | None], None] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -296,10 +298,47 @@ class Store:
                 ),
             )
         arrow = f"{from_state} -> {job.state}" if from_state else job.state
-        self.outbox.log(
-            job.job_id, job.trace_id, f"state {arrow}" + (f": {detail}" if detail else ""), at=now
-        )
-        self.outbox.write_task(job.record())
+        self._outbox_write(job, f"state {arrow}" + (f": {detail}" if detail else ""), now)
+
+    def _outbox_write(self, job: Job, line: str | None, now: float) -> None:
+        """log.txt line and task.json; a full or failing outbox never blocks the database.
+
+        What could not be written is rewritten by flush_outbox() once the outbox works again.
+        """
+        try:
+            if line:
+                self.outbox.log(job.job_id, job.trace_id, line, at=now)
+            self.outbox.write_task(job.record())
+            self.stale_outbox.discard(job.job_id)
+        except OSError as e:
+            if job.job_id not in self.stale_outbox:
+                logger.bind(job_id=job.job_id, trace_id=job.trace_id).error(
+                    "outbox: cannot write task.json/log.txt of job {} ({}); the database has the "
+                    "truth and the file is rewritten once the outbox can be written again",
+                    job.job_id,
+                    e.strerror or e,
+                )
+            self.stale_outbox.add(job.job_id)
+
+    def flush_outbox(self) -> int:
+        """Rewrite the task.json of jobs whose last write failed; how many are still stale."""
+        for job_id in list(self.stale_outbox):
+            job = self.get(job_id)
+            if job is None:
+                self.stale_outbox.discard(job_id)
+                continue
+            try:
+                self.outbox.write_task(job.record())
+                self.outbox.log(
+                    job.job_id,
+                    job.trace_id,
+                    "task.json rewritten: the outbox is writable again",
+                    at=time.time(),
+                )
+                self.stale_outbox.discard(job_id)
+            except OSError:
+                break
+        return len(self.stale_outbox)
 
     # -- the state machine ----------------------------------------------------
     def create(self, job: Job, detail: str = "") -> Job:
@@ -362,14 +401,17 @@ class Store:
                 return None
             job = job.model_copy(update={**changes, "updated_at": now})
             self._write(c, job)
-            if log:
-                self.outbox.log(job.job_id, job.trace_id, log, at=now)
-            self.outbox.write_task(job.record())
+            self._outbox_write(job, log, now)
         return job
 
     def log(self, job: Job, message: str) -> None:
-        """A line in the job's log.txt that is not a state change."""
-        self.outbox.log(job.job_id, job.trace_id, message, at=time.time())
+        """A line in the job's log.txt that is not a state change (best effort on a full disk)."""
+        try:
+            self.outbox.log(job.job_id, job.trace_id, message, at=time.time())
+        except OSError as e:
+            logger.warning(
+                "outbox: cannot append to log.txt of job {}: {}", job.job_id, e.strerror or e
+            )
 
     # -- queries --------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:

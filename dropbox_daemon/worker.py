@@ -7,6 +7,7 @@ process: it starts it, watches it, kills and replaces it (WorkerHandle).
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import os
 import queue
@@ -129,6 +130,20 @@ def _serve(conn: Connection, cfg: Config) -> None:
         except DaemonError as e:
             emit({"type": "result", "outcome": "failed", "error": e.to_dict()})
         except Exception as e:  # noqa: BLE001 - any bug ends this job, not the worker
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                emit(
+                    {
+                        "type": "result",
+                        "outcome": "failed",
+                        "error": {
+                            "code": "disk_full",
+                            "stage": "rendering",
+                            "message": f"no space left on the device while rendering ({e.filename or 'a work file'})",
+                            "hint": "free space on the outbox's and the inbox's file systems, then `dropbox-daemon retry` the job",
+                        },
+                    }
+                )
+                continue
             tb = traceback.format_exc()
             logger.bind(job_id=job_id, trace_id=job.get("trace_id")).error(
                 "job {} crashed in the worker; it fails and the worker goes on:\n{}", job_id, tb

@@ -120,6 +120,13 @@ class Encoder:
             tail = self.log_path.read_text(errors="replace")[-STDERR_TAIL:].strip()
         except OSError:
             tail = ""
+        if "No space left on device" in tail:
+            return MediaError(
+                f"{what}: the disk is full: {tail[-300:]}",
+                code="disk_full",
+                stage="encoding",
+                hint="free space on the outbox's file system, then `dropbox-daemon retry` the job",
+            )
         return MediaError(
             f"{what}: {tail or '(no output)'}",
             code="encode_failed",

@@ -1,0 +1,72 @@
+"""A full outbox: the job fails `disk_full`, the daemon keeps serving and recovers once space is back."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+
+import pytest
+from support import put_file, put_manifest, wait_for
+
+
+def mount_tmpfs(path, size: str) -> bool:  # noqa: ANN001
+    path.mkdir(parents=True, exist_ok=True)
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+def db_job(d, job_id: str) -> dict | None:  # noqa: ANN001
+    r = d.cli("jobs", "--json", "--limit", "100")
+    return next((j for j in json.loads(r.stdout) if j["job_id"] == job_id), None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small file system")
+def test_full_outbox_fails_disk_full_then_recovers(daemon_factory, media) -> None:  # noqa: ANN001
+    d = daemon_factory(sections={"health": {"disk_warn_bytes": 0, "disk_fail_bytes": 0}})
+    if not mount_tmpfs(d.outbox, "4m"):
+        pytest.skip("mount is not permitted here")
+    try:
+        filler = d.outbox / "filler"
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={filler}", "bs=1k", "count=3900"], capture_output=True
+        )
+        d.start()
+        put_file(d.inbox / "a.wav", media.tone_long)
+        put_file(d.inbox / "t.png", media.big_image)
+        put_manifest(
+            d.inbox / "full.json", {"job_id": "full", "audio": "a.wav", "template": "t.png"}
+        )
+        job = wait_for(
+            lambda: (j := db_job(d, "full")) and j["state"] in ("failed", "done") and j,
+            90,
+            "the job to end",
+            d,
+        )
+        assert job["state"] == "failed" and job["error"]["code"] == "disk_full", job
+        assert "retry" in job["error"]["hint"]
+        assert d.alive()
+        kept = list((d.inbox / ".dropbox" / "claimed").glob("*/drop/a.wav"))
+        assert kept, "the drop's files stay in the claim folder"
+        assert not [p for p in d.outbox.glob("full/.*.partial")]
+        filler.unlink()  # space is back
+        put_file(d.inbox / "b.wav", media.tone)
+        put_file(d.inbox / "u.png", media.image)
+        put_manifest(
+            d.inbox / "next.json", {"job_id": "next", "audio": "b.wav", "template": "u.png"}
+        )
+        assert d.wait_state("next", timeout=60)["state"] == "done"
+        assert d.cli("retry", "full").returncode == 0
+        assert d.wait_state("full", "done", timeout=120)["state"] == "done"
+        db = sqlite3.connect(f"file:{d.state / 'jobs.sqlite3'}?mode=ro", uri=True)
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert d.task("full")["state"] == "done" == db_job(d, "full")["state"]
+    finally:
+        if d.alive():
+            d.stop()
+        subprocess.run(["umount", "-l", str(d.outbox)], capture_output=True)
