@@ -70,7 +70,9 @@ class Intake:
         base = cl.drop_dir if recovered else cl.candidate.base_dir
         root = cl.drop_dir if recovered else inbox.path
         try:
-            manifest, _media = parse(cl.manifest, base, root, self.cfg.limits)
+            manifest, _media = parse(
+                cl.manifest, base, root, self.cfg.limits, cl.candidate.manifest
+            )
         except RejectedDrop as e:
             return self._reject(inbox, cl, e, recovered=recovered)
         if not recovered:

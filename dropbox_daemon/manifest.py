@@ -305,9 +305,17 @@ def check_media_path(
 
 
 def resolve_media(
-    m: Manifest, manifest_path: Path, base_dir: Path, inbox_root: Path, limits: LimitsConfig
+    m: Manifest,
+    manifest_path: Path,
+    base_dir: Path,
+    inbox_root: Path,
+    limits: LimitsConfig,
+    dropped_as: Path | None = None,
 ) -> dict[str, Path]:
-    """field -> path inside the inbox for each file the manifest names, all checked."""
+    """field -> path inside the inbox for each file the manifest names, all checked.
+
+    `dropped_as` is where the manifest was dropped (it has moved into its claim since).
+    """
     ceilings = {
         "audio": limits.max_audio_bytes,
         "template": limits.max_template_bytes,
@@ -316,6 +324,13 @@ def resolve_media(
     out: dict[str, Path] = {}
     seen: dict[Path, str] = {manifest_path.resolve(): "the manifest itself"}
     for field, value in m.media().items():
+        if dropped_as is not None and base_dir / value == dropped_as:
+            raise RejectedDrop(
+                f"{field}: {value!r} is the manifest itself",
+                code="same_file",
+                field=field,
+                hint=f"name the {field} file, not the manifest",
+            )
         path = check_media_path(value, field, base_dir, inbox_root, max_bytes=ceilings[field])
         real = path.resolve()
         if real in seen:
@@ -331,12 +346,16 @@ def resolve_media(
 
 
 def parse(
-    path: Path, base_dir: Path, inbox_root: Path, limits: LimitsConfig
+    path: Path,
+    base_dir: Path,
+    inbox_root: Path,
+    limits: LimitsConfig,
+    dropped_as: Path | None = None,
 ) -> tuple[Manifest, dict[str, Path]]:
     """Parse and check a manifest and the media it names; RejectedDrop otherwise."""
     data = read_raw(path, limits)
     m = validate(data)
-    return m, resolve_media(m, path, base_dir, inbox_root, limits)
+    return m, resolve_media(m, path, base_dir, inbox_root, limits, dropped_as)
 
 
 def salvage_job_id(path: Path, limits: LimitsConfig) -> str | None:

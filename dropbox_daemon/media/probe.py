@@ -8,6 +8,8 @@ RejectedDrop with the decoder's own words in the message.
 from __future__ import annotations
 
 import hashlib
+import re
+import struct
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -58,7 +60,12 @@ def sha256_file(path: Path) -> str:
 
 
 def _short(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    """The decoder's own words, without errno noise or the full path."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text.splitlines()[0])
+    return re.sub(r":\s*'[^']*'$", "", text)[:200]
 
 
 def probe_audio(path: Path, limits: LimitsConfig, field: str = "audio") -> AudioInfo:
@@ -122,9 +129,80 @@ def _too_long(field: str, path: Path, seconds: float, limits: LimitsConfig) -> R
     )
 
 
+def image_header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as a PNG, JPEG, GIF, BMP or WebP header declares it, read without decoding.
+
+    Decoders allocate the whole picture first: a small file declaring 30000x30000
+    pixels (a decompression bomb) must be refused before anything decodes it.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return struct.unpack("<HH", head[6:10])
+    if head.startswith(b"BM") and len(head) >= 26:
+        w, h = struct.unpack("<ii", head[18:26])
+        return abs(w), abs(h)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = head[12:16]
+        if kind == b"VP8X":
+            return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(
+                head[27:30], "little"
+            )
+        if kind == b"VP8L":
+            bits = int.from_bytes(head[21:25], "little")
+            return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+        if kind == b"VP8 ":
+            w, h = struct.unpack("<HH", head[26:30])
+            return w & 0x3FFF, h & 0x3FFF
+    if head.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                i += 1
+                continue
+            marker = head[i + 1]
+            if marker in (
+                0xC0,
+                0xC1,
+                0xC2,
+                0xC3,
+                0xC5,
+                0xC6,
+                0xC7,
+                0xC9,
+                0xCA,
+                0xCB,
+                0xCD,
+                0xCE,
+                0xCF,
+            ):
+                h, w = struct.unpack(">HH", head[i + 5 : i + 9])
+                return w, h
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            i += 2 + struct.unpack(">H", head[i + 2 : i + 4])[0]
+    return None
+
+
 def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> VisualInfo:
     """Open a template (video or image) and decode its first frame; RejectedDrop otherwise."""
     hint = "drop a video (mp4, mov, mkv, webm) or an image (jpg, png, webp) of the presenter"
+    declared = image_header_size(path)
+    if declared is not None and declared[0] * declared[1] > limits.max_pixels:
+        raise RejectedDrop(
+            f"{field}: {path.name!r} declares {declared[0]}x{declared[1]} pixels, over the limit of "
+            f"{limits.max_pixels} (not decoded)",
+            code="too_many_pixels",
+            field=field,
+            stage="preparing",
+            hint="scale it down (e.g. to 1920x1080) or raise [limits] max_pixels",
+        )
     try:
         with av.open(str(path), metadata_errors="ignore") as c:
             if not c.streams.video:
@@ -138,7 +216,15 @@ def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> V
             stream = c.streams.video[0]
             cc = stream.codec_context
             w, h = cc.width, cc.height
-            if w * h > limits.max_pixels or w <= 0 or h <= 0:
+            if w <= 0 or h <= 0:
+                raise RejectedDrop(
+                    f"{field}: {path.name!r} has no picture size ({w}x{h}): it is truncated or damaged",
+                    code="template_invalid",
+                    field=field,
+                    stage="preparing",
+                    hint=hint,
+                )
+            if w * h > limits.max_pixels:
                 raise RejectedDrop(
                     f"{field}: {path.name!r} is {w}x{h} pixels, over the limit of {limits.max_pixels}",
                     code="too_many_pixels",
