@@ -246,9 +246,16 @@ def cmd_show(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     folder = cfg.daemon.outbox / args.job
     try:
         rec = json.loads((folder / "task.json").read_text())
-    except (OSError, ValueError):
-        print(f"no job {args.job!r} in {cfg.daemon.outbox}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+    except (OSError, ValueError) as e:
+        job = _store(cfg).get(args.job) if cfg.db_path.exists() else None
+        if job is None:
+            print(f"no job {args.job!r} in {cfg.daemon.outbox}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        print(
+            f"(task.json of {args.job} is unreadable: {e}; showing the database's record)",
+            file=sys.stderr,
+        )
+        rec = job.record()
     try:
         log = (folder / "log.txt").read_text().splitlines()[-args.lines :]
     except OSError:

@@ -215,6 +215,7 @@ class Daemon:
                 self.store.flush_outbox()
             if self.retry_claims:
                 self._retry_claims()
+            self.watcher.check_inboxes()
             for inbox in self.cfg.inbox:
                 for cand in drops.scan(inbox.path):
                     self.pending.setdefault(cand.manifest, Pending(cand, inbox))

@@ -123,49 +123,69 @@ class Watcher:
         self.wake = wake
         self.poll_seconds = poll_seconds
         self.hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
-        self.observers: list[BaseObserver] = []
+        self.observers: dict[str, BaseObserver] = {}
+        self.present: dict[str, bool] = {}
         self.modes: dict[str, str] = {}
 
     def start(self) -> None:
         InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
         for inbox in self.inboxes:
-            mode, why = watch_mode(inbox)
-            self.modes[inbox.name] = mode
-            if mode == "rescan":
-                logger.info(
-                    "inbox {}: no observer, rescans every {}s ({})",
-                    inbox.name,
-                    self.poll_seconds,
-                    why,
-                )
-                continue
-            obs: BaseObserver
-            if mode == "poll":
-                obs = PollingObserver(timeout=self.poll_seconds)
-            else:
-                obs = Observer()
+            self._watch(inbox)
+
+    def _watch(self, inbox: InboxConfig) -> None:
+        """Start the observer of one inbox (none in rescan mode, or when it cannot be watched)."""
+        mode, why = watch_mode(inbox)
+        self.modes[inbox.name] = mode
+        if mode == "rescan":
+            logger.info(
+                "inbox {}: no observer, rescans every {}s ({})", inbox.name, self.poll_seconds, why
+            )
+            return
+        obs: BaseObserver = (
+            PollingObserver(timeout=self.poll_seconds) if mode == "poll" else Observer()
+        )
+        try:
             obs.schedule(
                 _Handler(inbox.name, self.hints, self.wake), str(inbox.path), recursive=True
             )
-            try:
-                obs.start()
-            except OSError as e:
-                logger.warning(
-                    "inbox {}: cannot watch {} for events ({}); relying on rescans every {}s",
+            obs.start()
+        except OSError as e:
+            logger.warning(
+                "inbox {}: cannot watch {} for events ({}); relying on rescans every {}s",
+                inbox.name,
+                inbox.path,
+                e,
+                self.poll_seconds,
+            )
+            self.modes[inbox.name] = "rescan"
+            return
+        self.observers[inbox.name] = obs
+        logger.info("inbox {}: watching {} with {} ({})", inbox.name, inbox.path, mode, why)
+
+    def check_inboxes(self) -> None:
+        """Notice an inbox that vanished (an unmounted share) or came back, and re-watch it."""
+        for inbox in self.inboxes:
+            present = inbox.path.is_dir()
+            was = self.present.get(inbox.name, True)
+            if was and not present:
+                logger.error(
+                    "inbox {}: {} has disappeared (unmounted share?); the daemon goes on and "
+                    "re-watches it when it is back",
                     inbox.name,
                     inbox.path,
-                    e,
-                    self.poll_seconds,
                 )
-                self.modes[inbox.name] = "rescan"
-                continue
-            self.observers.append(obs)
-            logger.info("inbox {}: watching {} with {} ({})", inbox.name, inbox.path, mode, why)
+                obs = self.observers.pop(inbox.name, None)
+                if obs is not None:
+                    obs.stop()
+            elif present and not was:
+                logger.warning("inbox {}: {} is back; watching it again", inbox.name, inbox.path)
+                self._watch(inbox)
+            self.present[inbox.name] = present
 
     def stop(self, timeout: float = 5.0) -> None:
-        for obs in self.observers:
+        for obs in self.observers.values():
             obs.stop()
-        for obs in self.observers:
+        for obs in self.observers.values():
             obs.join(timeout)
         self.observers.clear()
 

@@ -185,6 +185,8 @@ def _die_with_parent() -> None:
 def worker_main(conn: Connection, cfg: Config) -> None:
     """Entry point of the spawned worker process."""
     _die_with_parent()
+    # our own process group: the daemon kills the worker and its ffmpeg children together
+    os.setpgrp()
     logger.remove()
     logger.add(sys.stderr, level=cfg.daemon.log.level, format="worker[{process}] {level} {message}")
     try:
@@ -271,8 +273,15 @@ class WorkerHandle:
         return f"exited with status {code}"
 
     def kill(self) -> None:
+        """SIGKILL the worker and everything it started (its ffmpeg encodes)."""
+        if self.proc is not None and self.proc.pid is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.proc is not None and self.proc.is_alive():
             self.proc.kill()
+        if self.proc is not None:
             self.proc.join(5)
         self._close()
 
