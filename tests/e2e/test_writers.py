@@ -69,3 +69,37 @@ def test_temporary_names_are_never_read(daemon, media, name: str) -> None:  # no
     assert (daemon.inbox / name).read_bytes() == manifest
     assert daemon.task("tmpname") is None
     assert (daemon.inbox / "a.wav").exists()
+
+
+def test_cp_of_a_job_folder_manifest_first(daemon_factory, media) -> None:  # noqa: ANN001
+    """A copy that does not rename: the manifest lands before the media, which arrive slowly."""
+    d = daemon_factory(inbox={"settle_seconds": 1.0}).start()
+    folder = d.inbox / "copied"
+    folder.mkdir()
+    (folder / "job.json").write_text(
+        json.dumps({"job_id": "copied", "audio": "a.wav", "template": "t.png"})
+    )
+    for name, src in (("a.wav", media.tone), ("t.png", media.image)):
+        data = src.read_bytes()
+        with open(folder / name, "wb") as f:
+            for off in range(0, len(data), 16384):
+                f.write(data[off : off + 16384])
+                f.flush()
+                assert d.task("copied") is None
+                time.sleep(0.05)  # the copy's own pace
+    assert d.wait_state("copied", timeout=60)["state"] == "done"
+
+
+def test_editor_saving_with_a_backup_file(daemon_factory, media) -> None:  # noqa: ANN001
+    """vim-style save: backup `name~`, then the file written in place; only the manifest is read."""
+    d = daemon_factory(inbox={"settle_seconds": 1.0}).start()
+    put_file(d.inbox / "e.wav", media.tone)
+    put_file(d.inbox / "e.png", media.image)
+    first = json.dumps({"job_id": "edited", "audio": "e.wav", "template": "WRONG.png"})
+    (d.inbox / "edited.json~").write_text(first)  # the backup of an earlier version
+    (d.inbox / "4913").write_text("")  # vim's write test file
+    with open(d.inbox / "edited.json", "w") as f:
+        f.write(json.dumps({"job_id": "edited", "audio": "e.wav", "template": "e.png"}))
+    task = d.wait_state("edited", timeout=60)
+    assert task["state"] == "done", task
+    assert (d.inbox / "edited.json~").read_text() == first  # the backup is never read or moved
