@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class Daemon:
         self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in cfg.inbox}
         self.pending: dict[Path, Pending] = {}
         self.retry_claims: list[tuple[InboxConfig, drops.Claim]] = []
+        self.unrecorded: list[tuple[str, dict[str, Any]]] = []  # results the database refused
         self.current: Current | None = None
         self.last_served: dict[str, float] = {}
         self.next_rescan = 0.0
@@ -213,6 +215,8 @@ class Daemon:
             self.next_rescan = now + self.cfg.daemon.rescan_seconds
             if self.store is not None and self.store.stale_outbox:
                 self.store.flush_outbox()
+            if self.unrecorded:
+                self._retry_unrecorded()
             if self.retry_claims:
                 self._retry_claims()
             self.watcher.check_inboxes()
@@ -421,9 +425,27 @@ class Daemon:
             elif kind == "result":
                 self.current = None
                 self.worker.state = "idle"
-                self._on_result(job_id, msg)
+                self._record_result(job_id, msg)
         except IllegalTransition as e:
             logger.warning("job {}: ignored worker message {}: {}", job_id, kind, e)
+
+    def _record_result(self, job_id: str, msg: dict[str, Any]) -> None:
+        """Record a job's outcome; if the database cannot take it now (full disk), keep it and retry."""
+        try:
+            self._on_result(job_id, msg)
+        except sqlite3.OperationalError as e:
+            logger.bind(job_id=job_id).error(
+                "job {}: cannot record its result ({}); kept in memory and recorded once the state "
+                "folder can be written again",
+                job_id,
+                e,
+            )
+            self.unrecorded.append((job_id, msg))
+
+    def _retry_unrecorded(self) -> None:
+        todo, self.unrecorded = self.unrecorded, []
+        for job_id, msg in todo:
+            self._record_result(job_id, msg)
 
     def _on_result(self, job_id: str, msg: dict[str, Any]) -> None:
         assert self.store is not None

@@ -78,7 +78,13 @@ class Intake:
         if not recovered:
             self._move_media(cl, manifest.media().values())
         job_id = manifest.job_id or generated_id(cl.candidate.stem, cl.claim_id)
-        ours = recovered and not self.store.exists(job_id) and self.outbox.read_task(job_id) is None
+        # a recovered intake may find the outbox folder it reserved itself before failing
+        prior_task = self.outbox.read_task(job_id) if recovered else None
+        ours = (
+            recovered
+            and not self.store.exists(job_id)
+            and (prior_task is None or prior_task.get("state") == "received")
+        )
         if self.outbox.reserve(job_id) or ours:
             return self._queue_new(inbox, cl, manifest, job_id)
         return self._existing(inbox, cl, manifest, job_id)

@@ -15,9 +15,16 @@ def test_no_shell_anywhere_in_the_package() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 name = ast.unparse(node.func)
-                if name in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"):
+                if name in (
+                    "os.system",
+                    "os.popen",
+                    "subprocess.getoutput",
+                    "subprocess.getstatusoutput",
+                ):
                     offenders.append(f"{path.name}:{node.lineno} {name}")
                 for kw in node.keywords:
-                    if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
+                    if kw.arg == "shell" and not (
+                        isinstance(kw.value, ast.Constant) and kw.value.value is False
+                    ):
                         offenders.append(f"{path.name}:{node.lineno} shell=")
     assert offenders == []

@@ -70,3 +70,46 @@ def test_full_outbox_fails_disk_full_then_recovers(daemon_factory, media) -> Non
         if d.alive():
             d.stop()
         subprocess.run(["umount", "-l", str(d.outbox)], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small file system")
+def test_full_state_folder_is_survived_and_recovered(daemon_factory, media) -> None:  # noqa: ANN001
+    d = daemon_factory()
+    if not mount_tmpfs(d.state, "8m"):
+        pytest.skip("mount is not permitted here")
+    try:
+        d.start()
+        filler = d.state / "filler"
+        free = os.statvfs(d.state).f_bavail * os.statvfs(d.state).f_frsize
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={filler}", "bs=4k", f"count={free // 4096}"],
+            capture_output=True,
+        )
+        put_file(d.inbox / "s.wav", media.tone)
+        put_file(d.inbox / "s.png", media.image)
+        put_manifest(
+            d.inbox / "statefull.json",
+            {"job_id": "statefull", "audio": "s.wav", "template": "s.png"},
+        )
+        wait_for(
+            lambda: (
+                "tried again at the next rescan" in d.log_text()
+                or "cannot record" in d.log_text()
+                or d.task("statefull") is not None
+            ),
+            60,
+            "the daemon to meet the full state folder",
+            d,
+        )
+        assert d.alive()
+        filler.unlink()  # space is back
+        assert d.wait_state("statefull", "done", timeout=90)["state"] == "done"
+        db = sqlite3.connect(f"file:{d.state / 'jobs.sqlite3'}?mode=ro", uri=True)
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT state FROM jobs WHERE job_id = 'statefull'").fetchone() == (
+            "done",
+        )
+    finally:
+        if d.alive():
+            d.stop()
+        subprocess.run(["umount", "-l", str(d.state)], capture_output=True)
