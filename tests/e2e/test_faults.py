@@ -10,8 +10,8 @@ import psutil
 from support import put_file, put_manifest, wait_for
 
 
-def long_drop(inbox, media, job_id: str) -> None:  # noqa: ANN001
-    put_file(inbox / f"{job_id}.wav", media.tone_long)
+def long_drop(inbox, media, job_id: str, seconds: int = 20) -> None:  # noqa: ANN001
+    put_file(inbox / f"{job_id}.wav", media.tone_95 if seconds > 20 else media.tone_long)
     put_file(inbox / f"{job_id}.png", media.big_image)
     put_manifest(
         inbox / f"{job_id}.json",
@@ -41,7 +41,7 @@ def test_kill9_during_a_job_then_restart(daemon_factory, media) -> None:  # noqa
 
 
 def test_cancel_running_job_within_two_seconds(daemon, media) -> None:  # noqa: ANN001
-    long_drop(daemon.inbox, media, "stopme")
+    long_drop(daemon.inbox, media, "stopme", seconds=95)
     daemon.wait_state("stopme", {"rendering"}, timeout=60)
     t0 = time.monotonic()
     r = daemon.cli("cancel", "stopme")
@@ -62,7 +62,7 @@ def test_cancel_running_job_within_two_seconds(daemon, media) -> None:  # noqa: 
 
 
 def test_cancel_queued_job(daemon, media) -> None:  # noqa: ANN001
-    long_drop(daemon.inbox, media, "busy")
+    long_drop(daemon.inbox, media, "busy", seconds=95)  # still rendering when we cancel it
     daemon.wait_state("busy", {"rendering"}, timeout=60)
     put_file(daemon.inbox / "q.wav", media.tone)
     put_file(daemon.inbox / "q.png", media.image)
