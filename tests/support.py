@@ -394,3 +394,43 @@ def json_reply(
     obj: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     return status, {"content-type": "application/json", **(headers or {})}, json.dumps(obj).encode()
+
+
+class OutboxReader:
+    """An upstream script polling the outbox the whole time: records any torn task.json or result."""
+
+    def __init__(self, outbox: Path) -> None:
+        import threading
+
+        self.outbox = outbox
+        self.torn: list[str] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import av
+
+        while not self.stop_event.is_set():
+            for p in list(self.outbox.glob("*/task.json")):
+                try:
+                    json.loads(p.read_text())
+                except ValueError:
+                    self.torn.append(str(p))
+                except OSError:
+                    pass  # replaced or removed between the listing and the read
+            for p in list(self.outbox.glob("*/result.mp4")):
+                try:
+                    with av.open(str(p)) as c:
+                        if not c.duration:
+                            self.torn.append(str(p))
+                except (OSError, av.FFmpegError):
+                    if p.exists():
+                        self.torn.append(str(p))
+
+    def __enter__(self) -> OutboxReader:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(5)

@@ -9,12 +9,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import av
-from support import DaemonProc, put_file, put_manifest, wait_for
+from support import DaemonProc, OutboxReader, put_file, put_manifest, wait_for
 
 
 def drop(inbox: Path, job_id: str, audio: bytes, image: bytes, valid: bool = True) -> None:
@@ -186,33 +184,11 @@ def test_three_daemons_share_one_inbox_and_one_is_killed(tmp_path, media) -> Non
 def test_kill9_at_random_moments_while_a_reader_watches(daemon_factory, media) -> None:  # noqa: ANN001
     d = daemon_factory().start()
     audio, image = media.tone.read_bytes(), media.image.read_bytes()
-    torn: list[str] = []
-    stop = threading.Event()
-
-    def reader() -> None:  # an upstream script polling the outbox the whole time
-        while not stop.is_set():
-            for p in list(d.outbox.glob("*/task.json")):
-                try:
-                    json.loads(p.read_text())
-                except ValueError:
-                    torn.append(str(p))
-                except OSError:
-                    pass
-            for p in list(d.outbox.glob("*/result.mp4")):
-                try:
-                    with av.open(str(p)) as c:
-                        assert c.duration
-                except (OSError, av.FFmpegError, AssertionError):
-                    if p.exists():
-                        torn.append(str(p))
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
     n = 50
     kill_after = set(
         random.Random(7).sample(range(3, n), 5)
     )  # the daemon is mid-claim, mid-render, ...
-    try:
+    with OutboxReader(d.outbox) as reader:
         for i in range(n):
             drop(d.inbox, f"r{i:02d}", audio, image)
             if i in kill_after:
@@ -223,10 +199,7 @@ def test_kill9_at_random_moments_while_a_reader_watches(daemon_factory, media) -
             return all((x := d.task(f"r{i:02d}")) and x["state"] == "done" for i in range(n))
 
         wait_for(all_done, 300, "50 jobs done despite the kills", d)
-    finally:
-        stop.set()
-        t.join(5)
-    assert torn == []
+    assert reader.torn == []
     db = sqlite3.connect(f"file:{d.state / 'jobs.sqlite3'}?mode=ro", uri=True)
     assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == n
     ends = db.execute(
