@@ -27,16 +27,6 @@ def feathered_box(w: int, h: int, feather: float = 0.12) -> np.ndarray:
     return (m * m * (3 - 2 * m)).astype(np.float32)
 
 
-def match_colour(pixels: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Shift a generated patch's per-channel mean and spread onto the template's (LAB)."""
-    src = cv2.cvtColor(pixels, cv2.COLOR_BGR2LAB).astype(np.float32)
-    ref = cv2.cvtColor(reference, cv2.COLOR_BGR2LAB).astype(np.float32)
-    sm, ss = src.reshape(-1, 3).mean(0), src.reshape(-1, 3).std(0) + 1e-3
-    rm, rs = ref.reshape(-1, 3).mean(0), ref.reshape(-1, 3).std(0) + 1e-3
-    out = (src - sm) * (rs / ss) + rm
-    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2BGR)
-
-
 def blend(frame: np.ndarray, patch: Patch) -> np.ndarray:
     """A copy of `frame` with `patch` composited in through its (feathered) mask."""
     out = frame.copy()

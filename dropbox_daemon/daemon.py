@@ -545,14 +545,6 @@ class Daemon:
         for leftover in self.outbox.job_dir(job_id).glob(".*.partial"):
             leftover.unlink(missing_ok=True)
 
-    # -- for status -------------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "worker": self.worker.state,
-            "current": self.current.job_id if self.current else None,
-        }
-
 
 PID_FILE = "daemon.pid"
 
@@ -570,8 +562,3 @@ def read_pid(cfg: Config) -> int | None:
 def run_daemon(cfg: Config) -> int:
     """`dropbox-daemon run`."""
     return Daemon(cfg).run()
-
-
-def running_job(store: Store) -> Job | None:
-    rows = [j for j in store.jobs(limit=50) if j.state in RUNNING]
-    return rows[0] if rows else None

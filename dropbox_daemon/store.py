@@ -421,18 +421,7 @@ class Store:
         self, *, state: str | None = None, inbox: str | None = None, limit: int = 100
     ) -> list[Job]:
         """Jobs newest first, optionally filtered."""
-        where, params = [], []
-        if state:
-            where.append("state = ?")
-            params.append(state)
-        if inbox:
-            where.append("inbox = ?")
-            params.append(inbox)
-        sql = "SELECT * FROM jobs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        return self._query(sql, (*params, limit))
+        return self.page(state=state, inbox=inbox, limit=limit)
 
     def page(
         self,
