@@ -288,27 +288,16 @@ class Daemon:
                 self.retry_claims.append((inbox, cl))
 
     def _recover_orphan_claims(self) -> None:
-        assert self.store is not None and self.intake is not None
-        known = {
-            r[0]
-            for r in self.store.conn.execute(
-                "SELECT claim_dir FROM jobs WHERE claim_dir IS NOT NULL"
-            )
-        }
+        """Claims this host made that never reached its database (a crash right after the claim)."""
+        assert self.store is not None
+        known = self.store.claim_dirs()
         for inbox in self.cfg.inbox:
             for cl in drops.own_orphans(inbox.path, self.cfg.daemon.host, known):
                 logger.warning(
                     "inbox {}: resuming claim {} left by a crash", inbox.name, cl.claim_id
                 )
-                try:
-                    self.intake.ingest(inbox, cl, recovered=True)
-                except Exception:  # noqa: BLE001
-                    logger.exception(
-                        "inbox {}: claim {} cannot be resumed; its files stay in {}",
-                        inbox.name,
-                        cl.claim_id,
-                        cl.dir,
-                    )
+                self.retry_claims.append((inbox, cl))
+        self._retry_claims()
 
     # -- the worker ---------------------------------------------------------------------
     def _dispatch(self, now: float) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
 from pathlib import Path
 
 import av
-from support import FFMPEG, HttpServer, json_reply, put_file, put_manifest
+from support import HttpServer, ffmpeg, json_reply, put_file, put_manifest
 
 REMOTE = "/volume"  # how the service names the daemon's folder
 
@@ -36,30 +35,22 @@ class FakeService:
         assert self.local(req["video_path"]).exists()
         with av.open(str(audio)) as c:
             seconds = c.duration / 1e6
-        subprocess.run(
-            [
-                FFMPEG,
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "color=c=red:s=160x120:r=25",
-                "-i",
-                str(audio),
-                "-t",
-                f"{seconds:.3f}",
-                "-c:v",
-                "libx264",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                str(save),
-            ],
-            check=True,
+        ffmpeg(
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=red:s=160x120:r=25",
+            "-i",
+            str(audio),
+            "-t",
+            f"{seconds:.3f}",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            str(save),
         )
         return req["save_path"]
 

@@ -155,11 +155,11 @@ def test_page_in_a_headless_browser(daemon_factory, media) -> None:  # noqa: ANN
         browser.get(f"{d.base}/?token={TOKEN}")
 
         def progress() -> int | None:
-            els = browser.find_elements("css selector", '.running-job[data-job="long"]')
-            if not els:
-                return None
-            text = els[0].text.strip().rstrip("%").split()
-            return int(text[-1]) if text and text[-1].isdigit() else None
+            # read in the page's own JS turn: the list is re-rendered every second (no stale elements)
+            return browser.execute_script(
+                "const e = document.querySelector('.running-job[data-job=\"long\"]');"
+                "const m = e && e.textContent.match(/(\\d+)%/); return m ? parseInt(m[1], 10) : null;"
+            )
 
         p1 = wait_for(
             lambda: (p := progress()) is not None and p, 30, "the running job on the page", d
