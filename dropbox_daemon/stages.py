@@ -30,26 +30,21 @@ class Meter:
 
     def timed(self, key: str, it: Iterator[T]) -> Iterator[T]:
         """Count the time spent producing each item of `it` under `key`."""
-        while True:
-            t = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                self.add(key, time.perf_counter() - t)
-                return
-            self.add(key, time.perf_counter() - t)
-            yield item
+        return self._clocked(key, it, 1.0)
 
     def waiting(self, key: str, it: Iterator[T]) -> Iterator[T]:
         """Subtract from `key` the time its consumer spends waiting on `it`."""
+        return self._clocked(key, it, -1.0)
+
+    def _clocked(self, key: str, it: Iterator[T], sign: float) -> Iterator[T]:
         while True:
             t = time.perf_counter()
             try:
                 item = next(it)
             except StopIteration:
-                self.add(key, -(time.perf_counter() - t))
+                self.add(key, sign * (time.perf_counter() - t))
                 return
-            self.add(key, -(time.perf_counter() - t))
+            self.add(key, sign * (time.perf_counter() - t))
             yield item
 
 
