@@ -1,5 +1,5 @@
 """The wav2lip engine's model: published checkpoint format, strict loading, and parity of the
-fast model (BatchNorm folded, channels_last, bf16) with the unfused reference."""
+fast model (BatchNorm folded, channels_last; bf16 held to 35 dB PSNR) with the unfused reference."""
 
 from __future__ import annotations
 
@@ -46,8 +46,10 @@ def test_published_format_loads_with_and_without_module_prefix(checkpoint, tmp_p
     )
 
 
-def test_cpu_default_is_fp32(checkpoint) -> None:  # noqa: ANN001
-    assert FastWav2Lip(checkpoint[1]).dtype == torch.float32
+def test_auto_precision_follows_the_cpu_flags(checkpoint) -> None:  # noqa: ANN001
+    want = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    assert FastWav2Lip(checkpoint[1]).dtype == want
+    assert FastWav2Lip(checkpoint[1], precision="fp32").dtype == torch.float32
 
 
 def test_fast_model_matches_the_reference_in_fp32(checkpoint) -> None:  # noqa: ANN001
@@ -62,21 +64,20 @@ def test_fast_model_matches_the_reference_in_fp32(checkpoint) -> None:  # noqa: 
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no AVX512-BF16/AMX")
-@pytest.mark.xfail(
-    strict=True,
-    reason="bf16 activations stay ~28 dB from fp32 on these inputs; "
-    "hence bf16 is opt-in, not the CPU default (issue 9 stays open on this point)",
-)
 def test_bf16_stays_within_35_db_of_fp32(checkpoint) -> None:  # noqa: ANN001
     _, path = checkpoint
-    mel, faces = real_inputs(8, seed=9)
-    ref = FastWav2Lip(path, precision="fp32")(mel, faces)
+    ref_model = FastWav2Lip(path, precision="fp32")
     bf = FastWav2Lip(path, precision="bf16")
-    assert bf.dtype == torch.bfloat16
-    got = bf(mel, faces)
-    mse = float(np.mean((got * 255 - ref * 255) ** 2))
-    psnr = 10 * np.log10(255**2 / mse)
-    assert psnr >= 35.0, psnr
+    # the bulk of the network really runs in bf16 (the decoder holds most of the FLOPs)
+    assert bf.net.face_decoder_blocks[-1][0].conv_block[0].weight.dtype == torch.bfloat16
+    assert bf.net.output_block[1].weight.dtype == torch.bfloat16
+    for seed in (9, 10):
+        mel, faces = real_inputs(8, seed=seed)
+        ref, got = ref_model(mel, faces), bf(mel, faces)
+        assert np.abs(got - ref).max() > 1e-3  # not secretly fp32
+        mse = float(np.mean((got * 255 - ref * 255) ** 2))
+        psnr = 10 * np.log10(255**2 / mse)
+        assert psnr >= 35.0, psnr
 
 
 def test_wrong_or_damaged_checkpoints_are_named(checkpoint, tmp_path) -> None:  # noqa: ANN001

@@ -197,17 +197,52 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     return net
 
 
-def cpu_has_bf16() -> bool:
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def cpu_flags() -> set[str]:
+    """The reduced-precision flags of this CPU that matter to the model."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split()) & {
+                "avx512_bf16",
+                "amx_bf16",
+                "amx_tile",
+                "avx512_vnni",
+                "avx_vnni",
+            }
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def describe_precision(precision: str, device: str, dtype: torch.dtype) -> str:
+    """One log line: the precision chosen and why, for an operator comparing hosts."""
+    name = DTYPE_NAMES[dtype]
+    why = (
+        f'forced by [models] precision = "{precision}"'
+        if precision != "auto"
+        else "CUDA"
+        if device == "cuda"
+        else f"CPU flags: {', '.join(sorted(cpu_flags())) or 'no AVX512-BF16/AMX/VNNI'}"
+    )
+    if dtype == torch.float32:
+        return f"wav2lip runs fp32 on {device} ({why})"
+    return (
+        f"wav2lip runs {name} on {device} ({why}); the audio encoder and the first "
+        f'{EXACT_FACE_BLOCKS} face-encoder blocks stay fp32; [models] precision = "fp32" turns it off'
+    )
 
 
 def choose_dtype(precision: str, device: str) -> torch.dtype:
-    """fp16 on CUDA by default; on the CPU bf16 only when forced (see docs/benchmarks.md:
-    on the parity inputs it stays ~28 dB from fp32, short of the 35 dB bound)."""
+    """The reduced precision of the bulk of the network: fp16 on CUDA, bf16 where the CPU
+    has AVX512-BF16/AMX, fp32 otherwise; `precision` in the config forces it."""
     if precision == "fp32":
         return torch.float32
     if device == "cuda":
@@ -218,7 +253,18 @@ def choose_dtype(precision: str, device: str) -> torch.dtype:
                 "precision bf16 forced on a CPU without AVX512-BF16/AMX: it will be slow"
             )
         return torch.bfloat16
-    return torch.float32
+    if precision == "fp16":
+        logger.warning("precision fp16 is for CUDA; the CPU runs fp32")
+        return torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+# The audio encoder and the first face-encoder blocks stay fp32 in every precision: their
+# outputs reach the last layers through the skip connections unattenuated, and measured
+# one block at a time they carry nearly all of the reduced-precision error (bf16 in all
+# of the network: ~28 dB PSNR from fp32; with these in fp32: 39-41 dB, for ~7% of the
+# FLOPs; docs/benchmarks.md).
+EXACT_FACE_BLOCKS = 4
 
 
 class FastWav2Lip:
@@ -227,17 +273,34 @@ class FastWav2Lip:
     def __init__(self, path: Path, *, device: str = "cpu", precision: str = "auto") -> None:
         self.device = device
         self.dtype = choose_dtype(precision, device)
-        net = fold_batchnorm(load_reference(path))
-        self.net = net.to(device=device, dtype=self.dtype, memory_format=torch.channels_last).eval()
+        net = fold_batchnorm(load_reference(path)).to(device, memory_format=torch.channels_last)
+        for i, block in enumerate(net.face_encoder_blocks):
+            if i >= EXACT_FACE_BLOCKS:
+                block.to(self.dtype)
+        net.face_decoder_blocks.to(self.dtype)
+        net.output_block.to(self.dtype)
+        self.net = net.eval()
 
     @torch.inference_mode()
     def __call__(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """mel (B, 80, 16) float32, faces (B, 96, 96, 6) float32 in [0, 1] -> (B, 96, 96, 3) float32."""
-        m = torch.from_numpy(mel).to(self.device, self.dtype).unsqueeze(1)
-        f = torch.from_numpy(faces).to(self.device, self.dtype).permute(0, 3, 1, 2)
+        m = torch.from_numpy(mel).to(self.device).unsqueeze(1)
+        f = torch.from_numpy(faces).to(self.device).permute(0, 3, 1, 2)
         f = f.contiguous(memory_format=torch.channels_last)
-        out = self.net(m, f)
-        return out.permute(0, 2, 3, 1).float().cpu().numpy()
+        return self.forward(m, f).permute(0, 2, 3, 1).float().cpu().numpy()
+
+    def forward(self, mel: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        """Wav2LipNet.forward with each part in its own precision."""
+        net, low = self.net, self.dtype
+        x = net.audio_encoder(mel).to(low)
+        skips = []
+        f = faces
+        for i, block in enumerate(net.face_encoder_blocks):
+            f = block(f if i < EXACT_FACE_BLOCKS else f.to(low))
+            skips.append(f.to(low))
+        for block in net.face_decoder_blocks:
+            x = torch.cat((block(x), skips.pop()), dim=1)
+        return net.output_block(x)
 
 
 def model_inputs(crops: list[np.ndarray]) -> np.ndarray:
@@ -277,7 +340,8 @@ class Wav2LipEngine(Engine):
         torch.set_num_threads(os.cpu_count() or 1)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = FastWav2Lip(self.weights, device=device, precision=self.precision)
-        self.device = f"{device}/{str(self.model.dtype).removeprefix('torch.')}"
+        logger.info(describe_precision(self.precision, device, self.model.dtype))
+        self.device = f"{device}/{DTYPE_NAMES[self.model.dtype]}"
         if device == "cuda":
             self.batch = self.cuda_batch
         self.loads += 1

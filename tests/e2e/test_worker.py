@@ -112,9 +112,11 @@ def test_hung_worker_is_killed_after_hang_seconds(daemon_factory, media) -> None
         "the hung worker to be killed",
         d,
     )
-    assert 3.0 <= time.monotonic() - t0 < 15
+    # hang_seconds count from the worker's last message, which came up to a progress interval
+    # (0.5 s, longer while a slow batch runs) before the SIGSTOP
+    assert 2.0 <= time.monotonic() - t0 < 15
     task = d.wait_state("frozen", timeout=120)
-    assert task["state"] == "done" and task["attempts"] == 2
+    assert task["state"] == "done" and task["attempts"] == 2, task
     assert "sent nothing for 3 s (hung)" in (d.outbox / "frozen" / "log.txt").read_text()
 
 
