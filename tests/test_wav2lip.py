@@ -3,18 +3,24 @@ fast model (BatchNorm folded, channels_last; bf16 held to 35 dB PSNR) with the u
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from support import astronaut
 from w2l_fixture import calibrated_net, real_inputs, save_published, to_torch
 
+from dropbox_daemon.engines.base import AudioFeatures, FaceFrame, RenderContext
 from dropbox_daemon.engines.wav2lip import (
     FastWav2Lip,
+    Wav2LipEngine,
     cpu_has_bf16,
     load_reference,
     read_state_dict,
 )
 from dropbox_daemon.errors import EngineError
+from dropbox_daemon.media import audio as A
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +113,56 @@ def test_wrong_or_damaged_checkpoints_are_named(checkpoint, tmp_path) -> None:  
     with pytest.raises(EngineError) as e:
         load_reference(tmp_path / "absent.pth")
     assert e.value.code == "weights_missing"
+
+
+def _frames(n: int) -> list[FaceFrame]:
+    """Astronaut frames, every third one without a face (as a track with gaps gives them)."""
+    img = np.ascontiguousarray(astronaut()[:, :, ::-1])
+    return [FaceFrame(i, img, None if i % 3 == 2 else (160, 60, 290, 190)) for i in range(n)]
+
+
+def test_batches_in_flight_give_the_same_patches_in_order(checkpoint) -> None:  # noqa: ANN001
+    """The overlapped schedule (CUDA's) and the plain one agree patch for patch, gaps included."""
+    _, path = checkpoint
+    t = np.arange(2 * A.SAMPLE_RATE) / A.SAMPLE_RATE
+    samples = (0.3 * np.sin(2 * np.pi * 220 * t) * (t % 0.5 < 0.25)).astype(np.float32)
+    audio = AudioFeatures(samples, 25.0, 23)
+    ctx = RenderContext("j", Path("a.wav"), 0.92, 25.0, 23, (512, 512), Path("."))
+    engine = Wav2LipEngine(path, precision="fp32", batch=4)
+    engine.load()
+    plain = list(engine.render(iter(_frames(23)), audio, ctx))
+    engine.in_flight = 2
+    overlapped = list(engine.render(iter(_frames(23)), audio, ctx))
+    assert len(plain) == len(overlapped) == 23
+    for i, (a, b) in enumerate(zip(plain, overlapped, strict=True)):
+        assert (a is None) == (b is None) == (i % 3 == 2)
+        if a is not None:
+            assert a.box == b.box and np.array_equal(a.pixels, b.pixels)
+    # the patches differ with the audio (the model's output is used, not a constant)
+    shown = [p.pixels for p in plain if p is not None]
+    assert max(np.abs(s.astype(int) - shown[0]).mean() for s in shown) > 1.0
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+@cuda
+def test_cuda_half_matches_the_reference(checkpoint) -> None:  # noqa: ANN001
+    net, path = checkpoint
+    fast = FastWav2Lip(path, device="cuda", precision="fp16")
+    assert fast.dtype == torch.float16
+    for seed in (7, 8):
+        mel, faces = real_inputs(6, seed=seed)
+        with torch.inference_mode():
+            ref = net(*to_torch(mel, faces)).permute(0, 2, 3, 1).numpy()
+        assert np.abs(fast(mel, faces) - ref).max() <= 2e-2
+
+
+@cuda
+def test_cuda_batch_fits_free_memory_and_async_equals_sync(checkpoint) -> None:  # noqa: ANN001
+    _, path = checkpoint
+    fast = FastWav2Lip(path, device="cuda", precision="fp16")
+    assert 1 <= fast.fit_batch(4096) <= 4096
+    mel, faces = real_inputs(8, seed=3)
+    first, second = fast.submit(mel, faces), fast.submit(mel[::-1].copy(), faces[::-1].copy())
+    assert np.array_equal(second.result()[::-1], first.result())

@@ -11,6 +11,7 @@ Only the worker process imports this module (and torch).
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,6 +268,25 @@ def choose_dtype(precision: str, device: str) -> torch.dtype:
 EXACT_FACE_BLOCKS = 4
 
 
+class Pending:
+    """A batch on its way: `result()` gives (B, 96, 96, 3) float32 once it is done."""
+
+    def __init__(
+        self,
+        out: np.ndarray | torch.Tensor | list[Pending],
+        done: torch.cuda.Event | None = None,
+        keep: tuple = (),
+    ) -> None:
+        self.out, self.done, self.keep = out, done, keep  # keep: inputs in flight stay alive
+
+    def result(self) -> np.ndarray:
+        if isinstance(self.out, list):
+            return np.concatenate([p.result() for p in self.out])
+        if self.done is not None:
+            self.done.synchronize()
+        return self.out if isinstance(self.out, np.ndarray) else self.out.float().numpy()
+
+
 class FastWav2Lip:
     """The inference model: folded, channels_last, on its device and precision."""
 
@@ -281,13 +301,43 @@ class FastWav2Lip:
         net.output_block.to(self.dtype)
         self.net = net.eval()
 
-    @torch.inference_mode()
     def __call__(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
         """mel (B, 80, 16) float32, faces (B, 96, 96, 6) float32 in [0, 1] -> (B, 96, 96, 3) float32."""
-        m = torch.from_numpy(mel).to(self.device).unsqueeze(1)
-        f = torch.from_numpy(faces).to(self.device).permute(0, 3, 1, 2)
-        f = f.contiguous(memory_format=torch.channels_last)
-        return self.forward(m, f).permute(0, 2, 3, 1).float().cpu().numpy()
+        return self.submit(mel, faces).result()
+
+    @torch.inference_mode()
+    def submit(self, mel: np.ndarray, faces: np.ndarray) -> Pending:
+        """Start one batch. On CUDA it runs asynchronously: the inputs go through page-locked
+        memory, the output comes back into page-locked memory, and the caller prepares the
+        next batch while the GPU works; `result()` waits. On the CPU it runs here and now."""
+        m, f = torch.from_numpy(mel), torch.from_numpy(faces)
+        if self.device == "cuda":
+            m, f = m.pin_memory(), f.pin_memory()
+        m = m.to(self.device, non_blocking=True).unsqueeze(1)
+        f = f.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        out = self.forward(m, f.contiguous(memory_format=torch.channels_last))
+        out = out.permute(0, 2, 3, 1)
+        if self.device != "cuda":
+            return Pending(out.float().numpy())
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return Pending(host, done, keep=(m, f))
+
+    def fit_batch(self, want: int) -> int:
+        """The largest batch up to `want` whose activations fit in 60% of the GPU's free memory,
+        from the peak of a probe batch; halving on out-of-memory stays as the safety net."""
+        if self.device != "cuda":
+            return want
+        probe = 8
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        self(np.zeros((probe, 80, 16), np.float32), np.zeros((probe, FACE, FACE, 6), np.float32))
+        per_frame = max(1, (torch.cuda.max_memory_allocated() - base) // probe)
+        free, _ = torch.cuda.mem_get_info()
+        return max(1, min(want, int(0.6 * free / per_frame)))
 
     def forward(self, mel: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         """Wav2LipNet.forward with each part in its own precision."""
@@ -327,6 +377,7 @@ class Wav2LipEngine(Engine):
         self.batch = batch
         self.cuda_batch = cuda_batch
         self.model: FastWav2Lip | None = None
+        self.in_flight = 0  # batches started ahead of the one being pasted back (1 on CUDA)
         self.loads = 0
 
     def load(self) -> None:
@@ -343,60 +394,77 @@ class Wav2LipEngine(Engine):
         logger.info(describe_precision(self.precision, device, self.model.dtype))
         self.device = f"{device}/{DTYPE_NAMES[self.model.dtype]}"
         if device == "cuda":
-            self.batch = self.cuda_batch
+            self.batch = self.model.fit_batch(self.cuda_batch)
+            self.in_flight = 1
+            logger.info(
+                "wav2lip batch {} on the GPU ({} configured, {:.1f} GiB free)",
+                self.batch,
+                self.cuda_batch,
+                torch.cuda.mem_get_info()[0] / 2**30,
+            )
         self.loads += 1
 
     def render(
         self, frames: Iterator[FaceFrame], audio: AudioFeatures, ctx: RenderContext
     ) -> Iterator[Patch | None]:
+        """Batches of `batch` faces; with `in_flight` batches started before the oldest is
+        pasted back (on CUDA: the GPU runs batch k while the host crops k+1 and pastes k-1)."""
         assert self.model is not None
+        started: deque[tuple[list[FaceFrame], Pending | None]] = deque()
         pending: list[FaceFrame] = []
         n_faces = 0
         for ff in frames:
             pending.append(ff)
             n_faces += ff.box is not None
             if n_faces >= self.batch:
-                yield from self._run(pending, audio)
+                started.append((pending, self._start(pending, audio)))
                 pending, n_faces = [], 0
+                while len(started) > self.in_flight:
+                    yield from self._finish(*started.popleft())
         if pending:
-            yield from self._run(pending, audio)
+            started.append((pending, self._start(pending, audio)))
+        while started:
+            yield from self._finish(*started.popleft())
 
-    def _run(self, items: list[FaceFrame], audio: AudioFeatures) -> Iterator[Patch | None]:
+    def _start(self, items: list[FaceFrame], audio: AudioFeatures) -> Pending | None:
         with_face = [ff for ff in items if ff.box is not None]
-        out: dict[int, np.ndarray] = {}
-        if with_face:
-            crops = [
-                cv2.resize(
-                    ff.frame[b[1] : b[3], b[0] : b[2]], (FACE, FACE), interpolation=cv2.INTER_AREA
-                )
-                for ff in with_face
-                for b in [ff.box]
-            ]
-            mel = np.stack([audio.mel_window(ff.index) for ff in with_face]).astype(np.float32)
-            pred = self._predict(mel, model_inputs(crops))
-            out = {ff.index: p for ff, p in zip(with_face, pred, strict=True)}
+        if not with_face:
+            return None
+        crops = [
+            cv2.resize(
+                ff.frame[b[1] : b[3], b[0] : b[2]], (FACE, FACE), interpolation=cv2.INTER_AREA
+            )
+            for ff in with_face
+            for b in [ff.box]
+        ]
+        mel = np.stack([audio.mel_window(ff.index) for ff in with_face]).astype(np.float32)
+        return self._submit(mel, model_inputs(crops))
+
+    def _finish(self, items: list[FaceFrame], started: Pending | None) -> Iterator[Patch | None]:
+        pred = iter(started.result() if started is not None else ())
         for ff in items:
             if ff.box is None:
                 yield None
                 continue
             x0, y0, x1, y1 = ff.box
-            face = np.clip(out[ff.index] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            face = np.clip(next(pred) * 255.0 + 0.5, 0, 255).astype(np.uint8)
             pixels = cv2.resize(face, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
             yield Patch(ff.box, pixels, _lower_face_mask(x1 - x0, y1 - y0))
 
-    def _predict(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """Run the model, splitting the batch in halves for as long as the GPU runs out of memory."""
+    def _submit(self, mel: np.ndarray, faces: np.ndarray) -> Pending:
+        """Start the model, splitting the batch in halves for as long as the GPU runs out of memory."""
         assert self.model is not None
         try:
-            return self.model(mel, faces)
+            return self.model.submit(mel, faces)
         except torch.OutOfMemoryError:
             if len(mel) == 1:
                 raise
             torch.cuda.empty_cache()
-            self.batch = max(1, len(mel) // 2)
             half = len(mel) // 2
-            return np.concatenate(
-                [self._predict(mel[:half], faces[:half]), self._predict(mel[half:], faces[half:])]
+            self.batch = max(1, half)
+            logger.warning("GPU out of memory: wav2lip batch now {}", self.batch)
+            return Pending(
+                [self._submit(mel[:half], faces[:half]), self._submit(mel[half:], faces[half:])]
             )
 
 
