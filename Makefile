@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench bench-gpu soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/wav2lip.py
 	$(BIN)/python bench/web.py
+
+bench-gpu: $(STAMP)  # on a host with an NVIDIA GPU and a CUDA build of torch
+	$(BIN)/python bench/wav2lip_gpu.py
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py

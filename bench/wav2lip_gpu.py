@@ -1,0 +1,83 @@
+"""wav2lip on an NVIDIA GPU: the model alone per batch size in fp16 and fp32, and end to end at
+720p and 1080p. Run it on a GPU host (`make bench-gpu`); without CUDA it measures nothing and
+leaves docs/benchmarks.md alone."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import write_section
+from render import presenter_clip  # noqa: I001
+from support import make_tone
+from w2l_fixture import calibrated_net, real_inputs, save_published
+from wav2lip import e2e, fps
+
+from dropbox_daemon.engines.wav2lip import FastWav2Lip
+
+BATCHES = (16, 32, 64, 128, 256, 512)
+
+
+def model_fps(model: FastWav2Lip, batch: int, rounds: int = 8) -> float:
+    """Frames per second of the model alone, with two batches in flight as the engine runs it."""
+    mel, faces = real_inputs(batch, seed=3)
+    model.submit(mel, faces).result()
+    t = time.perf_counter()
+    previous = model.submit(mel, faces)
+    for _ in range(rounds - 1):
+        started = model.submit(mel, faces)
+        previous.result()
+        previous = started
+    previous.result()
+    return rounds * batch / (time.perf_counter() - t)
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no CUDA GPU here: nothing measured (run this on a GPU host)")
+        return 0
+    gpu = torch.cuda.get_device_name()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ckpt = save_published(calibrated_net(), root / "wav2lip_random.pth")
+        sweep = {}
+        for precision in ("fp16", "fp32"):
+            model = FastWav2Lip(ckpt, device="cuda", precision=precision)
+            sweep[precision] = {b: model_fps(model, b) for b in BATCHES}
+            del model
+            torch.cuda.empty_cache()
+        audio = make_tone(root / "a14.wav", 14.0)
+        runs = {}
+        for name, (w, h) in {"720p": (1280, 720), "1080p": (1920, 1080)}.items():
+            clip = presenter_clip(root / f"t{name}.mp4", w, h)
+            for precision in ("fp16", "fp32"):
+                state = root / f"state-{name}-{precision}"
+                e2e(audio, clip, state, ckpt, precision)  # the face track, cached for the next
+                runs[name, precision] = e2e(audio, clip, state, ckpt, precision)
+    lines = [
+        "## wav2lip engine on an NVIDIA GPU (bench/wav2lip_gpu.py)",
+        "",
+        f"{gpu}. Model alone, frames/s, by batch size (two batches in flight, as the engine runs):",
+        "",
+        "| batch | " + " | ".join(str(b) for b in BATCHES) + " |",
+        "|---" * (len(BATCHES) + 1) + "|",
+    ]
+    for precision, row in sweep.items():
+        lines.append(f"| {precision} | " + " | ".join(f"{v:.0f}" for v in row.values()) + " |")
+    lines += ["", "| end to end, 14 s audio, face track cached | fp16 | fp32 |", "|---|---|---|"]
+    for name in ("720p", "1080p"):
+        f16, f32 = runs[name, "fp16"], runs[name, "fp32"]
+        lines.append(
+            f"| {name} | **{fps(f16):.0f} frames/s** ({14 / f16['wall']:.1f}× real time) "
+            f"| {fps(f32):.0f} frames/s |"
+        )
+    lines += ["", "Aim: ≥ 400 frames/s end to end at 720p on an H100."]
+    write_section("wav2lip-gpu", "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
