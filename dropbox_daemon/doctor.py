@@ -154,14 +154,21 @@ def check_ffmpeg(cfg: Config, gpu: bool) -> list[Check]:
 
 
 def check_torch(cfg: Config) -> tuple[list[Check], bool]:
-    """torch's version and device, in a child process (torch is never imported by the daemon)."""
+    """torch's version and device, and the precision wav2lip would run in, in a child process
+    (torch is never imported by the daemon)."""
     code = (
-        "import json, torch; print(json.dumps({'v': torch.__version__, 'cuda': torch.cuda.is_available(), "
-        "'name': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))"
+        "import json, sys, torch; from dropbox_daemon.engines import wav2lip as w; "
+        "d = 'cuda' if torch.cuda.is_available() else 'cpu'; p = sys.argv[1]; "
+        "print(json.dumps({'v': torch.__version__, 'cuda': d == 'cuda', "
+        "'name': torch.cuda.get_device_name(0) if d == 'cuda' else None, "
+        "'precision': w.describe_precision(p, d, w.choose_dtype(p, d))}))"
     )
     try:
         r = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", code, cfg.models.precision],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         import json
 
@@ -176,7 +183,10 @@ def check_torch(cfg: Config) -> tuple[list[Check], bool]:
             )
         ], False
     device = f"CUDA ({info['name']})" if info["cuda"] else "CPU only"
-    return [Check("torch", "ok", f"torch {info['v']}, {device}")], bool(info["cuda"])
+    return [
+        Check("torch", "ok", f"torch {info['v']}, {device}"),
+        Check("precision", "ok", info["precision"]),
+    ], bool(info["cuda"])
 
 
 def check_weights(cfg: Config) -> list[Check]:
