@@ -345,10 +345,21 @@ class Daemon:
             self._on_message(msg, now)
         if self.worker.state in ("starting", "idle", "busy") and not self.worker.alive():
             why = self.worker.exit_description()
-            logger.error("worker (pid {}) died: {}", self.worker.pid, why)
+            tail = self.worker.output_tail()
+            logger.error(
+                "worker (pid {}) died: {}; its last output: {}",
+                self.worker.pid,
+                why,
+                " | ".join(tail) or "(none)",
+            )
             self.worker.state = "dead"
             if self.current is not None:
-                self._requeue(self.current.job_id, f"the worker process {why}", count_attempt=True)
+                self._requeue(
+                    self.current.job_id,
+                    f"the worker process {why}",
+                    count_attempt=True,
+                    output=tail,
+                )
         cur = self.current
         if cur is not None:
             limit = self.cfg.daemon.job_timeout_seconds
@@ -374,7 +385,7 @@ class Daemon:
         logger.error("job {}: {}; killing the worker (pid {})", job_id, why, self.worker.pid)
         self.worker.kill()
         self.worker.state = "dead"
-        self._requeue(job_id, why, count_attempt=True)
+        self._requeue(job_id, why, count_attempt=True, output=self.worker.output_tail())
 
     def _on_message(self, msg: dict[str, Any], now: float) -> None:
         assert self.store is not None
@@ -473,14 +484,19 @@ class Daemon:
             "job {} {} ({}): {} - {}", job_id, to, err["code"], err["message"], err.get("hint", "")
         )
 
-    def _requeue(self, job_id: str, why: str, *, count_attempt: bool) -> None:
-        """Put a running job back in the queue, or fail it past max_attempts."""
+    def _requeue(
+        self, job_id: str, why: str, *, count_attempt: bool, output: list[str] | None = None
+    ) -> None:
+        """Put a running job back in the queue, or fail it past max_attempts; `output`: the
+        worker's last lines when it died or was killed, kept in log.txt and the error."""
         assert self.store is not None
         if self.current is not None and self.current.job_id == job_id:
             self.current = None
         job = self.store.get(job_id)
         if job is None or job.state not in RUNNING:
             return
+        for line in output or ():
+            self.store.log(job, f"worker output: {line}")
         self._discard_partials(job_id)
         attempts = job.attempts if count_attempt else max(0, job.attempts - 1)
         if count_attempt and attempts >= job.max_attempts:
@@ -490,6 +506,8 @@ class Daemon:
                 "message": f"{why} (attempt {attempts} of {job.max_attempts})",
                 "hint": "look at the daemon's log around this time; `dropbox-daemon retry` runs it again",
             }
+            if output:
+                err["worker_output"] = output
             self._keep_for_redrop(job, err)
             self.store.transition(job_id, "failed", error=err, detail=err["message"])
         else:

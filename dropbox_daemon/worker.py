@@ -8,6 +8,7 @@ process: it starts it, watches it, kills and replaces it (WorkerHandle).
 from __future__ import annotations
 
 import errno
+import faulthandler
 import multiprocessing as mp
 import os
 import queue
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -182,11 +184,18 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def worker_main(conn: Connection, cfg: Config) -> None:
+def worker_main(conn: Connection, cfg: Config, output: Connection | None = None) -> None:
     """Entry point of the spawned worker process."""
     _die_with_parent()
     # our own process group: the daemon kills the worker and its ffmpeg children together
     os.setpgrp()
+    if output is not None:
+        # stdout and stderr (ours, the C libraries', ffmpeg's) go through the daemon, which
+        # forwards them to its own stderr and keeps the last lines for the job's record
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        output.close()
+    faulthandler.enable()  # a crash in native code leaves a Python traceback in those lines
     logger.remove()
     logger.add(sys.stderr, level=cfg.daemon.log.level, format="worker[{process}] {level} {message}")
     try:
@@ -196,6 +205,18 @@ def worker_main(conn: Connection, cfg: Config) -> None:
 
 
 # -- inside the daemon -----------------------------------------------------------------
+OUTPUT_KEPT = 50  # worker output lines the daemon keeps for a crashed job's record
+OUTPUT_LINE_MAX = 500  # characters of each kept line
+
+
+def _write_stderr(data: bytes) -> None:
+    try:
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 class WorkerHandle:
     """The daemon's side of one worker process: start, send, poll, stop, kill."""
 
@@ -209,6 +230,8 @@ class WorkerHandle:
         self.info: dict[str, Any] = {}
         self.started_at = 0.0
         self.restarts = 0
+        self.last_output: deque[str] = deque(maxlen=OUTPUT_KEPT)
+        self.relay: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
@@ -217,13 +240,22 @@ class WorkerHandle:
     def start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=worker_main, args=(child, self.cfg), name="dropbox-worker")
+        out_r, out_w = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(
+            target=worker_main, args=(child, self.cfg, out_w), name="dropbox-worker"
+        )
         self.proc.start()
         child.close()
+        out_w.close()
         self.conn = parent
+        self.last_output = deque(maxlen=OUTPUT_KEPT)
         threading.Thread(
             target=self._pump, args=(parent, self.proc.pid), name="worker-pump", daemon=True
         ).start()
+        self.relay = threading.Thread(
+            target=self._relay, args=(out_r, self.last_output), name="worker-output", daemon=True
+        )
+        self.relay.start()
         self.state = "starting"
         self.started_at = time.monotonic()
         logger.info("worker started (pid {}), loading engines", self.proc.pid)
@@ -251,6 +283,47 @@ class WorkerHandle:
             msg["worker_pid"] = pid  # so that a replaced worker's last words are ignored
             self.messages.put(msg)
             self.wake()
+
+    @staticmethod
+    def _relay(reader: Connection, kept: deque[str]) -> None:
+        """Copy the worker's raw output to the daemon's stderr, line by line, keeping the last
+        lines; ends when the worker and everything it started have closed the pipe."""
+        fd, rest = reader.fileno(), b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                kept.append(line.decode("utf-8", "replace")[:OUTPUT_LINE_MAX])
+                _write_stderr(line + b"\n")
+        if rest:
+            kept.append(rest.decode("utf-8", "replace")[:OUTPUT_LINE_MAX])
+            _write_stderr(rest + b"\n")
+        reader.close()
+
+    def output_tail(self, n: int = 12, wait: float = 0.5) -> list[str]:
+        """What the worker said last: its last crash report or traceback when there is one
+        (the headline and the crashed thread's stack), else its last n lines; after a short
+        wait for the pipe to drain."""
+        if self.relay is not None:
+            self.relay.join(wait)
+        lines = [line for line in self.last_output if line.strip()]
+        starts = [
+            i
+            for i, line in enumerate(lines)
+            if line.startswith(("Fatal Python error", "Traceback"))
+        ]
+        if not starts:
+            return lines[-n:]
+        head = starts[-1]
+        # faulthandler lists every thread: the crashed one ("Current thread") is what matters
+        current = [i for i in range(head, len(lines)) if lines[i].startswith("Current thread")]
+        body = current[0] if current else head + 1
+        return [lines[head], *lines[body : body + n - 1]]
 
     def poll(self) -> list[dict[str, Any]]:
         """Messages waiting from the worker (never blocks)."""

@@ -131,3 +131,26 @@ def test_job_past_its_time_limit_is_stopped(daemon_factory, media) -> None:  # n
     assert (d.outbox / "slowpoke" / "input" / "slowpoke.wav").exists()
     drop(d, media, "after", template=media.image)  # and the daemon goes on
     assert d.wait_state("after", timeout=60)["state"] == "done"
+
+
+def test_a_crashed_workers_last_words_reach_the_job_and_the_daemon_log(
+    daemon_factory, media
+) -> None:  # noqa: ANN001
+    """A native crash (SIGSEGV): its traceback lands in log.txt, error.json and the daemon's log."""
+    d = daemon_factory(daemon={"max_attempts": 1}, sections=FAST).start()
+    drop(d, media, "crash", audio=media.tone_long, template=media.big_image)
+    d.wait_state("crash", {"rendering"}, timeout=60)
+    os.kill(worker_pid(d), signal.SIGSEGV)
+    task = d.wait_state("crash", timeout=60)
+    assert task["state"] == "failed" and "killed by signal SIGSEGV" in task["error"]["message"]
+    assert any("Segmentation fault" in line for line in task["error"]["worker_output"]), task["error"]
+    log = (d.outbox / "crash" / "log.txt").read_text()
+    assert "worker output: Fatal Python error: Segmentation fault" in log, log
+    wait_for(
+        lambda: "its last output: Fatal Python error" in d.log_text(),
+        10,
+        "the daemon's log line",
+        d,
+    )
+    drop(d, media, "after")  # a fresh worker serves the next job
+    assert d.wait_state("after", timeout=60)["state"] == "done"
