@@ -263,7 +263,7 @@ def choose_dtype(precision: str, device: str) -> torch.dtype:
 # The audio encoder and the first face-encoder blocks stay fp32 in every precision: their
 # outputs reach the last layers through the skip connections unattenuated, and measured
 # one block at a time they carry nearly all of the reduced-precision error (bf16 in all
-# of the network: ~28 dB PSNR from fp32; with these in fp32: 39-41 dB, for ~7% of the
+# of the network: ~28 dB PSNR from fp32; with these in fp32: 39-41 dB, for 8% of the
 # FLOPs; docs/benchmarks.md).
 EXACT_FACE_BLOCKS = 4
 
