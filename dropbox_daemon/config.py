@@ -102,6 +102,8 @@ class MediaConfig(_Strict):
     default_fps: float = Field(default=25.0, gt=0, le=120)  # for image templates
     audio_bitrate: str = "192k"
     encode_threads: int = Field(default=0, ge=0)  # 0: ffmpeg decides
+    # auto: h264_nvenc where an NVIDIA GPU and a test encode work, else libx264
+    video_encoder: Literal["auto", "libx264", "h264_nvenc"] = "auto"
 
 
 class FacesConfig(_Strict):

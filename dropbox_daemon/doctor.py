@@ -13,7 +13,8 @@ from pathlib import Path
 
 from dropbox_daemon.config import Config
 from dropbox_daemon.drops import claims_root
-from dropbox_daemon.media.encode import ffmpeg_binary
+from dropbox_daemon.errors import DaemonError
+from dropbox_daemon.media.encode import ffmpeg_binary, video_encoder
 from dropbox_daemon.watcher import mount_of, watch_mode
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dropbox-daemon.service"
@@ -135,11 +136,10 @@ def check_ffmpeg(cfg: Config, gpu: bool) -> list[Check]:
             )
         ]
     out = [Check("ffmpeg", "ok", exe)]
-    for enc, needed in (("libx264", True), ("aac", True), ("h264_nvenc", gpu)):
-        have = f" {enc} " in encoders
-        if have:
+    for enc in ("libx264", "aac"):
+        if f" {enc} " in encoders:
             out.append(Check(f"encoder {enc}", "ok", "available"))
-        elif needed:
+        else:
             out.append(
                 Check(
                     f"encoder {enc}",
@@ -148,8 +148,22 @@ def check_ffmpeg(cfg: Config, gpu: bool) -> list[Check]:
                     "use the imageio-ffmpeg binary or an ffmpeg built with it ([media] ffmpeg)",
                 )
             )
-        else:
-            out.append(Check(f"encoder {enc}", "ok", "not needed without a GPU"))
+    try:
+        vcodec, why = video_encoder(exe, cfg.media.video_encoder)
+    except DaemonError as e:
+        out.append(Check("video encoder", "fail", e.message, e.hint))
+        return out
+    if gpu and vcodec != "h264_nvenc":
+        out.append(
+            Check(
+                "video encoder",
+                "warn",
+                f"{vcodec}: {why}; the GPU renders, the CPU encodes",
+                "install the NVIDIA driver's libcuda and an ffmpeg with h264_nvenc (the imageio-ffmpeg binary has it)",
+            )
+        )
+    else:
+        out.append(Check("video encoder", "ok", f"{vcodec}: {why}"))
     return out
 
 

@@ -27,7 +27,7 @@ from dropbox_daemon.drops import DROP_SUBDIR
 from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
 from dropbox_daemon.errors import JobCancelled, MediaError, RenderError
 from dropbox_daemon.media.audio import load_mono16k
-from dropbox_daemon.media.encode import Encoder, encode_args, ffmpeg_binary
+from dropbox_daemon.media.encode import Encoder, encode_args, ffmpeg_binary, video_encoder
 from dropbox_daemon.media.frames import TemplateFrames, frame_count, output_size
 from dropbox_daemon.media.probe import (
     VisualInfo,
@@ -237,8 +237,11 @@ def run(
     metadata = (
         {"comment": cfg.overlay.metadata_tag, "ai_generated": "true"} if opts["ai_label"] else {}
     )
+    ffmpeg_bin = ffmpeg_binary(cfg.media.ffmpeg)
+    vcodec, why = video_encoder(ffmpeg_bin, cfg.media.video_encoder)
+    emit({"type": "log", "message": f"video encoder {vcodec}: {why}"})
     args = encode_args(
-        ffmpeg_binary(cfg.media.ffmpeg),
+        ffmpeg_bin,
         partial,
         size=size,
         fps=fps,
@@ -249,6 +252,7 @@ def run(
         audio_bitrate=cfg.media.audio_bitrate,
         metadata=metadata,
         threads=cfg.media.encode_threads,
+        vcodec=vcodec,
     )
     ctx = RenderContext(
         job_id=job["job_id"],

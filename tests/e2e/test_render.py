@@ -6,6 +6,8 @@ import av
 import pytest
 from support import put_file, put_manifest
 
+from dropbox_daemon.media.encode import NVIDIA_DEVICE as NVIDIA
+
 TASK_FIELDS = {
     "job_id",
     "trace_id",
@@ -71,6 +73,25 @@ def test_loose_json_manifest_by_rename(daemon, media) -> None:  # noqa: ANN001
     assert not (daemon.inbox / "a.wav").exists() and not (daemon.inbox / "j1.json").exists()
     kept = list((daemon.inbox / ".dropbox" / "claimed").glob("*/drop/a.wav"))
     assert len(kept) == 1
+    # the job's log says which H.264 encoder ran and why
+    log = (daemon.outbox / "j1" / "log.txt").read_text()
+    want = (
+        "video encoder h264_nvenc" if NVIDIA.exists() else "video encoder libx264: no NVIDIA device"
+    )
+    assert want in log, log
+
+
+@pytest.mark.skipif(NVIDIA.exists(), reason="NVENC may work on this host")
+def test_forced_nvenc_without_a_gpu_fails_the_job_with_the_cause(daemon_factory, media) -> None:  # noqa: ANN001
+    d = daemon_factory(sections={"media": {"video_encoder": "h264_nvenc"}}).start()
+    put_file(d.inbox / "a.wav", media.tone)
+    put_file(d.inbox / "t.mp4", media.video)
+    put_manifest(d.inbox / "nv.json", {"job_id": "nv", "audio": "a.wav", "template": "t.mp4"})
+    task = d.wait_state("nv", timeout=60)
+    assert task["state"] == "failed" and task["error"]["code"] == "encoder_unavailable", task
+    assert "/dev/nvidiactl is absent" in task["error"]["message"]
+    assert 'video_encoder = "auto"' in task["error"]["hint"]
+    assert (d.outbox / "nv" / "input" / "a.wav").exists() and d.alive()  # nothing lost
 
 
 def test_toml_manifest_with_image_template_and_output_options(daemon, media) -> None:  # noqa: ANN001

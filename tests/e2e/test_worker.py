@@ -143,7 +143,9 @@ def test_a_crashed_workers_last_words_reach_the_job_and_the_daemon_log(
     os.kill(worker_pid(d), signal.SIGSEGV)
     task = d.wait_state("crash", timeout=60)
     assert task["state"] == "failed" and "killed by signal SIGSEGV" in task["error"]["message"]
-    assert any("Segmentation fault" in line for line in task["error"]["worker_output"]), task["error"]
+    assert any("Segmentation fault" in line for line in task["error"]["worker_output"]), task[
+        "error"
+    ]
     log = (d.outbox / "crash" / "log.txt").read_text()
     assert "worker output: Fatal Python error: Segmentation fault" in log, log
     wait_for(
