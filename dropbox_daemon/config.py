@@ -226,7 +226,7 @@ class ModelsConfig(_Strict):
     # auto: fp16 on CUDA, bf16 where the CPU has AVX512-BF16/AMX, else fp32 (the worker logs the choice)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     batch_size: int = Field(default=16, ge=1, le=1024)  # frames per model call on the CPU
-    cuda_batch_size: int = Field(default=128, ge=1, le=4096)  # halved on out-of-memory
+    cuda_batch_size: int = Field(default=128, ge=1, le=4096)  # upper bound; fitted to free memory
 
 
 class Config(_Strict):
