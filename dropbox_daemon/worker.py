@@ -12,6 +12,7 @@ import faulthandler
 import multiprocessing as mp
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -184,6 +185,13 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _worker_format(record: Any) -> str:
+    """`LEVEL [job=ID] message`: the daemon parses it back into a log record of its own."""
+    job = record["extra"].get("job_id")
+    part = f" [job={job}]".replace("{", "{{").replace("}", "}}") if job else ""
+    return "{level}" + part + " {message}\n{exception}"
+
+
 def worker_main(conn: Connection, cfg: Config, output: Connection | None = None) -> None:
     """Entry point of the spawned worker process."""
     _die_with_parent()
@@ -197,7 +205,7 @@ def worker_main(conn: Connection, cfg: Config, output: Connection | None = None)
         output.close()
     faulthandler.enable()  # a crash in native code leaves a Python traceback in those lines
     logger.remove()
-    logger.add(sys.stderr, level=cfg.daemon.log.level, format="worker[{process}] {level} {message}")
+    logger.add(sys.stderr, level=cfg.daemon.log.level, format=_worker_format)
     try:
         _serve(conn, cfg)
     except KeyboardInterrupt:
@@ -209,12 +217,19 @@ OUTPUT_KEPT = 50  # worker output lines the daemon keeps for a crashed job's rec
 OUTPUT_LINE_MAX = 500  # characters of each kept line
 
 
-def _write_stderr(data: bytes) -> None:
-    try:
-        sys.stderr.buffer.write(data)
-        sys.stderr.buffer.flush()
-    except (OSError, ValueError, AttributeError):
-        pass
+WORKER_LINE = re.compile(
+    r"(TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL) (?:\[job=([^\]\s]+)\] )?(.*)", re.S
+)
+
+
+def _log_worker_line(pid: int, line: str) -> None:
+    """One line of the worker's output as a daemon log record (journald priority, daemon.jsonl,
+    job id); lines that are not the worker's own log format (native code, tracebacks'
+    continuation lines, faulthandler) are logged as warnings."""
+    m = WORKER_LINE.fullmatch(line)
+    level, job, text = m.groups() if m else ("WARNING", None, line)
+    bound = logger.bind(worker_pid=pid, **({"job_id": job} if job else {}))
+    bound.log(level, "worker[{}] {}", pid, text)
 
 
 class WorkerHandle:
@@ -253,7 +268,10 @@ class WorkerHandle:
             target=self._pump, args=(parent, self.proc.pid), name="worker-pump", daemon=True
         ).start()
         self.relay = threading.Thread(
-            target=self._relay, args=(out_r, self.last_output), name="worker-output", daemon=True
+            target=self._relay,
+            args=(out_r, self.proc.pid, self.last_output),
+            name="worker-output",
+            daemon=True,
         )
         self.relay.start()
         self.state = "starting"
@@ -285,9 +303,9 @@ class WorkerHandle:
             self.wake()
 
     @staticmethod
-    def _relay(reader: Connection, kept: deque[str]) -> None:
-        """Copy the worker's raw output to the daemon's stderr, line by line, keeping the last
-        lines; ends when the worker and everything it started have closed the pipe."""
+    def _relay(reader: Connection, pid: int, kept: deque[str]) -> None:
+        """Log the worker's raw output line by line through the daemon's logger, keeping the
+        last lines; ends when the worker and everything it started have closed the pipe."""
         fd, rest = reader.fileno(), b""
         while True:
             try:
@@ -297,13 +315,22 @@ class WorkerHandle:
             if not chunk:
                 break
             *lines, rest = (rest + chunk).split(b"\n")
-            for line in lines:
-                kept.append(line.decode("utf-8", "replace")[:OUTPUT_LINE_MAX])
-                _write_stderr(line + b"\n")
+            for raw in lines:
+                WorkerHandle._take(pid, raw, kept)
         if rest:
-            kept.append(rest.decode("utf-8", "replace")[:OUTPUT_LINE_MAX])
-            _write_stderr(rest + b"\n")
+            WorkerHandle._take(pid, rest, kept)
         reader.close()
+
+    @staticmethod
+    def _take(pid: int, raw: bytes, kept: deque[str]) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if not line.strip():
+            return
+        kept.append(line[:OUTPUT_LINE_MAX])
+        try:
+            _log_worker_line(pid, line)
+        except Exception:  # noqa: BLE001 - a log line must never stop the relay
+            pass
 
     def output_tail(self, n: int = 12, wait: float = 0.5) -> list[str]:
         """What the worker said last: its last crash report or traceback when there is one
