@@ -55,6 +55,14 @@ def test_wav2lip_renders_and_loads_the_model_once(daemon_factory, media) -> None
     assert d.log_text().count("engine wav2lip loaded") == 1  # at start, before READY
     assert health(d)["worker"]["model_loads"] == {"wav2lip": 1}
     assert not any("loaded in" in (d.outbox / f"w{n}" / "log.txt").read_text() for n in range(10))
+    # torch lives in the worker only: its library is mapped there and not in the daemon
+    assert "libtorch" in libraries(worker_pid(d))
+    assert "libtorch" not in libraries(d.proc.pid)
+
+
+def libraries(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
 
 
 def test_damaged_checkpoint_fails_its_jobs_and_preview_still_serves(
