@@ -15,7 +15,9 @@ from dropbox_daemon.engines.base import AudioFeatures, FaceFrame, RenderContext
 from dropbox_daemon.engines.wav2lip import (
     FastWav2Lip,
     Wav2LipEngine,
+    choose_dtype,
     cpu_has_bf16,
+    describe_precision,
     load_reference,
     read_state_dict,
 )
@@ -56,6 +58,18 @@ def test_auto_precision_follows_the_cpu_flags(checkpoint) -> None:  # noqa: ANN0
     want = torch.bfloat16 if cpu_has_bf16() else torch.float32
     assert FastWav2Lip(checkpoint[1]).dtype == want
     assert FastWav2Lip(checkpoint[1], precision="fp32").dtype == torch.float32
+    # the whole matrix, device by device (CUDA's rows need no GPU to decide)
+    assert choose_dtype("auto", "cuda") == torch.float16
+    assert choose_dtype("bf16", "cuda") == torch.bfloat16
+    assert choose_dtype("fp32", "cuda") == torch.float32
+    assert (
+        choose_dtype("fp16", "cpu") == torch.float32
+    )  # fp16 is CUDA's; the CPU says so and runs fp32
+    assert choose_dtype("bf16", "cpu") == torch.bfloat16
+    line = describe_precision("auto", "cpu", want)
+    assert line.startswith(
+        f"wav2lip runs {'bf16' if want == torch.bfloat16 else 'fp32'} on cpu (CPU flags"
+    )
 
 
 def test_fast_model_matches_the_reference_in_fp32(checkpoint) -> None:  # noqa: ANN001
