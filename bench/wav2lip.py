@@ -23,7 +23,8 @@ from support import make_tone  # noqa: E402
 from w2l_fixture import calibrated_net, real_inputs, save_published  # noqa: E402
 
 from dropbox_daemon.config import ModelsConfig  # noqa: E402
-from dropbox_daemon.engines.wav2lip import EXACT_FACE_BLOCKS, FastWav2Lip, Wav2LipNet  # noqa: E402
+from dropbox_daemon.engines.wav2lip import EXACT_FACE_BLOCKS, FastWav2Lip  # noqa: E402
+from dropbox_daemon.engines.wav2lip_net import Wav2LipNet  # noqa: E402
 
 BATCH = ModelsConfig().batch_size  # the default the engine runs with
 REPEATS = 3

@@ -18,9 +18,8 @@ from dropbox_daemon.engines.wav2lip import (
     choose_dtype,
     cpu_has_bf16,
     describe_precision,
-    load_reference,
-    read_state_dict,
 )
+from dropbox_daemon.engines.wav2lip_net import load_reference, read_state_dict
 from dropbox_daemon.errors import EngineError
 from dropbox_daemon.media import audio as A
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from support import astronaut
 
-from dropbox_daemon.engines.wav2lip import FACE, Wav2LipNet, model_inputs
+from dropbox_daemon.engines.wav2lip import FACE, model_inputs
+from dropbox_daemon.engines.wav2lip_net import Wav2LipNet
 from dropbox_daemon.media import audio as A
 
 
