@@ -22,7 +22,11 @@ import numpy as np
 from dropbox_daemon.errors import RenderError
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in output pixels
-TRACK_VERSION = 2  # bump when the tracking arithmetic changes: old caches are ignored
+TRACK_VERSION = 3  # bump when detection or the tracking arithmetic changes: old caches are ignored
+REFRESH_EVERY = (
+    25  # frames: a whole-frame search at least this often, even while the face is followed
+)
+AROUND = 0.6  # the search window around the previous face: this share of its size on every side
 
 
 class Detector(ABC):
@@ -31,8 +35,9 @@ class Detector(ABC):
     name = "detector"
 
     @abstractmethod
-    def detect(self, bgr: np.ndarray) -> list[Box]:
-        """Boxes of the faces in `bgr`, in its pixel coordinates, most confident first."""
+    def detect(self, bgr: np.ndarray, near: Box | None = None) -> list[Box]:
+        """Boxes of the faces in `bgr`, in its pixel coordinates, most confident first; `near`
+        (the face in the previous frame) lets a detector look around it first."""
 
 
 class HaarDetector(Detector):
@@ -50,7 +55,7 @@ class HaarDetector(Detector):
         self.detect_width = detect_width
         self.min_face = min_face  # smallest face, as a share of the frame's width
 
-    def detect(self, bgr: np.ndarray) -> list[Box]:
+    def detect(self, bgr: np.ndarray, near: Box | None = None) -> list[Box]:
         h, w = bgr.shape[:2]
         scale = min(1.0, self.detect_width / w)
         small = (
@@ -58,15 +63,54 @@ class HaarDetector(Detector):
             if scale < 1
             else bgr
         )
-        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+        if near is not None:
+            # a followed face is searched for in a window around it, at sizes close to its
+            # own: a few times cheaper than the whole frame; the whole frame when it is not there
+            found = self._around(small, scale, near)
+            if found:
+                return found
         side = max(20, int(self.min_face * small.shape[1]))
+        return self._search(small, scale, (0, 0), (side, side), None)
+
+    def _around(self, small: np.ndarray, scale: float, near: Box) -> list[Box]:
+        x0, y0, x1, y1 = (v * scale for v in near)
+        size = max(x1 - x0, y1 - y0)
+        m = AROUND * size
+        h, w = small.shape[:2]
+        ax, ay = max(0, int(x0 - m)), max(0, int(y0 - m))
+        bx, by = min(w, int(x1 + m) + 1), min(h, int(y1 + m) + 1)
+        lo, hi = max(20, int(size * 0.6)), int(size * 1.6) + 1
+        if min(bx - ax, by - ay) < lo:
+            return []
+        return self._search(small[ay:by, ax:bx], scale, (ax, ay), (lo, lo), (hi, hi))
+
+    def _search(
+        self,
+        part: np.ndarray,
+        scale: float,
+        offset: tuple[int, int],
+        min_size: tuple[int, int],
+        max_size: tuple[int, int] | None,
+    ) -> list[Box]:
+        gray = cv2.equalizeHist(cv2.cvtColor(part, cv2.COLOR_BGR2GRAY))
         found, _levels, weights = self.cascade.detectMultiScale3(
-            gray, scaleFactor=1.1, minNeighbors=5, minSize=(side, side), outputRejectLevels=True
+            gray,
+            scaleFactor=1.1,
+            minNeighbors=5,
+            minSize=min_size,
+            maxSize=max_size or (0, 0),
+            outputRejectLevels=True,
         )
         ranked = sorted(zip(list(found), list(weights), strict=True), key=lambda t: -float(t[1]))
         # most confident first: the cascade's stage weight separates faces from face-like clutter
+        ox, oy = offset
         return [
-            (int(x / scale), int(y / scale), int((x + fw) / scale), int((y + fh) / scale))
+            (
+                int((ox + x) / scale),
+                int((oy + y) / scale),
+                int((ox + x + fw) / scale),
+                int((oy + y + fh) / scale),
+            )
             for (x, y, fw, fh), _w in ranked
         ]
 
@@ -152,9 +196,10 @@ def build_track(
     raw: list[Box | None] = []
     previous: Box | None = None
     size = None
-    for frame in frames:
+    for i, frame in enumerate(frames):
         size = (frame.shape[1], frame.shape[0])
-        box = pick_face(detector.detect(frame), previous)
+        near = previous if i % REFRESH_EVERY else None
+        box = pick_face(detector.detect(frame, near), previous)
         raw.append(box)
         if box is not None:
             previous = box

@@ -63,7 +63,7 @@ class Scripted(Detector):
     def __init__(self, answers: list[list[tuple[int, int, int, int]]]) -> None:
         self.answers = iter(answers)
 
-    def detect(self, bgr: np.ndarray) -> list[tuple[int, int, int, int]]:
+    def detect(self, bgr: np.ndarray, near=None) -> list[tuple[int, int, int, int]]:  # noqa: ANN001
         return next(self.answers)
 
 
@@ -81,6 +81,27 @@ def test_haar_finds_the_astronaut_and_misses_a_blank_frame() -> None:
     x0, y0, x1, y1 = boxes[0]
     assert 150 < x0 < 200 and 50 < y0 < 90 and 80 < x1 - x0 < 120  # her face, not the shuttle
     assert HaarDetector().detect(np.full_like(img, 128)) == []
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
+    return ix * iy / (area - ix * iy)
+
+
+def test_haar_searches_around_the_followed_face_and_falls_back_to_the_whole_frame() -> None:
+    img = astronaut()
+    det = HaarDetector()
+    whole = det.detect(img)[0]
+    # the window around the previous face finds the same face (sizes are quantised by the pyramid)
+    assert iou(det.detect(img, near=whole)[0], whole) > 0.7
+    shifted = (whole[0] + 15, whole[1] - 10, whole[2] + 15, whole[3] - 10)
+    assert iou(det.detect(img, near=shifted)[0], whole) > 0.7
+    # a previous face where there is none now: the whole frame is searched and hers is found
+    assert iou(det.detect(img, near=(400, 400, 480, 480))[0], whole) > 0.7
+    # the window alone, with no face in it, finds nothing (so the fallback above was needed)
+    assert det._around(img, 1.0, (400, 400, 480, 480)) == []
 
 
 def test_real_detector_track_fills_a_covered_frame() -> None:
