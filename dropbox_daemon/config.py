@@ -73,14 +73,33 @@ class DaemonConfig(_Strict):
     state_dir: Path = Path(".state")
     outbox: Path = Path("outbox")
     host: str = Field(default_factory=socket.gethostname)
+    # This daemon's name among every daemon sharing an inbox or a database. Empty: the
+    # host name plus a stable suffix from the state folder (unique without configuration).
+    instance: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$")
+    # Valid drops claimed ahead of the worker (beyond the job it runs); 0: only when idle.
+    prefetch: int = Field(default=1, ge=0, le=64)
     rescan_seconds: float = Field(default=5.0, gt=0, le=3600)
     loop_seconds: float = Field(default=0.1, gt=0, le=5)  # main loop wake-up
     max_attempts: int = Field(default=3, ge=1, le=100)
     job_timeout_seconds: float = Field(default=3600.0, gt=0)
     hang_seconds: float = Field(default=120.0, gt=0)
     stop_timeout_seconds: float = Field(default=60.0, ge=0)
-    stale_claim_seconds: float = Field(default=600.0, gt=0)
+    stale_claim_seconds: float = Field(default=120.0, ge=2)
     log: LogConfig = Field(default_factory=LogConfig)
+
+
+class StoreConfig(_Strict):
+    """Where jobs, leases and events live: SQLite in state_dir (one daemon) or PostgreSQL (a farm)."""
+
+    url: str = ""  # "" : SQLite; "postgresql://user@host:5432/db": one database for the farm
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not re.match(r"^postgres(ql)?://", v):
+            raise ValueError('must be empty (SQLite) or "postgresql://user@host:port/dbname"')
+        return v
 
 
 class LimitsConfig(_Strict):
@@ -231,6 +250,7 @@ class ModelsConfig(_Strict):
 
 class Config(_Strict):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     inbox: list[InboxConfig] = Field(default_factory=list)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     media: MediaConfig = Field(default_factory=MediaConfig)
@@ -273,14 +293,33 @@ class Config(_Strict):
         return self.daemon.state_dir / "jobs.sqlite3"
 
     @property
-    def daemon_dir(self) -> Path:
-        """outbox/_daemon: health.json, metrics.prom."""
+    def instance_id(self) -> str:
+        """[daemon] instance, or the host name plus a stable suffix of the state folder's path."""
+        if self.daemon.instance:
+            return self.daemon.instance
+        return default_instance_id(self.daemon.host, self.daemon.state_dir)
+
+    @property
+    def daemons_root(self) -> Path:
+        """outbox/_daemon: one folder per instance."""
         return self.daemon.outbox / "_daemon"
+
+    @property
+    def daemon_dir(self) -> Path:
+        """outbox/_daemon/<instance>: this daemon's health.json and metrics.prom."""
+        return self.daemons_root / self.instance_id
 
     def config_hash(self) -> str:
         """A short hash of the effective config, recorded with every job."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def default_instance_id(host: str, state_dir: Path) -> str:
+    """`<host>-<6 hex>`: one per state folder, so daemons per GPU on one host differ by default."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", host).strip(".-_")[:40] or "host"
+    suffix = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:6]
+    return f"{safe}-{suffix}"
 
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:

@@ -23,6 +23,7 @@ from dropbox_daemon.callbacks import Deliverer
 from dropbox_daemon.config import Config, InboxConfig
 from dropbox_daemon.drops import candidate_for
 from dropbox_daemon.errors import ConfigError, IllegalTransition
+from dropbox_daemon.farm import Farm, best, prevalidate
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
@@ -42,6 +43,7 @@ class Current:
     job_id: str
     started: float
     last_heard: float
+    generation: int = 0
     cancel_sent_at: float | None = None
     last_written: float = 0.0
 
@@ -74,6 +76,7 @@ class Daemon:
 
         self.worker = WorkerHandle(cfg, wake=self.wake.set)
         self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in cfg.inbox}
+        self.farm = Farm(cfg)
         self.pending: dict[Path, Pending] = {}
         self.retry_claims: list[tuple[InboxConfig, drops.Claim]] = []
         self.unrecorded: list[tuple[str, dict[str, Any]]] = []  # results the database refused
@@ -82,7 +85,7 @@ class Daemon:
         self.next_rescan = 0.0
         self.flags = Flags()
         self.view = health.DaemonView()
-        self.metrics = health.Metrics()
+        self.metrics = health.Metrics(cfg.instance_id)
         self.notifier = Notifier()
         self.scheduler = Scheduler(cfg, self.view, self.metrics, self.notifier)
         self.deliverer = Deliverer(cfg, on_give_up=self.metrics.callback_failures.inc)
@@ -97,9 +100,12 @@ class Daemon:
         self._lock_state_dir()
         for inbox in self.cfg.inbox:
             drops.claims_root(inbox.path).mkdir(parents=True, exist_ok=True)
+        self.farm.register(time.time())
+        self.view.instance = self.farm.instance
         self.store = Store(self.cfg.db_path, self.outbox)
         self.store.on_change = self._on_change
         self.intake = Intake(self.cfg, self.store, self.outbox)
+        self._forget_lost()
         for job in self.store.recover_interrupted():
             logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
                 "job {} was running when the daemon stopped: now {} (attempt {} of {})",
@@ -117,8 +123,9 @@ class Daemon:
         self.scheduler.start()
         self.deliverer.start()
         logger.info(
-            "dropbox-daemon {} started: {} inbox(es), outbox {}, state {}",
+            "dropbox-daemon {} started as instance {}: {} inbox(es), outbox {}, state {}",
             __import__("dropbox_daemon").__version__,
+            self.farm.instance,
             len(self.cfg.inbox),
             d.outbox,
             d.state_dir,
@@ -167,6 +174,8 @@ class Daemon:
                 self.wake.clear()
             self.stop()
         finally:
+            if self.view.instance:
+                self.farm.release()
             self.watcher.stop()
             if self.store is not None:
                 self.store.close()
@@ -211,6 +220,9 @@ class Daemon:
             if cand is not None:
                 p = self.pending.setdefault(cand.manifest, Pending(cand, inbox))
                 p.fast = p.fast or hint.renamed
+        mono = time.monotonic()
+        if self.farm.renew(now, mono, **self._lease_fields()):
+            self._check_current_held()
         if now >= self.next_rescan:
             self.next_rescan = now + self.cfg.daemon.rescan_seconds
             if self.store is not None and self.store.stale_outbox:
@@ -222,8 +234,11 @@ class Daemon:
             self.watcher.check_inboxes()
             for inbox in self.cfg.inbox:
                 for cand in drops.scan(inbox.path):
-                    self.pending.setdefault(cand.manifest, Pending(cand, inbox))
+                    if cand.manifest not in self.farm.ready:
+                        self.pending.setdefault(cand.manifest, Pending(cand, inbox))
+            self._take_over(mono)
         self._take_settled(now)
+        self._pull(now)
         self._handle_cancels(now)
         self._dispatch(now)
         self._share_view()
@@ -250,24 +265,47 @@ class Daemon:
                 continue
             self.pending.pop(key)
             self.settlers[p.inbox.name].forget(p.candidate)
-            try:
-                cl = drops.claim(p.inbox.path, p.candidate, self.cfg.daemon.host, now)
-            except OSError as e:
-                logger.error("inbox {}: cannot claim {}: {}; will retry", p.inbox.name, key, e)
-                continue
-            if cl is None:
-                continue  # another daemon took it
-            try:
-                self.intake.ingest(p.inbox, cl)
-            except Exception:  # noqa: BLE001 - one bad drop must not stop the daemon
-                logger.exception(
-                    "inbox {}: taking drop {} failed; its files are kept in {} and it is tried "
-                    "again at the next rescan",
-                    p.inbox.name,
-                    p.candidate.manifest.name,
-                    cl.dir,
-                )
-                self.retry_claims.append((p.inbox, cl))
+            ready = prevalidate(p.candidate, p.inbox, self.cfg)
+            if ready is None:
+                self._claim(p.inbox, p.candidate, now)  # invalid: answered at once
+            else:
+                self.farm.ready[key] = ready
+
+    def _pull(self, now: float) -> None:
+        """Claim valid drops while the worker has room: highest priority, then oldest, first."""
+        if not self.farm.ready or self.flags.stop:
+            return
+        assert self.store is not None
+        room = self.farm.capacity(self.store, running=self.current is not None)
+        while room > 0 and self.farm.ready:
+            r = best(self.farm.ready)
+            assert r is not None
+            self.farm.ready.pop(r.candidate.manifest)
+            if self._claim(r.inbox, r.candidate, now):
+                room -= 1
+
+    def _claim(self, inbox: InboxConfig, cand: drops.Candidate, now: float) -> bool:
+        """Claim a drop and turn it into a job; False when another daemon was first."""
+        assert self.intake is not None
+        try:
+            cl = drops.claim(inbox.path, cand, self.farm.instance, now, self.cfg.daemon.host)
+        except OSError as e:
+            logger.error("inbox {}: cannot claim {}: {}; will retry", inbox.name, cand.manifest, e)
+            return False
+        if cl is None:
+            return False  # another daemon took it
+        try:
+            self.intake.ingest(inbox, cl)
+        except Exception:  # noqa: BLE001 - one bad drop must not stop the daemon
+            logger.exception(
+                "inbox {}: taking drop {} failed; its files are kept in {} and it is tried "
+                "again at the next rescan",
+                inbox.name,
+                cand.manifest.name,
+                cl.dir,
+            )
+            self.retry_claims.append((inbox, cl))
+        return True
 
     def _retry_claims(self) -> None:
         """Drops whose intake failed (a full disk, say): try again; their files wait in the claim."""
@@ -288,24 +326,87 @@ class Daemon:
                 self.retry_claims.append((inbox, cl))
 
     def _recover_orphan_claims(self) -> None:
-        """Claims this host made that never reached its database (a crash right after the claim)."""
-        assert self.store is not None
+        """Claims this instance made that never reached its database (a crash right after the claim)."""
+        assert self.store is not None and self.intake is not None
         known = self.store.claim_dirs()
-        for inbox in self.cfg.inbox:
-            for cl in drops.own_orphans(inbox.path, self.cfg.daemon.host, known):
-                logger.warning(
-                    "inbox {}: resuming claim {} left by a crash", inbox.name, cl.claim_id
-                )
+        for inbox, cdir, owner in self.farm.orphans(known, self.outbox, {self.farm.instance}):
+            logger.warning("inbox {}: resuming claim {} left by a crash", inbox.name, cdir.name)
+            cl = drops.claim_from(inbox.path, cdir, owner)
+            if cl is None:
+                continue
+            try:
+                self.intake.adopt(inbox, cl, owner, "intake resumed after a restart")
+            except Exception:  # noqa: BLE001
+                logger.exception("inbox {}: claim {} cannot be resumed yet", inbox.name, cdir.name)
                 self.retry_claims.append((inbox, cl))
-        self._retry_claims()
+
+    # -- the farm ---------------------------------------------------------------------------
+    def _lease_fields(self) -> dict[str, Any]:
+        w = self.worker
+        return {
+            "device": (w.info or {}).get("device"),
+            "worker": w.state,
+            "current_job": self.current.job_id if self.current else None,
+        }
+
+    def _take_over(self, mono: float) -> None:
+        """Adopt the unfinished jobs of dead peers, as many as the worker has room for."""
+        assert self.store is not None and self.intake is not None
+        self.farm.observe(mono)
+        self.view.peers = {k: v.__dict__ for k, v in self.farm.peers.items()}
+        if self.flags.stop or not self.farm.may_take_over(mono):
+            return
+        room = self.farm.capacity(self.store, running=self.current is not None)
+        self.farm.take_over(self.intake, self.store, self.outbox, room)
+
+    def _forget_lost(self) -> None:
+        """At start-up: jobs a peer took over while this daemon was down are theirs now."""
+        assert self.store is not None
+        for job in self.store.held():
+            why = self.farm.lost(job)
+            if why:
+                self._forget(job, why)
+
+    def _forget(self, job: Job, why: str) -> None:
+        assert self.store is not None
+        logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
+            "job {}: {}; this daemon drops it and writes nothing more for it", job.job_id, why
+        )
+        self.store.forget(job.job_id)
+
+    def _check_current_held(self) -> None:
+        """A daemon that wakes from a freeze stops rendering a job a peer took over meanwhile."""
+        assert self.store is not None
+        cur = self.current
+        if cur is None:
+            return
+        job = self.store.get(cur.job_id)
+        why = self.farm.lost(job) if job is not None else None
+        if job is None or why is None:
+            return
+        self.worker.kill()
+        self.worker.state = "dead"
+        self.current = None
+        self._forget(job, why)
 
     # -- the worker ---------------------------------------------------------------------
     def _dispatch(self, now: float) -> None:
         assert self.store is not None
         if self.flags.stop or self.current is not None or self.worker.state != "idle":
             return
-        job = pick_next(self.store.queued(), self.last_served)
+        queued = self.store.queued()
+        top = best(self.farm.ready)
+        if top is not None and (not queued or top.priority > queued[0].priority):
+            # a drop still in the inbox outranks what this daemon holds: take it first
+            self.farm.ready.pop(top.candidate.manifest)
+            self._claim(top.inbox, top.candidate, now)
+            queued = self.store.queued()
+        job = pick_next(queued, self.last_served)
         if job is None:
+            return
+        lost = self.farm.lost(job)
+        if lost:
+            self._forget(job, lost)
             return
         try:
             job = self.store.transition(
@@ -313,7 +414,11 @@ class Daemon:
                 "preparing",
                 expect=("queued",),
                 attempts=job.attempts + 1,
-                detail=f"attempt {job.attempts + 1} of {job.max_attempts} on {self.cfg.daemon.host}",
+                generation=job.generation + 1,
+                instance=self.farm.instance,
+                host=self.cfg.daemon.host,
+                detail=f"attempt {job.attempts + 1} of {job.max_attempts} on instance "
+                f"{self.farm.instance}",
                 progress=0.0,
             )
         except IllegalTransition:
@@ -331,7 +436,7 @@ class Daemon:
             self._requeue(job.job_id, "the worker could not be reached", count_attempt=False)
             return
         self.worker.state = "busy"
-        self.current = Current(job.job_id, now, now)
+        self.current = Current(job.job_id, now, now, generation=job.generation)
         logger.bind(job_id=job.job_id, trace_id=job.trace_id).info(
             "job {} started (engine {}, inbox {}, attempt {})",
             job.job_id,
@@ -409,7 +514,7 @@ class Daemon:
         cur.last_heard = now
         try:
             if kind == "stage":
-                self.store.transition(job_id, msg["stage"], expect=RUNNING)
+                self.store.transition(job_id, msg["stage"], expect=RUNNING, fence=cur.generation)
             elif kind == "progress":
                 if now - cur.last_written >= PROGRESS_WRITE_EVERY:
                     cur.last_written = now
@@ -425,6 +530,7 @@ class Daemon:
             elif kind == "result":
                 self.current = None
                 self.worker.state = "idle"
+                msg["generation"] = cur.generation
                 self._record_result(job_id, msg)
         except IllegalTransition as e:
             logger.warning("job {}: ignored worker message {}: {}", job_id, kind, e)
@@ -454,6 +560,10 @@ class Daemon:
         if job is None:
             return
         log = logger.bind(job_id=job_id, trace_id=job.trace_id)
+        lost = self.farm.lost(job)
+        if lost:
+            self._forget(job, f"its late result ({outcome}) is discarded: {lost}")
+            return
         if outcome == "done":
             job = self.store.transition(
                 job_id,
@@ -462,6 +572,7 @@ class Daemon:
                 output=msg["output"],
                 timings={**job.timings, **msg["timings"]},  # keeps the pickup time
                 device=msg.get("device"),
+                fence=msg.get("generation"),
                 detail=f"{msg['output']['name']} in {msg['timings']['total']:.2f} s",
             )
             log.info(

@@ -17,8 +17,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from dropbox_daemon.manifest import JOB_FOLDER_MANIFESTS, is_manifest_name
+from dropbox_daemon.outbox import atomic_write_json
 
 DROPBOX_DIR = ".dropbox"
 CLAIMED_DIR = "claimed"
@@ -194,19 +196,21 @@ def new_claim_id(now: float) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "-" + uuid.uuid4().hex[:10]
 
 
-def claim(inbox: Path, c: Candidate, host: str, now: float) -> Claim | None:
+def claim(inbox: Path, c: Candidate, instance: str, now: float, host: str = "") -> Claim | None:
     """Rename the manifest into a fresh claim folder; None when another daemon was first."""
     cid = new_claim_id(now)
     cdir = claims_root(inbox) / cid
     (cdir / DROP_SUBDIR).mkdir(parents=True)
     owner = {
+        "instance": instance,
         "host": host or socket.gethostname(),
         "pid": os.getpid(),
         "claimed_at": now,
+        "generation": 1,
         "source": str(c.manifest.relative_to(inbox)),
         "job_folder": c.job_folder,
     }
-    (cdir / OWNER_FILE).write_text(json.dumps(owner))
+    atomic_write_json(cdir / OWNER_FILE, owner)
     cl = Claim(cid, cdir, c)
     try:
         os.rename(c.manifest, cl.manifest)
@@ -268,27 +272,94 @@ def move_named(cl: Claim, names: list[str], inbox: Path) -> dict[str, Path]:
     return out
 
 
-def own_orphans(inbox: Path, host: str, known: set[str]) -> list[Claim]:
-    """Claims this host made whose job never reached the store (a crash right after the claim)."""
-    out = []
+def read_owner(cdir: Path) -> dict[str, Any] | None:
+    """The claim's owner.json (instance, generation, job_id once known), or None."""
+    try:
+        owner = json.loads((cdir / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def note_job(cdir: Path, job_id: str, priority: int = 0) -> None:
+    """Record in the claim which job it became, so a peer taking it over knows."""
+    owner = read_owner(cdir) or {}
+    owner.update(job_id=job_id, priority=priority)
+    atomic_write_json(cdir / OWNER_FILE, owner)
+
+
+def claim_from(inbox: Path, cdir: Path, owner: dict[str, Any]) -> Claim | None:
+    """The Claim a claim folder holds (None when it holds no manifest)."""
+    drop = cdir / DROP_SUBDIR
+    try:
+        manifest = [p for p in drop.iterdir() if is_manifest_name(p.name)]
+    except OSError:
+        return None
+    if not manifest or "source" not in owner:
+        return None
+    src = inbox / owner["source"]
+    cand = Candidate(src, src.parent, bool(owner.get("job_folder")))
+    return Claim(cdir.name, cdir, cand)
+
+
+def claims_of(inbox: Path, instances: set[str] | None) -> list[tuple[Path, dict[str, Any]]]:
+    """(claim folder, owner) of every claim in the inbox, or of those owned by `instances`."""
     root = claims_root(inbox)
-    if not root.is_dir():
-        return out
-    for cdir in sorted(root.iterdir()):
-        if str(cdir) in known:
+    try:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return []
+    out = []
+    for cdir in dirs:
+        owner = read_owner(cdir)
+        if owner is None:
             continue
-        try:
-            owner = json.loads((cdir / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if owner.get("host") != host:
-            continue
-        drop = cdir / DROP_SUBDIR
-        manifest = [p for p in drop.iterdir() if is_manifest_name(p.name)] if drop.is_dir() else []
-        if not manifest:
-            continue
-        src = inbox / owner["source"]
-        base = src.parent
-        cand = Candidate(src, base, bool(owner.get("job_folder")))
-        out.append(Claim(cdir.name, cdir, cand))
+        if instances is None or owner.get("instance", owner.get("host")) in instances:
+            out.append((cdir, owner))
     return out
+
+
+def own_orphans(inbox: Path, instance: str, known: set[str]) -> list[Claim]:
+    """Claims this instance made whose job never reached the store (a crash right after the claim)."""
+    out = []
+    for cdir, owner in claims_of(inbox, {instance}):
+        if str(cdir) in known or owner.get("job_id"):
+            continue
+        cl = claim_from(inbox, cdir, owner)
+        if cl is not None:
+            out.append(cl)
+    return out
+
+
+def base_claim_id(name: str) -> str:
+    """A claim folder's name without its generation (`<id>.g2` -> `<id>`)."""
+    return name.split(".g", 1)[0]
+
+
+def take_over(
+    cdir: Path, owner: dict[str, Any], instance: str, now: float, why: str
+) -> Path | None:
+    """Make the claim this instance's by renaming its folder to the next generation.
+
+    The rename is the fencing token: exactly one taker wins it, and the former
+    owner, should it wake up, finds its claim folder gone and publishes nothing.
+    Files are renamed with their folder, never copied. None when someone else won.
+    """
+    gen = int(owner.get("generation", 1)) + 1
+    new = cdir.with_name(f"{base_claim_id(cdir.name)}.g{gen}")
+    try:
+        os.rename(cdir, new)
+    except OSError:
+        return None
+    taken = {
+        **owner,
+        "instance": instance,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "generation": gen,
+        "taken_from": owner.get("instance", owner.get("host")),
+        "taken_at": now,
+        "taken_because": why,
+    }
+    atomic_write_json(new / OWNER_FILE, taken)
+    return new

@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
+from prometheus_client.registry import Collector
 
 from dropbox_daemon import __version__
 from dropbox_daemon.config import Config
@@ -27,11 +28,28 @@ METRICS_PROM = "metrics.prom"
 STATUS_LEVEL = {"ok": 0, "degraded": 1, "failing": 2}
 
 
+class _InstanceLabelled(Collector):
+    """Every sample of `inner` with an `instance` label, so a farm's files can be merged."""
+
+    def __init__(self, inner: CollectorRegistry, instance: str) -> None:
+        self.inner, self.instance = inner, instance
+
+    def collect(self):  # noqa: ANN201
+        for family in self.inner.collect():
+            family.samples = [
+                s._replace(labels={**s.labels, "instance": self.instance}) for s in family.samples
+            ]
+            yield family
+
+
 class Metrics:
     """The daemon's Prometheus metrics; fed by every state change (Store.on_change)."""
 
-    def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
+    def __init__(self, instance: str = "") -> None:
+        self.own = r = CollectorRegistry()
+        # what is written and served: the same metrics, each with this daemon's instance label
+        self.registry = CollectorRegistry()
+        self.registry.register(_InstanceLabelled(r, instance))
         self.jobs = Counter(
             "dropbox_jobs",
             "Jobs that ended, by final state and inbox",
@@ -105,6 +123,9 @@ class DaemonView:
     worker_restarts: int = 0
     current_job: str | None = None
     watch_modes: dict[str, str] = field(default_factory=dict)
+    instance: str = ""
+    peers: dict[str, dict[str, Any]] = field(default_factory=dict)  # instance -> its lease
+    store_error: str | None = None  # why the store cannot be reached now
 
 
 def disk_free(path: Path) -> int | None:
@@ -165,6 +186,8 @@ def evaluate(
     for inbox in cfg.inbox:
         if not inbox.path.is_dir():
             degraded.append(f"inbox {inbox.name} ({inbox.path}) is missing")
+    if view.store_error:
+        degraded.append(f"store: unreachable ({view.store_error})")
     status = "failing" if failing else "degraded" if degraded else "ok"
     return status, failing + degraded
 
@@ -197,6 +220,18 @@ def build(
         "version": __version__,
         "pid": os.getpid(),
         "host": cfg.daemon.host,
+        "instance": view.instance or cfg.instance_id,
+        "store": "unreachable" if view.store_error else "ok",
+        "peers": {
+            k: {
+                "host": v.get("host"),
+                "state": v.get("state"),
+                "renewed_at": utc_iso(v.get("renewed_at")),
+                "current_job": v.get("current_job"),
+            }
+            for k, v in view.peers.items()
+            if k != (view.instance or cfg.instance_id)
+        },
         "uptime_seconds": round(now - view.started_at, 1),
         "config_hash": cfg.config_hash(),
         "ready": view.ready,

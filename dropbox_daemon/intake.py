@@ -15,11 +15,11 @@ from loguru import logger
 
 from dropbox_daemon import engines
 from dropbox_daemon.config import Config, InboxConfig
-from dropbox_daemon.drops import Claim, move_job_folder, move_named
+from dropbox_daemon.drops import Claim, move_job_folder, move_named, note_job
 from dropbox_daemon.errors import RejectedDrop
 from dropbox_daemon.manifest import Manifest, parse, salvage_job_id
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import Job, Store
+from dropbox_daemon.store import RUNNING, TERMINAL, Job, Store
 
 MAX_DUPLICATES = 10_000
 
@@ -86,8 +86,53 @@ class Intake:
             and (prior_task is None or prior_task.get("state") == "received")
         )
         if self.outbox.reserve(job_id) or ours:
+            note_job(cl.dir, job_id, manifest.priority)
             return self._queue_new(inbox, cl, manifest, job_id)
         return self._existing(inbox, cl, manifest, job_id)
+
+    def adopt(self, inbox: InboxConfig, cl: Claim, owner: dict, why: str) -> Job | None:
+        """A job taken over from a dead peer: recorded here under its own job id, attempt kept.
+
+        The peer's outbox folder is this job's; nothing there is re-answered. None when
+        the job turned out to have ended (its claim stays for retention).
+        """
+        job_id = owner.get("job_id")
+        task = self.outbox.read_task(job_id) if job_id else None
+        if job_id is None or task is None or task.get("state") == "received":
+            return self.ingest(inbox, cl, recovered=True)
+        if task.get("state") in TERMINAL:
+            return None
+        self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
+        try:
+            manifest, _media = parse(
+                cl.manifest, cl.drop_dir, cl.drop_dir, self.cfg.limits, cl.candidate.manifest
+            )
+        except RejectedDrop as e:
+            return self._reject(inbox, cl, e, recovered=True)
+        was_running = task.get("state") in RUNNING
+        attempts = int(task.get("attempts") or 0)
+        job = self._base_job(inbox, cl, job_id, manifest).model_copy(
+            update={
+                "trace_id": task.get("trace_id") or uuid.uuid4().hex,
+                "attempts": attempts,
+                "generation": int(task.get("generation") or 0) + 1,
+            }
+        )
+        job = self.store.create(job, detail=why)
+        if was_running and attempts >= job.max_attempts:
+            err = {
+                "code": "interrupted",
+                "stage": task.get("state"),
+                "message": f"{why}; {attempts} of {job.max_attempts} attempts used",
+                "hint": "look at the other instance's log for why it stopped; "
+                "`dropbox-daemon retry` runs it again",
+            }
+            return self.store.transition(job_id, "failed", error=err, detail=err["message"])
+        return self.store.transition(
+            job_id,
+            "queued",
+            detail=f"was {task.get('state')} there (attempt {attempts} of {job.max_attempts})",
+        )
 
     def _move_media(self, cl: Claim, names) -> None:  # noqa: ANN001
         """Move the drop's files beside its claimed manifest (what is already there stays)."""
@@ -104,6 +149,7 @@ class Intake:
             inbox=inbox.name,
             max_attempts=self.cfg.daemon.max_attempts,
             host=self.cfg.daemon.host,
+            instance=self.cfg.instance_id,
             config_hash=self.config_hash,
             claim_dir=str(cl.dir),
             manifest_name=cl.candidate.manifest.name,

@@ -345,6 +345,7 @@ def run(
             hint="this is a bug in the engine; report it",
         )
     info = check_result(partial, audio.duration, fps, n_frames)
+    _still_ours(job, partial)
     if poster is not None:
         _jpeg(out_dir / POSTER, poster)
     publish(partial, final)
@@ -363,6 +364,21 @@ def run(
         "ai_label": bool(opts["ai_label"]),
     }
     return {"output": output, "timings": {**{k: round(v, 4) for k, v in timings.items()}, **busy}}
+
+
+def _still_ours(job: dict[str, Any], partial: Path) -> None:
+    """The fence where a result is published: a claim folder renamed by a peer's takeover
+    means this render was given up on; its result must not replace the peer's."""
+    claim = job.get("claim_dir")
+    if claim and not os.path.isdir(claim):
+        partial.unlink(missing_ok=True)
+        raise RenderError(
+            f"job {job['job_id']} was taken over by another instance while this one was silent; "
+            "its result is not published",
+            code="taken_over",
+            stage="encoding",
+            hint="nothing to do: the instance that took it over renders it",
+        )
 
 
 def check_engine_video(path: Path, audio_duration: float, limits) -> VisualInfo:  # noqa: ANN001

@@ -9,6 +9,7 @@ disagrees with the database about the order of changes.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -119,6 +120,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
     CREATE INDEX IF NOT EXISTS jobs_inbox_seq ON jobs(inbox, seq);
     """,
+    # 4: the instance that holds (renders) a job, and the generation of its claim:
+    # bumped at every dispatch and takeover, so a late write of an earlier holder is refused
+    """
+    ALTER TABLE jobs ADD COLUMN instance TEXT;
+    ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS jobs_instance_seq ON jobs(instance, seq);
+    """,
 ]
 
 CALLBACK_STATES = ("done", "failed", "cancelled", "rejected")
@@ -140,6 +148,8 @@ class Job(BaseModel):
     device: str | None = None
     priority: int = 0
     host: str | None = None
+    instance: str | None = None
+    generation: int = 0
     config_hash: str | None = None
     claim_dir: str | None = None
     manifest_name: str | None = None
@@ -171,6 +181,7 @@ class Job(BaseModel):
         d = self.model_dump(exclude={"seq", "cancel_requested", "claim_dir"})
         for key in ("created_at", "queued_at", "started_at", "finished_at", "updated_at"):
             d[key] = utc_iso(d[key])
+        d["claim"] = Path(self.claim_dir).name if self.claim_dir else None
         d["version"] = __version__
         return d
 
@@ -206,6 +217,15 @@ def pick_next(queued: list[Job], last_served: dict[str, float]) -> Job | None:
         if best is None or last_served.get(job.inbox, 0.0) < last_served.get(best.inbox, 0.0):
             best = job
     return best
+
+
+def claim_held(job: Job) -> bool:
+    """Whether the job's claim folder is still where this job's record says.
+
+    A peer that takes a job over renames the claim folder (drops.take_over), so
+    a holder that finds its folder gone has lost the job and must write nothing.
+    """
+    return not job.claim_dir or os.path.isdir(job.claim_dir)
 
 
 class Store:
@@ -304,7 +324,16 @@ class Store:
         """log.txt line and task.json; a full or failing outbox never blocks the database.
 
         What could not be written is rewritten by flush_outbox() once the outbox works again.
+        A job whose claim was taken over by another instance is not written: it is theirs now.
         """
+        if not claim_held(job):
+            logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
+                "job {}: not writing its task.json/log.txt: its claim {} was taken over by "
+                "another instance (this one was silent too long)",
+                job.job_id,
+                job.claim_dir,
+            )
+            return
         try:
             if line:
                 self.outbox.log(job.job_id, job.trace_id, line, at=now)
@@ -358,14 +387,24 @@ class Store:
         *,
         detail: str = "",
         expect: tuple[str, ...] | None = None,
+        fence: int | None = None,
         **changes: Any,
     ) -> Job:
-        """Move a job to state `to` (IllegalTransition if the machine forbids it), with field changes."""
+        """Move a job to state `to` (IllegalTransition if the machine forbids it), with field changes.
+
+        fence: the generation the caller holds the job under; a newer one (a takeover,
+        a later dispatch) refuses the change.
+        """
         now = time.time()
         with self.transaction() as c:
             job = self._row(c, job_id)
             if job is None:
                 raise IllegalTransition(f"job {job_id!r} does not exist")
+            if fence is not None and job.generation != fence:
+                raise IllegalTransition(
+                    f"job {job_id!r} is held under generation {job.generation} now "
+                    f"(by {job.instance}), not {fence}: this write is refused"
+                )
             if expect is not None and job.state not in expect:
                 raise IllegalTransition(
                     f"job {job_id!r} is {job.state}, expected one of {', '.join(expect)}"
@@ -404,8 +443,23 @@ class Store:
             self._outbox_write(job, log, now)
         return job
 
+    def forget(self, job_id: str) -> None:
+        """Drop a job this instance no longer holds (taken over by a peer): its row and events."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    def held(self) -> list[Job]:
+        """Jobs this store holds that have not ended (queued or running)."""
+        return self._query(
+            "SELECT * FROM jobs WHERE state IN ('received', 'queued', 'preparing', 'rendering', "
+            "'encoding') ORDER BY priority DESC, seq ASC"
+        )
+
     def log(self, job: Job, message: str) -> None:
         """A line in the job's log.txt that is not a state change (best effort on a full disk)."""
+        if not claim_held(job):
+            return
         try:
             self.outbox.log(job.job_id, job.trace_id, message, at=time.time())
         except OSError as e:
@@ -418,22 +472,28 @@ class Store:
         return self._row(self.conn, job_id)
 
     def jobs(
-        self, *, state: str | None = None, inbox: str | None = None, limit: int = 100
+        self,
+        *,
+        state: str | None = None,
+        inbox: str | None = None,
+        instance: str | None = None,
+        limit: int = 100,
     ) -> list[Job]:
         """Jobs newest first, optionally filtered."""
-        return self.page(state=state, inbox=inbox, limit=limit)
+        return self.page(state=state, inbox=inbox, instance=instance, limit=limit)
 
     def page(
         self,
         *,
         state: str | None = None,
         inbox: str | None = None,
+        instance: str | None = None,
         limit: int = 50,
         before_seq: int | None = None,
     ) -> list[Job]:
         """Jobs newest first, `limit` of them, older than `before_seq` (keyset pagination)."""
         where, params = [], []
-        for col, val in (("state", state), ("inbox", inbox)):
+        for col, val in (("state", state), ("inbox", inbox), ("instance", instance)):
             if val:
                 where.append(f"{col} = ?")
                 params.append(val)

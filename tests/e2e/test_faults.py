@@ -125,7 +125,10 @@ def test_claim_left_by_a_crash_is_resumed(daemon_factory, media) -> None:  # noq
     d = daemon_factory()
     claim = d.inbox / ".dropbox" / "claimed" / "20260101T000000-deadbeef00" / "drop"
     claim.mkdir(parents=True)
+    from dropbox_daemon.config import default_instance_id
+
     owner = {
+        "instance": default_instance_id(socket.gethostname(), d.state),
         "host": socket.gethostname(),
         "pid": 1,
         "claimed_at": 0,

@@ -1,0 +1,179 @@
+"""Several daemons on one shared inbox: pull work by priority, take over the jobs of the dead.
+
+The shared folder alone coordinates them (no database needed):
+- each instance renews a lease file (instances.py);
+- a valid drop is claimed only when this daemon's worker can start it soon
+  (the running job plus `prefetch` queued), the highest priority and then the
+  oldest first, so an idle daemon never waits behind a busy one's backlog;
+  an invalid drop is answered at once by whoever sees it;
+- the unfinished claims of an instance whose lease went silent for
+  `stale_claim_seconds` (or that stopped cleanly) are taken over by renaming
+  their folder to the next generation (drops.take_over): the fencing token
+  that a thawed former owner checks before it writes anything.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from dropbox_daemon import drops
+from dropbox_daemon.config import Config, InboxConfig
+from dropbox_daemon.errors import RejectedDrop
+from dropbox_daemon.instances import FolderLeases, Lease
+from dropbox_daemon.intake import Intake
+from dropbox_daemon.manifest import parse
+from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.store import TERMINAL, Job, Store, claim_held
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A settled, valid drop waiting in the inbox for a daemon with room for it."""
+
+    candidate: drops.Candidate
+    inbox: InboxConfig
+    priority: int
+    mtime: float
+
+    @property
+    def rank(self) -> tuple[int, float]:
+        return (-self.priority, self.mtime)
+
+
+def best(ready: dict[Path, Ready]) -> Ready | None:
+    """Highest priority, then the oldest manifest."""
+    return min(ready.values(), key=lambda r: r.rank, default=None)
+
+
+def prevalidate(cand: drops.Candidate, inbox: InboxConfig, cfg: Config) -> Ready | None:
+    """A valid drop as Ready; None when it is invalid (it is then claimed and answered at once)."""
+    try:
+        m, _ = parse(cand.manifest, cand.base_dir, inbox.path, cfg.limits, cand.manifest)
+        mtime = cand.manifest.stat().st_mtime
+    except (RejectedDrop, OSError):
+        return None
+    return Ready(cand, inbox, m.priority, mtime)
+
+
+class Farm:
+    """This daemon's place among its peers on the shared folder."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.instance = cfg.instance_id
+        self.stale = cfg.daemon.stale_claim_seconds
+        self.lease_every = min(2.0, self.stale / 5)
+        me = Lease.mine(self.instance, cfg.daemon.host, cfg.daemon.state_dir)
+        roots = [i.path / drops.DROPBOX_DIR for i in cfg.inbox]
+        self.leases = FolderLeases(roots, me, self.stale)
+        self.ready: dict[Path, Ready] = {}
+        self.ended: set[str] = set()  # claim folders known to hold an ended job
+        self.peers: dict[str, Lease] = {}
+        self.dead: dict[str, str] = {}
+        self.next_renew = 0.0
+        self.renewing_since: float | None = None  # monotonic: renewals unbroken since then
+
+    # -- the lease -------------------------------------------------------------------
+    def register(self, now: float) -> None:
+        """ConfigError when a live daemon already runs under this instance id."""
+        self.leases.register(now)
+        self.renewing_since = time.monotonic()
+
+    def renew(self, now: float, mono: float, **fields: object) -> bool:
+        """Renew the lease when due; True when it was renewed now."""
+        if mono < self.next_renew:
+            return False
+        self.next_renew = mono + self.lease_every
+        if self.leases.renew(now, **fields):
+            if self.renewing_since is None:
+                self.renewing_since = mono
+        else:
+            self.renewing_since = None
+        return True
+
+    def release(self) -> None:
+        self.leases.release(time.time())
+
+    def observe(self, mono: float) -> None:
+        """Read the peers' leases; note which are dead."""
+        self.peers = self.leases.observe(mono)
+        self.dead = self.leases.dead(self.peers, mono)
+
+    def may_take_over(self, mono: float) -> bool:
+        """Only after this daemon's own lease has been renewed without a break for
+        stale_claim_seconds: after an outage of the share every lease looks old at once."""
+        return self.renewing_since is not None and mono - self.renewing_since >= self.stale
+
+    # -- pulling work ----------------------------------------------------------------
+    def capacity(self, store: Store, running: bool) -> int:
+        """How many more valid drops this daemon may claim now."""
+        queued = store.counts()["queued"]
+        return 1 + self.cfg.daemon.prefetch - queued - (1 if running else 0)
+
+    # -- takeover --------------------------------------------------------------------
+    def _ended(self, cdir: Path, owner: dict, outbox: Outbox) -> bool:
+        if str(cdir) in self.ended:
+            return True
+        job_id = owner.get("job_id")
+        task = outbox.read_task(job_id) if job_id else None
+        done = (
+            task is not None
+            and task.get("state") in TERMINAL
+            and drops.base_claim_id(str(task.get("claim") or "")) == drops.base_claim_id(cdir.name)
+        )
+        if done:
+            self.ended.add(str(cdir))
+        return done
+
+    def orphans(self, known: set[str], outbox: Outbox, instances: set[str]) -> list:
+        """Unfinished claims of `instances` that this daemon's store does not hold:
+        (inbox, claim folder, owner), highest priority first."""
+        out = []
+        for inbox in self.cfg.inbox:
+            for cdir, owner in drops.claims_of(inbox.path, instances):
+                if str(cdir) in known or self._ended(cdir, owner, outbox):
+                    continue
+                out.append((inbox, cdir, owner))
+        out.sort(key=lambda t: (-int(t[2].get("priority") or 0), t[2].get("claimed_at", 0)))
+        return out
+
+    def take_over(self, intake: Intake, store: Store, outbox: Outbox, room: int) -> list[Job]:
+        """Adopt up to `room` unfinished jobs of dead peers; each logged with both instance ids."""
+        if not self.dead or room <= 0:
+            return []
+        taken: list[Job] = []
+        for inbox, cdir, owner in self.orphans(store.claim_dirs(), outbox, set(self.dead)):
+            if len(taken) >= room:
+                break
+            prior = owner.get("instance", owner.get("host"))
+            why = (
+                f"taken over from instance {prior} by instance {self.instance}: "
+                f"{self.dead.get(prior, 'it is gone')}"
+            )
+            new = drops.take_over(cdir, owner, self.instance, time.time(), why)
+            if new is None:
+                continue  # another daemon was first
+            cl = drops.claim_from(inbox.path, new, owner)
+            if cl is None:
+                continue
+            logger.warning("inbox {}: claim {} {}", inbox.name, cdir.name, why)
+            job = intake.adopt(inbox, cl, drops.read_owner(new) or owner, why)
+            if job is not None:
+                taken.append(job)
+        return taken
+
+    def lost(self, job: Job) -> str | None:
+        """Why this daemon no longer holds `job` (its claim was taken over), or None."""
+        if claim_held(job):
+            return None
+        base = drops.base_claim_id(Path(job.claim_dir or "").name)
+        root = Path(job.claim_dir or "").parent
+        holder = "another instance"
+        for cdir in root.glob(f"{base}.g*"):
+            owner = drops.read_owner(cdir) or {}
+            holder = f"instance {owner.get('instance', '?')}"
+        return f"its claim was taken over by {holder} while this daemon was silent"

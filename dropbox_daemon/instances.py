@@ -1,0 +1,214 @@
+"""Who is running: each daemon's instance id and its lease, and which peers are alive.
+
+On the shared folder alone (no database) a lease is a small JSON file per
+instance in every inbox's `.dropbox/instances/`, rewritten every few seconds
+with a counter (`beat`) that goes up. A peer is judged by that counter
+changing, timed on the *observer's* monotonic clock: hosts whose clocks
+disagree, or a file server that stamps its own mtimes, cannot make a live
+daemon look dead. A daemon that has not seen a peer's beat move for
+`stale_claim_seconds` of its own time treats the peer as dead; a peer that
+stopped cleanly says so (`state = "stopped"`) and is released at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from loguru import logger
+
+from dropbox_daemon import __version__
+from dropbox_daemon.errors import ConfigError
+from dropbox_daemon.outbox import atomic_write_json
+
+INSTANCES_DIR = "instances"  # under <inbox>/.dropbox/
+
+
+def boot_id() -> str:
+    """This boot of this machine (Linux); two leases with one boot id come from one kernel."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), or None if there is none."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+@dataclass
+class Lease:
+    """What an instance says of itself; the fields the farm view shows."""
+
+    instance: str
+    host: str
+    pid: int
+    boot_id: str
+    state_dir: str
+    started_at: float
+    renewed_at: float = 0.0
+    beat: int = 0
+    state: str = "running"  # running | stopped
+    version: str = __version__
+    device: str | None = None
+    worker: str | None = None
+    current_job: str | None = None
+
+    @classmethod
+    def mine(cls, instance: str, host: str, state_dir: Path) -> Lease:
+        pid = os.getpid()
+        return cls(
+            instance=instance,
+            host=host,
+            pid=pid,
+            boot_id=boot_id(),
+            state_dir=str(state_dir),
+            started_at=process_started(pid) or time.time(),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Lease:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def same_process_alive(self) -> bool | None:
+        """True/False where this machine can tell (same boot), None for another machine's lease."""
+        if not self.boot_id or self.boot_id != boot_id() or self.host != socket.gethostname():
+            return None
+        started = process_started(self.pid)
+        return started is not None and abs(started - self.started_at) < 2.0
+
+
+def clash(other: Lease, me: Lease, stale_seconds: float, now: float) -> str | None:
+    """Why `other` (a lease with my instance id) is a live daemon I must not run beside, or None."""
+    if other.state == "stopped" or (other.pid == me.pid and other.boot_id == me.boot_id):
+        return None
+    alive = other.same_process_alive()
+    if alive is False:
+        return None  # this machine's earlier run of the same instance, now gone
+    age = now - other.renewed_at
+    if alive is None and age > stale_seconds:
+        return None  # another machine's lease, silent longer than stale_claim_seconds
+    return (
+        f"instance {other.instance!r} is already running: pid {other.pid} on host {other.host} "
+        f"(state folder {other.state_dir}, lease renewed {max(0.0, age):.1f} s ago)"
+    )
+
+
+@dataclass
+class _Seen:
+    mark: tuple[Any, ...]
+    since: float  # monotonic time this observer first saw `mark`
+
+
+@dataclass
+class FolderLeases:
+    """Leases on the shared folder: this instance's own, and what it sees of its peers."""
+
+    roots: list[Path]  # <inbox>/.dropbox of every inbox
+    me: Lease
+    stale_seconds: float
+    seen: dict[str, _Seen] = field(default_factory=dict)
+    failing: str | None = None  # why the last renewal failed
+
+    def _file(self, root: Path, instance: str) -> Path:
+        return root / INSTANCES_DIR / f"{instance}.json"
+
+    def read_all(self) -> dict[str, Lease]:
+        """Every instance's lease found under any inbox (the newest renewal of each)."""
+        out: dict[str, Lease] = {}
+        for root in self.roots:
+            folder = root / INSTANCES_DIR
+            try:
+                names = sorted(p for p in folder.iterdir() if p.suffix == ".json")
+            except OSError:
+                continue
+            for path in names:
+                try:
+                    lease = Lease.from_dict(json.loads(path.read_text()))
+                except (OSError, ValueError, TypeError):
+                    continue  # torn by a writer without rename, or removed meanwhile
+                prior = out.get(lease.instance)
+                if prior is None or lease.renewed_at > prior.renewed_at:
+                    out[lease.instance] = lease
+        return out
+
+    def register(self, now: float) -> None:
+        """Refuse to run beside a live daemon of the same instance id; then take the lease."""
+        other = self.read_all().get(self.me.instance)
+        why = clash(other, self.me, self.stale_seconds, now) if other else None
+        if why:
+            raise ConfigError(
+                why,
+                hint="give each daemon its own [daemon] instance (or leave it empty: the default "
+                "is unique per host and state folder), or stop the other one first",
+            )
+        if other is not None:
+            self.me.beat = other.beat + 1
+        self.renew(now)
+
+    def renew(self, now: float, **fields: Any) -> bool:
+        """Rewrite the lease with a higher beat in every inbox; False when a write failed."""
+        for k, v in fields.items():
+            setattr(self.me, k, v)
+        self.me.beat += 1
+        self.me.renewed_at = now
+        failed = None
+        for root in self.roots:
+            try:
+                (root / INSTANCES_DIR).mkdir(parents=True, exist_ok=True)
+                atomic_write_json(self._file(root, self.me.instance), asdict(self.me))
+            except OSError as e:
+                failed = f"{root}: {e.strerror or e}"
+        if failed and failed != self.failing:
+            logger.error(
+                "lease: cannot renew instance {}'s lease ({}); peers take over its jobs after "
+                "{:.0f} s of this",
+                self.me.instance,
+                failed,
+                self.stale_seconds,
+            )
+        self.failing = failed
+        return failed is None
+
+    def release(self, now: float) -> None:
+        """Say this instance stopped cleanly, so that peers may take its queued drops at once."""
+        self.renew(now, state="stopped", current_job=None)
+
+    def observe(self, mono: float) -> dict[str, Lease]:
+        """Read every lease and note, on this host's clock, when each one last changed."""
+        leases = self.read_all()
+        for inst, lease in leases.items():
+            mark = (lease.beat, lease.started_at, lease.pid, lease.state)
+            seen = self.seen.get(inst)
+            if seen is None or seen.mark != mark:
+                self.seen[inst] = _Seen(mark, mono)
+        return leases
+
+    def silent_for(self, instance: str, mono: float) -> float:
+        seen = self.seen.get(instance)
+        return 0.0 if seen is None else mono - seen.since
+
+    def dead(self, leases: dict[str, Lease], mono: float) -> dict[str, str]:
+        """Peers whose jobs may be taken over now: instance -> why."""
+        out = {}
+        for inst, lease in leases.items():
+            if inst == self.me.instance:
+                continue
+            if lease.state == "stopped":
+                out[inst] = "it stopped"
+                continue
+            silent = self.silent_for(inst, mono)
+            if silent >= self.stale_seconds:
+                out[inst] = f"its lease has not been renewed for {silent:.0f} s"
+        return out
