@@ -72,7 +72,12 @@ def drop_invalid(inbox: Path, media, job_id: str, n: int) -> None:  # noqa: ANN0
         put_file(inbox / f"{job_id}.png", media.tiny_image)
         put_manifest(
             inbox / f"{job_id}.json",
-            {"job_id": job_id, "audio": f"{job_id}.wav", "template": f"{job_id}.png", "priority": 99},
+            {
+                "job_id": job_id,
+                "audio": f"{job_id}.wav",
+                "template": f"{job_id}.png",
+                "priority": 99,
+            },
         )
 
 

@@ -30,7 +30,7 @@ VALID, INVALID = 150, 15
 def storm(ds, media, tmp_path) -> None:  # noqa: ANN001
     """150 valid + 15 invalid drops from 8 writers; one daemon killed -9 mid-storm and restarted."""
     inbox, outbox = ds[0].inbox, ds[0].outbox
-    media.tone_short, media.tiny_image  # made once here: the fixture is not thread-safe
+    _ = (media.tone_short, media.tiny_image)  # made once here: the fixture is not thread-safe
     ids = [f"v{n:03d}" for n in range(VALID)] + [f"bad{n:02d}" for n in range(INVALID)]
 
     def write(job_id: str) -> None:
@@ -49,7 +49,9 @@ def storm(ds, media, tmp_path) -> None:  # noqa: ANN001
 
     def ended() -> dict:
         o = outcome(outbox)
-        return o if sum(t.get("state") in ("done", "rejected") for t in o.values()) >= len(ids) else {}
+        return (
+            o if sum(t.get("state") in ("done", "rejected") for t in o.values()) >= len(ids) else {}
+        )
 
     result = wait_for(ended, 600, "every drop to be answered", ds[0])
     assert sorted(result) == sorted(ids), sorted(set(result) ^ set(ids))  # no .dup, no extra ids
@@ -151,7 +153,10 @@ def test_an_idle_daemon_takes_the_backlog_and_priority_holds_across_the_share(
     dropped_urgent = time.time()
     drop_valid(inbox, media, "urgent", priority=5)
     tasks = {j: ds[0].wait_state(j, timeout=120) for j in [*quick, "urgent", "slow"]}
-    busy, idle = slow["instance"], next(instance_of(d) for d in ds if instance_of(d) != slow["instance"])
+    busy, idle = (
+        slow["instance"],
+        next(instance_of(d) for d in ds if instance_of(d) != slow["instance"]),
+    )
     by_idle = [j for j in quick if tasks[j]["instance"] == idle]
     assert len(by_idle) >= 15, {j: tasks[j]["instance"] for j in quick}
     assert tasks["urgent"]["state"] == "done"
