@@ -13,7 +13,7 @@ import httpx
 from common import DaemonProc, percentile, wait_for, write_section
 
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import Job, Store
+from dropbox_daemon.store import Job, SqliteStore
 
 N = 10_000
 REQUESTS = 200
@@ -21,7 +21,7 @@ REQUESTS = 200
 
 def fill(state_dir: Path, outbox: Path) -> None:
     """10,000 finished jobs, written straight into the store's table (the fast way for a bench)."""
-    store = Store(state_dir / "jobs.sqlite3", Outbox(outbox))
+    store = SqliteStore(state_dir / "jobs.sqlite3", Outbox(outbox))
     rows = []
     now = time.time()
     for n in range(N):

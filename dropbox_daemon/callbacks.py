@@ -26,7 +26,7 @@ from dropbox_daemon import __version__
 from dropbox_daemon.config import CallbacksConfig, Config
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.retry import delay, parse_retry_after, retryable_status
-from dropbox_daemon.store import Store
+from dropbox_daemon.store import Store, open_store
 
 SIGNATURE_HEADER = "X-Dropbox-Signature"
 REPLAY_WINDOW = 300  # seconds a receiver should accept a signature's timestamp
@@ -93,7 +93,7 @@ class Deliverer:
             self.thread.join(timeout)
 
     def _run(self) -> None:
-        self.store = Store(self.cfg.db_path, self.outbox)
+        self.store = open_store(self.cfg, self.outbox)
         with httpx.Client(
             timeout=self.ccfg.timeout_seconds,
             follow_redirects=False,

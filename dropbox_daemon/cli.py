@@ -29,9 +29,9 @@ def _out(args: argparse.Namespace, human: str, data: Any) -> None:
 
 def _store(cfg: config_mod.Config):  # noqa: ANN202
     from dropbox_daemon.outbox import Outbox
-    from dropbox_daemon.store import Store
+    from dropbox_daemon.store import open_store
 
-    return Store(cfg.db_path, Outbox(cfg.daemon.outbox))
+    return open_store(cfg, Outbox(cfg.daemon.outbox))
 
 
 # -- commands ------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from dropbox_daemon.intake import Intake
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.scheduler import Scheduler
-from dropbox_daemon.store import RUNNING, Job, Store, pick_next
+from dropbox_daemon.store import RUNNING, Job, Store, StoreUnavailable, open_store
 from dropbox_daemon.watcher import Watcher
 from dropbox_daemon.web import Web
 
@@ -100,9 +100,9 @@ class Daemon:
         self._lock_state_dir()
         for inbox in self.cfg.inbox:
             drops.claims_root(inbox.path).mkdir(parents=True, exist_ok=True)
-        self.farm.register(time.time())
+        self.store = open_store(self.cfg, self.outbox)
+        self.farm.register(time.time(), self.store)
         self.view.instance = self.farm.instance
-        self.store = Store(self.cfg.db_path, self.outbox)
         self.store.on_change = self._on_change
         self.intake = Intake(self.cfg, self.store, self.outbox)
         self._forget_lost()
@@ -165,6 +165,10 @@ class Daemon:
             while not self.flags.stop:
                 try:
                     self.loop_once(time.time())
+                    self._store_back()
+                except StoreUnavailable as e:
+                    self._store_down(e)
+                    self.wake.wait(1.0)
                 except Exception:  # noqa: BLE001 - the service outlives any one bad pass
                     logger.exception(
                         "main loop: unexpected error; the daemon goes on and retries in 1 s"
@@ -242,6 +246,20 @@ class Daemon:
         self._handle_cancels(now)
         self._dispatch(now)
         self._share_view()
+
+    def _store_down(self, e: StoreUnavailable) -> None:
+        if self.view.store_error is None:
+            logger.error(
+                "store: unreachable ({}); the running job goes on and its result is recorded "
+                "once the database is back; no new job starts meanwhile",
+                e.message,
+            )
+        self.view.store_error = e.message
+
+    def _store_back(self) -> None:
+        if self.view.store_error is not None:
+            logger.info("store: reachable again after '{}'", self.view.store_error)
+            self.view.store_error = None
 
     def _on_change(self, job: Job, from_state: str | None) -> None:
         self.metrics.on_change(job, from_state)
@@ -372,7 +390,8 @@ class Daemon:
         logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
             "job {}: {}; this daemon drops it and writes nothing more for it", job.job_id, why
         )
-        self.store.forget(job.job_id)
+        if not self.store.shared:  # a farm's row belongs to the instance that took it over
+            self.store.forget(job.job_id)
 
     def _check_current_held(self) -> None:
         """A daemon that wakes from a freeze stops rendering a job a peer took over meanwhile."""
@@ -381,7 +400,7 @@ class Daemon:
         if cur is None:
             return
         job = self.store.get(cur.job_id)
-        why = self.farm.lost(job) if job is not None else None
+        why = self.farm.lost(job, cur.generation) if job is not None else None
         if job is None or why is None:
             return
         self.worker.kill()
@@ -394,35 +413,15 @@ class Daemon:
         assert self.store is not None
         if self.flags.stop or self.current is not None or self.worker.state != "idle":
             return
-        queued = self.store.queued()
-        top = best(self.farm.ready)
-        if top is not None and (not queued or top.priority > queued[0].priority):
-            # a drop still in the inbox outranks what this daemon holds: take it first
-            self.farm.ready.pop(top.candidate.manifest)
-            self._claim(top.inbox, top.candidate, now)
-            queued = self.store.queued()
-        job = pick_next(queued, self.last_served)
+        if not self.store.shared:
+            self._claim_outranking(now)
+        job = self.store.take_next(self.farm.instance, self.last_served, host=self.cfg.daemon.host)
         if job is None:
             return
         lost = self.farm.lost(job)
         if lost:
             self._forget(job, lost)
             return
-        try:
-            job = self.store.transition(
-                job.job_id,
-                "preparing",
-                expect=("queued",),
-                attempts=job.attempts + 1,
-                generation=job.generation + 1,
-                instance=self.farm.instance,
-                host=self.cfg.daemon.host,
-                detail=f"attempt {job.attempts + 1} of {job.max_attempts} on instance "
-                f"{self.farm.instance}",
-                progress=0.0,
-            )
-        except IllegalTransition:
-            return  # cancelled meanwhile
         if job.config_hash and job.config_hash != self.intake.config_hash:  # type: ignore[union-attr]
             self.store.log(
                 job,
@@ -444,6 +443,17 @@ class Daemon:
             job.inbox,
             job.attempts,
         )
+
+    def _claim_outranking(self, now: float) -> None:
+        """A drop still in the inbox that outranks every job this daemon holds is claimed now."""
+        assert self.store is not None
+        top = best(self.farm.ready)
+        if top is None:
+            return
+        queued = self.store.queued(limit=1)
+        if not queued or top.priority > queued[0].priority:
+            self.farm.ready.pop(top.candidate.manifest)
+            self._claim(top.inbox, top.candidate, now)
 
     def _handle_worker(self, now: float, dispatching: bool = True) -> None:
         for msg in self.worker.poll():
@@ -518,14 +528,16 @@ class Daemon:
             elif kind == "progress":
                 if now - cur.last_written >= PROGRESS_WRITE_EVERY:
                     cur.last_written = now
-                    self.store.update(job_id, progress=round(msg["progress"], 4))
+                    self.store.update(
+                        job_id, progress=round(msg["progress"], 4), fence=cur.generation
+                    )
             elif kind == "inputs":
-                self.store.update(job_id, inputs=msg["inputs"])
+                self.store.update(job_id, inputs=msg["inputs"], fence=cur.generation)
             elif kind == "loads":
                 self.worker.info = {**self.worker.info, "loads": msg["loads"]}
             elif kind == "log":
                 job = self.store.get(job_id)
-                if job is not None:
+                if job is not None and job.generation == cur.generation:
                     self.store.log(job, msg["message"])
             elif kind == "result":
                 self.current = None
@@ -534,12 +546,14 @@ class Daemon:
                 self._record_result(job_id, msg)
         except IllegalTransition as e:
             logger.warning("job {}: ignored worker message {}: {}", job_id, kind, e)
+        except StoreUnavailable as e:
+            self._store_down(e)  # a lost stage or progress is caught up with the result
 
     def _record_result(self, job_id: str, msg: dict[str, Any]) -> None:
         """Record a job's outcome; if the database cannot take it now (full disk), keep it and retry."""
         try:
             self._on_result(job_id, msg)
-        except sqlite3.OperationalError as e:
+        except (sqlite3.OperationalError, StoreUnavailable) as e:
             logger.bind(job_id=job_id).error(
                 "job {}: cannot record its result ({}); kept in memory and recorded once the state "
                 "folder can be written again",
@@ -560,11 +574,12 @@ class Daemon:
         if job is None:
             return
         log = logger.bind(job_id=job_id, trace_id=job.trace_id)
-        lost = self.farm.lost(job)
+        lost = self.farm.lost(job, msg.get("generation"))
         if lost:
             self._forget(job, f"its late result ({outcome}) is discarded: {lost}")
             return
         if outcome == "done":
+            self._catch_up_stages(job, msg.get("generation"))
             job = self.store.transition(
                 job_id,
                 "done",
@@ -594,6 +609,17 @@ class Daemon:
         log.warning(
             "job {} {} ({}): {} - {}", job_id, to, err["code"], err["message"], err.get("hint", "")
         )
+
+    def _catch_up_stages(self, job: Job, generation: int | None) -> None:
+        """Stage changes the store missed while it was unreachable, before `done`."""
+        assert self.store is not None
+        order = ("preparing", "rendering", "encoding")
+        if job.state not in order:
+            return
+        for stage in order[order.index(job.state) + 1 :]:
+            self.store.transition(
+                job.job_id, stage, fence=generation, detail="recorded late (store was unreachable)"
+            )
 
     def _requeue(
         self, job_id: str, why: str, *, count_attempt: bool, output: list[str] | None = None

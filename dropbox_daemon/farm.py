@@ -23,7 +23,7 @@ from loguru import logger
 from dropbox_daemon import drops
 from dropbox_daemon.config import Config, InboxConfig
 from dropbox_daemon.errors import RejectedDrop
-from dropbox_daemon.instances import FolderLeases, Lease
+from dropbox_daemon.instances import FolderLeases, Lease, StoreLeases
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.manifest import parse
 from dropbox_daemon.outbox import Outbox
@@ -67,9 +67,10 @@ class Farm:
         self.instance = cfg.instance_id
         self.stale = cfg.daemon.stale_claim_seconds
         self.lease_every = min(2.0, self.stale / 5)
-        me = Lease.mine(self.instance, cfg.daemon.host, cfg.daemon.state_dir)
+        self.me = Lease.mine(self.instance, cfg.daemon.host, cfg.daemon.state_dir)
         roots = [i.path / drops.DROPBOX_DIR for i in cfg.inbox]
-        self.leases = FolderLeases(roots, me, self.stale)
+        self.leases: FolderLeases | StoreLeases = FolderLeases(roots, self.me, self.stale)
+        self.shared = False
         self.ready: dict[Path, Ready] = {}
         self.ended: set[str] = set()  # claim folders known to hold an ended job
         self.peers: dict[str, Lease] = {}
@@ -78,8 +79,13 @@ class Farm:
         self.renewing_since: float | None = None  # monotonic: renewals unbroken since then
 
     # -- the lease -------------------------------------------------------------------
-    def register(self, now: float) -> None:
-        """ConfigError when a live daemon already runs under this instance id."""
+    def register(self, now: float, store: Store) -> None:
+        """ConfigError when a live daemon already runs under this instance id.
+
+        A farm's database holds the leases; on the shared folder alone, the inboxes do."""
+        if store.shared:
+            self.leases = StoreLeases(store, self.me, self.stale)
+            self.shared = True
         self.leases.register(now)
         self.renewing_since = time.monotonic()
 
@@ -110,7 +116,10 @@ class Farm:
 
     # -- pulling work ----------------------------------------------------------------
     def capacity(self, store: Store, running: bool) -> int:
-        """How many more valid drops this daemon may claim now."""
+        """How many more valid drops this daemon may claim now (a farm's database: all of them,
+        into the shared queue)."""
+        if store.shared:
+            return 1 << 30
         queued = store.counts()["queued"]
         return 1 + self.cfg.daemon.prefetch - queued - (1 if running else 0)
 
@@ -141,11 +150,29 @@ class Farm:
         out.sort(key=lambda t: (-int(t[2].get("priority") or 0), t[2].get("claimed_at", 0)))
         return out
 
+    def _rename_claim(self, job: Job) -> str | None:
+        """drops.take_over for a job a farm's database re-queues: the fence on the files."""
+        if not job.claim_dir:
+            return None
+        cdir = Path(job.claim_dir)
+        owner = drops.read_owner(cdir) or {}
+        new = drops.take_over(cdir, owner, self.instance, time.time(), "the farm's database")
+        return str(new) if new else None
+
     def take_over(self, intake: Intake, store: Store, outbox: Outbox, room: int) -> list[Job]:
         """Adopt up to `room` unfinished jobs of dead peers; each logged with both instance ids."""
         if not self.dead or room <= 0:
             return []
         taken: list[Job] = []
+        if store.shared:
+            taken = store.take_over_running(self.instance, self._rename_claim, self.dead)  # type: ignore[attr-defined]
+            for job in taken:
+                logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
+                    "job {}: now {} after a takeover by instance {}",
+                    job.job_id,
+                    job.state,
+                    self.instance,
+                )
         for inbox, cdir, owner in self.orphans(store.claim_dirs(), outbox, set(self.dead)):
             if len(taken) >= room:
                 break
@@ -166,8 +193,14 @@ class Farm:
                 taken.append(job)
         return taken
 
-    def lost(self, job: Job) -> str | None:
-        """Why this daemon no longer holds `job` (its claim was taken over), or None."""
+    def lost(self, job: Job, generation: int | None = None) -> str | None:
+        """Why this daemon no longer holds `job` (taken over), or None. `generation`: the one
+        this daemon started it under (a farm's database moves it on at a takeover)."""
+        if generation is not None and job.generation != generation:
+            return (
+                f"it was taken over by instance {job.instance} (generation {job.generation}, "
+                f"this daemon had {generation}) while this daemon was silent"
+            )
         if claim_held(job):
             return None
         base = drops.base_claim_id(Path(job.claim_dir or "").name)

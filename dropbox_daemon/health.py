@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from dropbox_daemon import __version__
 from dropbox_daemon.config import Config
 from dropbox_daemon.outbox import atomic_write_json, utc_iso
-from dropbox_daemon.store import RUNNING, TERMINAL, Job, Store
+from dropbox_daemon.store import RUNNING, TERMINAL, Job, Store, StoreUnavailable
 
 HEALTH_JSON = "health.json"
 METRICS_PROM = "metrics.prom"
@@ -196,15 +196,17 @@ def build(
     view: DaemonView, cfg: Config, store: Store, metrics: Metrics, now: float, now_mono: float
 ) -> dict[str, Any]:
     """The health record, and the metrics brought up to date with it."""
-    counts = store.counts()
-    by_inbox: dict[str, dict[str, int]] = {}
-    for inbox, state, n in store.conn.execute(
-        "SELECT inbox, state, COUNT(*) FROM jobs WHERE state IN ('received', 'queued', 'preparing', 'rendering', 'encoding') GROUP BY inbox, state"
-    ):
-        by_inbox.setdefault(inbox, {})[state] = n
-    current = store.get(view.current_job) if view.current_job else None
-    last_done = store.jobs(state="done", limit=1)
-    last_failed = store.jobs(state="failed", limit=1)
+    try:
+        counts = store.counts()
+        by_inbox = store.counts_by_inbox()
+        current = store.get(view.current_job) if view.current_job else None
+        mine = view.instance if store.shared else None
+        last_done = store.jobs(state="done", instance=mine, limit=1)
+        last_failed = store.jobs(state="failed", instance=mine, limit=1)
+        view.store_error = None
+    except StoreUnavailable as e:
+        view.store_error = e.message
+        counts, by_inbox, current, last_done, last_failed = {}, {}, None, [], []
     disks = {"outbox": disk_free(cfg.daemon.outbox), "state": disk_free(cfg.daemon.state_dir)}
     status, reasons = evaluate(view, cfg, disks, now_mono)
     for state in ("received", "queued", *RUNNING):
@@ -261,9 +263,12 @@ def build(
 
 def status_line(view: DaemonView, store: Store) -> str:
     """systemd's STATUS=: what the daemon is doing, in a few words."""
-    queued = store.counts().get("queued", 0)
+    try:
+        queued = store.counts().get("queued", 0)
+        job = store.get(view.current_job) if view.current_job else None
+    except StoreUnavailable as e:
+        return f"store unreachable ({e.message}); {view.current_job or 'idle'}"
     if view.current_job:
-        job = store.get(view.current_job)
         pct = f" {job.progress:.0%}" if job else ""
         return f"rendering {view.current_job}{pct}, {queued} queued"
     return f"idle, {queued} queued"

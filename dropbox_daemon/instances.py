@@ -212,3 +212,80 @@ class FolderLeases:
             if silent >= self.stale_seconds:
                 out[inst] = f"its lease has not been renewed for {silent:.0f} s"
         return out
+
+
+@dataclass
+class StoreLeases:
+    """Leases in a farm's database: renewed and aged by the database's clock."""
+
+    store: Any  # PostgresStore
+    me: Lease
+    stale_seconds: float
+    ages: dict[str, float] = field(default_factory=dict)
+    failing: str | None = None
+
+    def register(self, now: float) -> None:
+        """Refuse to run beside a live daemon of the same instance id; then take the lease."""
+        row = self.store.register_instance(asdict(self.me))
+        if row is not None:
+            other = Lease.from_dict(row)
+            other.renewed_at = now - float(row["age"])  # the database's age, on this clock
+            why = clash(other, self.me, self.stale_seconds, now)
+            if why:
+                raise ConfigError(
+                    why + " (per the farm's database)",
+                    hint="give each daemon its own [daemon] instance (or leave it empty: the "
+                    "default is unique per host and state folder), or stop the other one first",
+                )
+            self.me.beat = int(other.beat) + 1
+        self.renew(now)
+
+    def renew(self, now: float, **fields: Any) -> bool:
+        from dropbox_daemon.store import StoreUnavailable
+
+        for k, v in fields.items():
+            setattr(self.me, k, v)
+        self.me.beat += 1
+        self.me.renewed_at = now
+        try:
+            self.store.renew_instance(asdict(self.me))
+        except StoreUnavailable as e:
+            if self.failing is None:
+                logger.error(
+                    "lease: cannot renew instance {}'s lease: {}; the farm takes over its jobs "
+                    "after {:.0f} s of this",
+                    self.me.instance,
+                    e.message,
+                    self.stale_seconds,
+                )
+            self.failing = e.message
+            return False
+        if self.failing is not None:
+            logger.info("lease: instance {}'s lease is renewed again", self.me.instance)
+        self.failing = None
+        return True
+
+    def release(self, now: float) -> None:
+        self.renew(now, state="stopped", current_job=None)
+
+    def observe(self, mono: float) -> dict[str, Lease]:
+        from dropbox_daemon.store import StoreUnavailable
+
+        try:
+            rows = self.store.instances()
+        except StoreUnavailable:
+            return {}
+        self.ages = {r["instance"]: float(r["age"]) for r in rows}
+        return {r["instance"]: Lease.from_dict(r) for r in rows}
+
+    def dead(self, leases: dict[str, Lease], mono: float) -> dict[str, str]:
+        out = {}
+        for inst, lease in leases.items():
+            if inst == self.me.instance:
+                continue
+            age = self.ages.get(inst, 0.0)
+            if lease.state == "stopped":
+                out[inst] = "it stopped"
+            elif age >= self.stale_seconds:
+                out[inst] = f"its lease has not been renewed for {age:.0f} s"
+        return out

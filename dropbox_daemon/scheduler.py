@@ -17,7 +17,7 @@ from dropbox_daemon import health, retention
 from dropbox_daemon.config import Config
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import Store
+from dropbox_daemon.store import Store, open_store
 
 
 class Scheduler:
@@ -38,7 +38,7 @@ class Scheduler:
     @property
     def store(self) -> Store:
         if self._store is None:  # opened in the scheduler's thread, used only there
-            self._store = Store(self.cfg.db_path, Outbox(self.cfg.daemon.outbox))
+            self._store = open_store(self.cfg, Outbox(self.cfg.daemon.outbox))
         return self._store
 
     def start(self) -> None:
@@ -102,6 +102,8 @@ class Scheduler:
             )
 
     def backup(self) -> None:
+        if self.cfg.store.url:
+            return  # a farm's PostgreSQL is backed up by its own tools (docs/operations.md)
         try:
             retention.backup(self.store, self.cfg)
         except Exception:  # noqa: BLE001

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from dropbox_daemon import health
 from dropbox_daemon.config import Config
 from dropbox_daemon.outbox import LOG_TXT, POSTER, Outbox
-from dropbox_daemon.store import STATES, Store
+from dropbox_daemon.store import STATES, Store, open_store
 
 PAGE = Path(__file__).parent / "assets" / "index.html"
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
@@ -39,13 +39,20 @@ class Web:
     def __init__(self, cfg: Config, view: health.DaemonView, metrics: health.Metrics) -> None:
         self.cfg, self.view, self.metrics = cfg, view, metrics
         self.local = threading.local()
+        self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
     def store(self) -> Store:
-        s = getattr(self.local, "store", None)
+        """SQLite: a connection per thread; PostgreSQL: one pool shared by every thread."""
+        holder = self if self.cfg.store.url else self.local
+        s = getattr(holder, "_store", None)
         if s is None:
-            s = self.local.store = Store(self.cfg.db_path, Outbox(self.cfg.daemon.outbox))
+            with self.lock:
+                s = getattr(holder, "_store", None) or open_store(
+                    self.cfg, Outbox(self.cfg.daemon.outbox)
+                )
+                holder._store = s
         return s
 
     def start(self) -> None:

@@ -125,3 +125,25 @@ def daemon_factory(tmp_path: Path):  # noqa: ANN201
 @pytest.fixture
 def daemon(daemon_factory) -> DaemonProc:  # noqa: ANN001
     return daemon_factory().start()
+
+
+@pytest.fixture(scope="session")
+def pg_server():  # noqa: ANN201
+    """One real PostgreSQL server for the session (tests/pg.py says how it runs as root)."""
+    import os
+
+    from pg import REQUIRE_ENV, PgServer, pg_bin
+
+    if pg_bin() is None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail("PostgreSQL server binaries are missing (apt-get install postgresql)")
+        pytest.skip("needs PostgreSQL server binaries: apt-get install postgresql (.ci/run does)")
+    server = PgServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:  # noqa: ANN001
+    """A fresh, empty database on the session's server."""
+    return pg_server.new_database()

@@ -15,7 +15,7 @@ from dropbox_daemon import config, health, retention
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.scheduler import Scheduler
-from dropbox_daemon.store import Job, Store
+from dropbox_daemon.store import Job, SqliteStore
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -34,7 +34,7 @@ def make_cfg(tmp_path: Path, **sections) -> config.Config:  # noqa: ANN003
 
 
 def add_job(
-    store: Store,
+    store: SqliteStore,
     cfg: config.Config,
     job_id: str,
     inbox: str,
@@ -65,7 +65,7 @@ def add_job(
 def test_retention_removes_exactly_the_expired_jobs(tmp_path) -> None:  # noqa: ANN001
     cfg = make_cfg(tmp_path)
     assert [i.keep_days for i in cfg.inbox] == [7.0, 3.0]
-    store = Store(cfg.db_path, Outbox(cfg.daemon.outbox))
+    store = SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox))
     add_job(store, cfg, "old-done", "main", "done", 8)
     add_job(store, cfg, "young-done", "main", "done", 6)
     add_job(store, cfg, "old-rejected", "main", "rejected", 30)
@@ -89,7 +89,7 @@ def test_retention_removes_exactly_the_expired_jobs(tmp_path) -> None:  # noqa: 
 
 def test_backup_restores_to_a_working_database(tmp_path) -> None:  # noqa: ANN001
     cfg = make_cfg(tmp_path, retention={"backups_keep": 2})
-    store = Store(cfg.db_path, Outbox(cfg.daemon.outbox))
+    store = SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox))
     for n in range(3):
         add_job(store, cfg, f"j{n}", "main", "done", 1)
     dests = [retention.backup(store, cfg, now=NOW + k) for k in range(3)]
@@ -100,7 +100,7 @@ def test_backup_restores_to_a_working_database(tmp_path) -> None:  # noqa: ANN00
     for suffix in ("-wal", "-shm"):
         Path(str(cfg.db_path) + suffix).unlink(missing_ok=True)
     dests[-1].replace(cfg.db_path)  # the operator's restore: copy a backup into place
-    restored = Store(cfg.db_path, Outbox(cfg.daemon.outbox))
+    restored = SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox))
     assert restored.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert sorted(j.job_id for j in restored.jobs()) == ["j0", "j1", "j2"]
     assert len(restored.events("j1")) == 6
@@ -162,7 +162,7 @@ def test_heartbeat_pings_the_watchdog_only_while_healthy(tmp_path, notify_socket
     for i in cfg.inbox:
         i.path.mkdir(parents=True)
     cfg.daemon.outbox.mkdir(parents=True)
-    Store(cfg.db_path, Outbox(cfg.daemon.outbox)).close()
+    SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox)).close()
     view = health.DaemonView(worker_state="idle", ready=True, loop_tick=time.monotonic())
     sched = Scheduler(cfg, view, health.Metrics(), Notifier(path))
     sched.heartbeat()

@@ -6,25 +6,78 @@ import pytest
 
 from dropbox_daemon.errors import IllegalTransition
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import MIGRATIONS, STATES, TRANSITIONS, Job, Store, pick_next
+from dropbox_daemon.store import (
+    MIGRATIONS,
+    STATES,
+    TRANSITIONS,
+    Job,
+    JobExists,
+    SqliteStore,
+    Store,
+    pick_next,
+)
 
 
-@pytest.fixture
-def store(tmp_path):  # noqa: ANN001, ANN201
-    s = Store(tmp_path / "db.sqlite3", Outbox(tmp_path / "outbox"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):  # noqa: ANN001, ANN201
+    """The same suite on both backends (as Django runs one suite on every database)."""
+    outbox = Outbox(tmp_path / "outbox")
+    if request.param == "sqlite":
+        s: Store = SqliteStore(tmp_path / "db.sqlite3", outbox, instance="me")
+    else:
+        from dropbox_daemon.store.postgres import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("pg_url"), outbox, instance="me")
     yield s
     s.close()
 
 
 def new(store: Store, job_id: str = "j", **kw) -> Job:  # noqa: ANN003
+    kw.setdefault("instance", store.instance)
     return store.create(Job(job_id=job_id, inbox=kw.pop("inbox", "a"), **kw))
 
 
-def test_schema_version_and_wal(store: Store) -> None:
+def test_sqlite_schema_version_and_wal(tmp_path) -> None:  # noqa: ANN001
+    store = SqliteStore(tmp_path / "db.sqlite3", Outbox(tmp_path / "outbox"))
     assert store.schema_version == len(MIGRATIONS)
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.migrate()  # idempotent
     assert store.schema_version == len(MIGRATIONS)
+
+
+def test_migrate_is_idempotent(store: Store) -> None:
+    before = store.schema_version
+    store.migrate()
+    assert store.schema_version == before >= 1
+
+
+def test_a_job_id_is_unique(store: Store) -> None:
+    new(store)
+    with pytest.raises(JobExists):
+        new(store)
+    assert store.counts()["received"] == 1
+
+
+def test_fence_refuses_a_late_write(store: Store) -> None:
+    new(store)
+    store.transition("j", "queued")
+    job = store.take_next("me", {})
+    assert job is not None and job.state == "preparing" and job.generation == 1
+    store.transition("j", "rendering", fence=1)
+    store.transition("j", "queued", detail="taken over")
+    store.take_next("other", {})  # generation 2 now, held by another instance
+    with pytest.raises(IllegalTransition):
+        store.transition("j", "encoding", fence=1)
+    assert store.update("j", progress=0.5, fence=1) is None
+    assert store.get("j").instance == "other" and store.get("j").progress == 0.0
+
+
+def test_take_next_is_priority_then_oldest(store: Store) -> None:
+    for job_id, prio in (("low", 0), ("high", 5), ("low2", 0)):
+        new(store, job_id, priority=prio)
+        store.transition(job_id, "queued")
+    order = [store.take_next("me", {}).job_id for _ in range(3)]
+    assert order == ["high", "low", "low2"] and store.take_next("me", {}) is None
 
 
 def test_happy_path_writes_task_json_and_events(store: Store, tmp_path) -> None:  # noqa: ANN001

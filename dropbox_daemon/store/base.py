@@ -1,29 +1,29 @@
-"""SQLite job store: schema, migrations and the one state machine.
+"""The job store's contract and its one state machine, shared by both backends.
 
 Every change of a job's state goes through Store.transition(), which checks
 the move against TRANSITIONS, records an event, and rewrites task.json and
-log.txt while it still holds the database's write lock, so the outbox never
-disagrees with the database about the order of changes.
+log.txt while it still holds the row's write lock, so the outbox never
+disagrees with the database about the order of changes. A backend (sqlite.py,
+postgres.py) supplies the connection, transactions and the few statements
+whose SQL differs; every query here is written once with `?` placeholders.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from loguru import logger
 from pydantic import BaseModel, Field
-from sqlite_utils import Database
 
 from dropbox_daemon import __version__
-from dropbox_daemon.errors import IllegalTransition
+from dropbox_daemon.errors import DaemonError, IllegalTransition
 from dropbox_daemon.outbox import Outbox, utc_iso
 
 RUNNING = ("preparing", "rendering", "encoding")
@@ -46,88 +46,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 JSON_COLUMNS = ("timings", "inputs", "output", "error", "meta", "manifest")
-
-# Each entry migrates the schema from version i to i+1; never edit a shipped one.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS jobs (
-        job_id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL,
-        trace_id TEXT NOT NULL,
-        inbox TEXT NOT NULL,
-        state TEXT NOT NULL,
-        stage TEXT,
-        progress REAL NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        max_attempts INTEGER NOT NULL DEFAULT 3,
-        engine TEXT,
-        device TEXT,
-        priority INTEGER NOT NULL DEFAULT 0,
-        host TEXT,
-        config_hash TEXT,
-        claim_dir TEXT,
-        manifest_name TEXT,
-        duplicate_of TEXT,
-        callback_url TEXT,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        queued_at REAL,
-        started_at REAL,
-        finished_at REAL,
-        updated_at REAL NOT NULL,
-        timings TEXT NOT NULL DEFAULT '{}',
-        inputs TEXT NOT NULL DEFAULT '[]',
-        output TEXT,
-        error TEXT,
-        meta TEXT NOT NULL DEFAULT '{}',
-        manifest TEXT
-    );
-    CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority, seq);
-    CREATE INDEX IF NOT EXISTS jobs_inbox ON jobs(inbox, state);
-    CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
-    CREATE TABLE IF NOT EXISTS events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id TEXT NOT NULL,
-        at REAL NOT NULL,
-        from_state TEXT,
-        to_state TEXT NOT NULL,
-        detail TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
-    """,
-    # 2: callback deliveries, written with the job's final state (callbacks.py sends them)
-    """
-    CREATE TABLE IF NOT EXISTS deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id TEXT NOT NULL,
-        trace_id TEXT,
-        url TEXT NOT NULL,
-        body TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_at REAL NOT NULL,
-        created_at REAL NOT NULL,
-        finished_at REAL,
-        last_status INTEGER,
-        last_error TEXT
-    );
-    CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);
-    CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id);
-    """,
-    # 3: newest-first pages for the jobs API, filtered or not
-    """
-    CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
-    CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
-    CREATE INDEX IF NOT EXISTS jobs_inbox_seq ON jobs(inbox, seq);
-    """,
-    # 4: the instance that holds (renders) a job, and the generation of its claim:
-    # bumped at every dispatch and takeover, so a late write of an earlier holder is refused
-    """
-    ALTER TABLE jobs ADD COLUMN instance TEXT;
-    ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX IF NOT EXISTS jobs_instance_seq ON jobs(instance, seq);
-    """,
-]
 
 CALLBACK_STATES = ("done", "failed", "cancelled", "rejected")
 
@@ -228,78 +146,93 @@ def claim_held(job: Job) -> bool:
     return not job.claim_dir or os.path.isdir(job.claim_dir)
 
 
-class Store:
-    """Owns the SQLite connection: WAL, busy timeout, migrations, transactions."""
+class JobExists(IllegalTransition):
+    """A new job's id is taken already (the database's unique key): the drop is a duplicate."""
 
-    def __init__(self, path: Path, outbox: Outbox, *, busy_timeout_ms: int = 10_000) -> None:
-        self.path = path
+
+class StoreUnavailable(DaemonError):
+    """The database cannot be reached now; the caller keeps what it has and tries again."""
+
+    code = "store_unavailable"
+
+
+class Cursor(Protocol):
+    description: Any
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Handle(Protocol):
+    """A connection inside a transaction; SQL with `?` placeholders."""
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ...) -> Cursor: ...
+
+
+def rows_of(cur: Cursor) -> list[dict[str, Any]]:
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+ACTIVE = "('received', 'queued', 'preparing', 'rendering', 'encoding')"
+
+
+class Store:
+    """The contract both backends keep; the state machine is written here once."""
+
+    backend = "base"
+    shared = False  # True: one database for several daemons (a farm)
+
+    def __init__(self, outbox: Outbox, instance: str = "") -> None:
         self.outbox = outbox
+        self.instance = instance
         self.stale_outbox: set[str] = set()  # jobs whose task.json could not be written
         # called after every committed state change with (job, from_state): metrics
         self.on_change: Callable[[Job, str | None], None] | None = None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(
-            path, isolation_level=None, timeout=busy_timeout_ms / 1000, check_same_thread=False
-        )
-        self.db = Database(self.conn)
-        self.conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        self.migrate()
+        self._pending_changes: list[tuple[Job, str | None]] = []
+
+    # -- what a backend supplies ----------------------------------------------------
+    def transaction(self) -> AbstractContextManager[Handle]:
+        raise NotImplementedError
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts, outside any transaction."""
+        raise NotImplementedError
+
+    def _upsert(self, c: Handle, row: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _insert_new(self, c: Handle, row: dict[str, Any]) -> None:
+        """Insert a row; JobExists when its job_id is taken."""
+        raise NotImplementedError
+
+    def _next_seq(self, c: Handle) -> int:
+        raise NotImplementedError
+
+    LOCK = ""  # appended to a row read inside a transaction that will write it
 
     def close(self) -> None:
-        self.conn.close()
+        raise NotImplementedError
 
-    # -- plumbing -----------------------------------------------------------
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT: one writer at a time across processes."""
-        self._pending_changes: list[tuple[Job, str | None]] = []
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+    def _committed(self) -> None:
+        changes, self._pending_changes = self._pending_changes, []
         if self.on_change is not None:
-            for job, from_state in self._pending_changes:
+            for job, from_state in changes:
                 self.on_change(job, from_state)
 
-    @property
-    def schema_version(self) -> int:
-        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def migrate(self) -> None:
-        """Apply every migration newer than the database's user_version."""
-        with self.transaction() as c:
-            version = int(c.execute("PRAGMA user_version").fetchone()[0])
-            for i, sql in enumerate(MIGRATIONS[version:], start=version):
-                for stmt in filter(str.strip, sql.split(";")):
-                    c.execute(stmt)
-                c.execute(f"PRAGMA user_version = {i + 1}")
-
-    def _row(self, c: sqlite3.Connection, job_id: str) -> Job | None:
-        cur = c.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
-        row = cur.fetchone()
-        if row is None:
-            return None
-        cols = [d[0] for d in cur.description]
-        return Job.from_row(dict(zip(cols, row, strict=True)))
+    # -- plumbing -------------------------------------------------------------------
+    def _row(self, c: Handle, job_id: str, lock: bool = False) -> Job | None:
+        cur = c.execute(
+            "SELECT * FROM jobs WHERE job_id = ?" + (self.LOCK if lock else ""), (job_id,)
+        )
+        rows = rows_of(cur)
+        return Job.from_row(rows[0]) if rows else None
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Job]:
-        return [Job.from_row(r) for r in self.db.query(sql, params)]
+        return [Job.from_row(r) for r in self._read(sql, params)]
 
-    def _write(self, c: sqlite3.Connection, job: Job) -> None:
-        row = job.to_row()
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        c.execute(f"INSERT OR REPLACE INTO jobs ({cols}) VALUES ({marks})", tuple(row.values()))
-
-    def _event(
-        self, c: sqlite3.Connection, job: Job, from_state: str | None, detail: str, now: float
-    ) -> None:
+    def _event(self, c: Handle, job: Job, from_state: str | None, detail: str, now: float) -> None:
         c.execute(
             "INSERT INTO events (job_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
             (job.job_id, now, from_state, job.state, detail),
@@ -307,7 +240,8 @@ class Store:
         self._pending_changes.append((job, from_state))
         if job.callback_url and job.state in CALLBACK_STATES:
             c.execute(
-                "INSERT INTO deliveries (job_id, trace_id, url, body, next_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO deliveries (job_id, trace_id, url, body, next_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     job.job_id,
                     job.trace_id,
@@ -370,13 +304,19 @@ class Store:
         return len(self.stale_outbox)
 
     # -- the state machine ----------------------------------------------------
-    def create(self, job: Job, detail: str = "") -> Job:
-        """Insert a new job in state `received` and write its first task.json."""
+    def create(self, job: Job, detail: str = "", *, replace: bool = False) -> Job:
+        """Insert a new job in state `received` and write its first task.json.
+
+        JobExists when the job id is taken (unless `replace`: a takeover's own record).
+        """
         now = time.time()
         with self.transaction() as c:
-            seq = c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+            seq = self._next_seq(c)
             job = job.model_copy(update={"seq": seq, "state": "received", "updated_at": now})
-            self._write(c, job)
+            if replace:
+                self._upsert(c, job.to_row())
+            else:
+                self._insert_new(c, job.to_row())
             self._event(c, job, None, detail, now)
         return job
 
@@ -395,9 +335,8 @@ class Store:
         fence: the generation the caller holds the job under; a newer one (a takeover,
         a later dispatch) refuses the change.
         """
-        now = time.time()
         with self.transaction() as c:
-            job = self._row(c, job_id)
+            job = self._row(c, job_id, lock=True)
             if job is None:
                 raise IllegalTransition(f"job {job_id!r} does not exist")
             if fence is not None and job.generation != fence:
@@ -409,37 +348,46 @@ class Store:
                 raise IllegalTransition(
                     f"job {job_id!r} is {job.state}, expected one of {', '.join(expect)}"
                 )
-            if to not in TRANSITIONS[job.state]:
-                raise IllegalTransition(f"job {job_id!r}: {job.state} -> {to} is not allowed")
-            update: dict[str, Any] = {"state": to, "updated_at": now, **changes}
-            if to in RUNNING:
-                update.setdefault("stage", to)
-            if to == "queued":
-                update.setdefault("queued_at", now)
-                update.setdefault("progress", 0.0)
-                update.setdefault("cancel_requested", 0)
-            if to == "preparing":
-                update.setdefault("started_at", now)
-            if to in TERMINAL:
-                update.setdefault("finished_at", now)
-                if to == "done":
-                    update.setdefault("progress", 1.0)
-                    update.setdefault("stage", "done")
-            from_state = job.state
-            job = job.model_copy(update=update)
-            self._write(c, job)
-            self._event(c, job, from_state, detail, now)
+            return self._apply(c, job, to, detail, changes)
+
+    def _apply(self, c: Handle, job: Job, to: str, detail: str, changes: dict[str, Any]) -> Job:
+        """The state change itself, inside the caller's transaction, the row locked."""
+        now = time.time()
+        if to not in TRANSITIONS[job.state]:
+            raise IllegalTransition(f"job {job.job_id!r}: {job.state} -> {to} is not allowed")
+        update: dict[str, Any] = {"state": to, "updated_at": now, **changes}
+        if to in RUNNING:
+            update.setdefault("stage", to)
+        if to == "queued":
+            update.setdefault("queued_at", now)
+            update.setdefault("progress", 0.0)
+            update.setdefault("cancel_requested", 0)
+        if to == "preparing":
+            update.setdefault("started_at", now)
+        if to in TERMINAL:
+            update.setdefault("finished_at", now)
+            if to == "done":
+                update.setdefault("progress", 1.0)
+                update.setdefault("stage", "done")
+        from_state = job.state
+        job = job.model_copy(update=update)
+        self._upsert(c, job.to_row())
+        self._event(c, job, from_state, detail, now)
         return job
 
-    def update(self, job_id: str, *, log: str | None = None, **changes: Any) -> Job | None:
-        """Change fields that are not the state (progress, inputs, timings); rewrites task.json."""
+    def update(
+        self, job_id: str, *, log: str | None = None, fence: int | None = None, **changes: Any
+    ) -> Job | None:
+        """Change fields that are not the state (progress, inputs, timings); rewrites task.json.
+
+        None when the job is gone, or held under another generation than `fence`."""
         now = time.time()
         with self.transaction() as c:
-            job = self._row(c, job_id)
-            if job is None:
+            job = self._row(c, job_id, lock=True)
+            if job is None or (fence is not None and job.generation != fence):
                 return None
             job = job.model_copy(update={**changes, "updated_at": now})
-            self._write(c, job)
+            self._upsert(c, job.to_row())
             self._outbox_write(job, log, now)
         return job
 
@@ -450,10 +398,15 @@ class Store:
             c.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     def held(self) -> list[Job]:
-        """Jobs this store holds that have not ended (queued or running)."""
+        """Jobs that have not ended and are this daemon's to finish (in a farm: this instance's)."""
+        if self.shared:
+            return self._query(
+                f"SELECT * FROM jobs WHERE state IN {ACTIVE} AND state <> 'queued' AND instance = ? "
+                "ORDER BY priority DESC, seq ASC",
+                (self.instance,),
+            )
         return self._query(
-            "SELECT * FROM jobs WHERE state IN ('received', 'queued', 'preparing', 'rendering', "
-            "'encoding') ORDER BY priority DESC, seq ASC"
+            f"SELECT * FROM jobs WHERE state IN {ACTIVE} ORDER BY priority DESC, seq ASC"
         )
 
     def log(self, job: Job, message: str) -> None:
@@ -469,7 +422,8 @@ class Store:
 
     # -- queries --------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
-        return self._row(self.conn, job_id)
+        rows = self._read("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return Job.from_row(rows[0]) if rows else None
 
     def jobs(
         self,
@@ -512,37 +466,46 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Number of jobs in each state (every state present, zeros included)."""
         out = dict.fromkeys(STATES, 0)
-        for state, n in self.conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
-            out[state] = n
+        for r in self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            out[r["state"]] = int(r["n"])
         return out
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        return list(self.db.query("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,)))
+        return self._read("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
 
     def exists(self, job_id: str) -> bool:
-        return (
-            self.conn.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-            is not None
-        )
+        return bool(self._read("SELECT 1 AS one FROM jobs WHERE job_id = ?", (job_id,)))
 
     def cancel_requested(self) -> list[Job]:
         return self._query("SELECT * FROM jobs WHERE cancel_requested = 1")
 
     # -- callback deliveries --------------------------------------------------------
+    SKIP_LOCKED = ""  # appended where a farm's daemons must not take the same rows
+    DELIVERY_LEASE = 600.0  # seconds a farm daemon holds the deliveries it took
+
     def due_deliveries(self, now: float, limit: int = 20) -> list[dict[str, Any]]:
-        return list(
-            self.db.query(
-                "SELECT * FROM deliveries WHERE state = 'pending' AND next_at <= ? ORDER BY next_at LIMIT ?",
-                (now, limit),
+        """Pending deliveries that are due; in a farm, leased to this daemon so no other sends them."""
+        with self.transaction() as c:
+            rows = rows_of(
+                c.execute(
+                    "SELECT * FROM deliveries WHERE state = 'pending' AND next_at <= ? "
+                    "ORDER BY next_at LIMIT ?" + self.SKIP_LOCKED,
+                    (now, limit),
+                )
             )
-        )
+            if self.shared:
+                for r in rows:
+                    c.execute(
+                        "UPDATE deliveries SET next_at = ? WHERE id = ?",
+                        (now + self.DELIVERY_LEASE, r["id"]),
+                    )
+        return rows
 
     def next_delivery_in(self, now: float) -> float:
         """Seconds until the next pending delivery is due (60 when there is none)."""
-        row = self.conn.execute(
-            "SELECT MIN(next_at) FROM deliveries WHERE state = 'pending'"
-        ).fetchone()
-        return 60.0 if row[0] is None else max(0.0, row[0] - now)
+        rows = self._read("SELECT MIN(next_at) AS t FROM deliveries WHERE state = 'pending'")
+        t = rows[0]["t"] if rows else None
+        return 60.0 if t is None else max(0.0, t - now)
 
     def retry_delivery(
         self,
@@ -576,15 +539,13 @@ class Store:
             )
 
     def deliveries(self, job_id: str) -> list[dict[str, Any]]:
-        return list(
-            self.db.query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,))
-        )
+        return self._read("SELECT * FROM deliveries WHERE job_id = ? ORDER BY id", (job_id,))
 
     # -- retention and backups ---------------------------------------------------
     def delete_if_expired(self, job_id: str, cutoff: float) -> Job | None:
         """Delete a job and its events if it is still ended before `cutoff`; the deleted Job or None."""
         with self.transaction() as c:
-            job = self._row(c, job_id)
+            job = self._row(c, job_id, lock=True)
             if job is None or job.state not in TERMINAL or (job.finished_at or cutoff) >= cutoff:
                 return None
             c.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
@@ -601,62 +562,93 @@ class Store:
 
     def claim_dirs(self) -> set[str]:
         return {
-            r[0]
-            for r in self.conn.execute("SELECT claim_dir FROM jobs WHERE claim_dir IS NOT NULL")
+            r["claim_dir"]
+            for r in self._read("SELECT claim_dir FROM jobs WHERE claim_dir IS NOT NULL")
         }
 
-    def backup(self, dest: Path) -> None:
-        """An online, consistent copy of the database (sqlite's backup API)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".partial")
-        target = sqlite3.connect(tmp)
+    def counts_by_inbox(self) -> dict[str, dict[str, int]]:
+        """Jobs waiting or running, by inbox and state."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self._read(
+            f"SELECT inbox, state, COUNT(*) AS n FROM jobs WHERE state IN {ACTIVE} "
+            "GROUP BY inbox, state"
+        ):
+            out.setdefault(r["inbox"], {})[r["state"]] = int(r["n"])
+        return out
+
+    def take_next(self, instance: str, last_served: dict[str, float], **changes: Any) -> Job | None:
+        """The next queued job, moved to `preparing` for `instance`: highest priority, then
+        the inbox served longest ago, then the oldest. None when nothing waits."""
+        job = pick_next(self.queued(), last_served)
+        if job is None:
+            return None
         try:
-            self.conn.backup(target)
-        finally:
-            target.close()
-        tmp.replace(dest)
+            return self.transition(
+                job.job_id,
+                "preparing",
+                expect=("queued",),
+                **self._dispatch_changes(job, instance, changes),
+            )
+        except IllegalTransition:
+            return None  # cancelled meanwhile
+
+    @staticmethod
+    def _dispatch_changes(job: Job, instance: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "attempts": job.attempts + 1,
+            "generation": job.generation + 1,
+            "instance": instance,
+            "progress": 0.0,
+            "detail": f"attempt {job.attempts + 1} of {job.max_attempts} on instance {instance}",
+            **changes,
+        }
 
     # -- recovery -------------------------------------------------------------
     def recover_interrupted(self) -> list[Job]:
-        """At start-up: running jobs go back to queued (attempt counted) or fail past max_attempts.
-
-        A job still `received` was cut off during intake: queued if its manifest
-        was valid (its files were moved before the row was written), else rejected.
-        """
+        """At start-up: this daemon's interrupted jobs resume (resume_plan says how)."""
         out = []
-        for job in self._query("SELECT * FROM jobs WHERE state = 'received'"):
-            if job.manifest is not None and job.duplicate_of is None:
-                out.append(
-                    self.transition(job.job_id, "queued", detail="intake resumed after a restart")
-                )
-            else:
-                err = job.error or {
-                    "code": "intake_interrupted",
-                    "message": "the daemon stopped while taking this drop",
-                    "hint": "drop it again; its files are in input/ and in the claim folder",
-                    "stage": "validate",
-                }
-                to = "duplicate" if job.duplicate_of else "rejected"
-                out.append(
-                    self.transition(
-                        job.job_id,
-                        to,
-                        detail="intake resumed after a restart",
-                        error=None if to == "duplicate" else err,
-                    )
-                )
+        mine = " AND instance = ?" if self.shared else ""
+        params = (self.instance,) if self.shared else ()
         for job in self._query(
-            "SELECT * FROM jobs WHERE state IN ('preparing', 'rendering', 'encoding')"
+            "SELECT * FROM jobs WHERE state IN ('received', 'preparing', 'rendering', 'encoding')"
+            + mine
+            + " ORDER BY seq",
+            params,
         ):
-            why = f"the daemon stopped during {job.state} (attempt {job.attempts})"
-            if job.attempts >= job.max_attempts:
-                err = {
-                    "code": "interrupted",
-                    "message": f"{why}; {job.attempts} of {job.max_attempts} attempts used",
-                    "hint": "look at the daemon's log for why it stopped; `dropbox-daemon retry` runs it again",
-                    "stage": job.state,
-                }
-                out.append(self.transition(job.job_id, "failed", detail=why, error=err))
+            if job.state == "received":
+                why = "intake resumed after a restart"
             else:
-                out.append(self.transition(job.job_id, "queued", detail=f"{why}; re-queued"))
+                why = f"the daemon stopped during {job.state} (attempt {job.attempts})"
+            to, changes, detail = resume_plan(job, why)
+            out.append(self.transition(job.job_id, to, detail=detail, **changes))
         return out
+
+
+def resume_plan(job: Job, why: str) -> tuple[str, dict[str, Any], str]:
+    """Where an interrupted job goes: (state, field changes, detail).
+
+    A job still `received` was cut off during intake: queued if its manifest was
+    valid (its files were moved before the row was written), else rejected. A
+    running one goes back to queued (its attempt counted) or fails past max_attempts.
+    """
+    if job.state == "received":
+        if job.manifest is not None and job.duplicate_of is None:
+            return "queued", {}, why
+        if job.duplicate_of:
+            return "duplicate", {"error": None}, why
+        err = job.error or {
+            "code": "intake_interrupted",
+            "message": "the daemon stopped while taking this drop",
+            "hint": "drop it again; its files are in input/ and in the claim folder",
+            "stage": "validate",
+        }
+        return "rejected", {"error": err}, why
+    if job.attempts >= job.max_attempts:
+        err = {
+            "code": "interrupted",
+            "message": f"{why}; {job.attempts} of {job.max_attempts} attempts used",
+            "hint": "look at the daemon's log for why it stopped; `dropbox-daemon retry` runs it again",
+            "stage": job.state,
+        }
+        return "failed", {"error": err}, why
+    return "queued", {}, f"{why}; re-queued"

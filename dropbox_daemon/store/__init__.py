@@ -1,0 +1,50 @@
+"""The job store: one contract (base.py), SQLite for one daemon, PostgreSQL for a farm."""
+
+from __future__ import annotations
+
+from dropbox_daemon.store.base import (
+    CALLBACK_STATES,
+    RUNNING,
+    STATES,
+    TERMINAL,
+    TRANSITIONS,
+    Job,
+    JobExists,
+    Store,
+    StoreUnavailable,
+    claim_held,
+    pick_next,
+)
+from dropbox_daemon.store.sqlite import MIGRATIONS, SqliteStore
+
+__all__ = [
+    "CALLBACK_STATES",
+    "MIGRATIONS",
+    "RUNNING",
+    "STATES",
+    "TERMINAL",
+    "TRANSITIONS",
+    "Job",
+    "JobExists",
+    "SqliteStore",
+    "Store",
+    "StoreUnavailable",
+    "claim_held",
+    "open_store",
+    "pick_next",
+]
+
+
+def open_store(cfg, outbox) -> Store:  # noqa: ANN001
+    """The store [store] url names: PostgreSQL for a farm, else SQLite in state_dir."""
+    if cfg.store.url:
+        from dropbox_daemon.store.postgres import PostgresStore
+
+        return PostgresStore(
+            cfg.store.url,
+            outbox,
+            instance=cfg.instance_id,
+            connect_timeout=cfg.store.connect_timeout_seconds,
+            stale_seconds=cfg.daemon.stale_claim_seconds,
+        )
+    return SqliteStore(cfg.db_path, outbox, instance=cfg.instance_id)

@@ -1,0 +1,282 @@
+"""Farm mode: every daemon's jobs, leases, events and deliveries in one PostgreSQL database.
+
+- job_id is the table's primary key: unique across the farm by the database's
+  constraint, not by who reached the outbox first;
+- a daemon takes the next job with one statement (`FOR UPDATE SKIP LOCKED`),
+  highest priority then oldest, so idle daemons never wait on each other;
+- leases are timed by the database's clock (`now()`), never the hosts';
+- a frozen daemon cannot block the others: its session is ended by the server
+  when it idles inside a transaction (`idle_in_transaction_session_timeout`),
+  statements give up on a lock after `lock_timeout`, and takeovers skip locked rows;
+- when the database cannot be reached, calls fail fast with StoreUnavailable for
+  a short while instead of stalling the daemon's loop on every one.
+
+We use psycopg 3 and its pool directly rather than a queue library (procrastinate,
+pgqueuer): both bring a task model of their own (task functions, their own job
+table and states), while ours is a file-drop state machine with outbox writes in
+the same transaction; the one idea we need from them (SKIP LOCKED dispatch with
+heartbeats on the database's clock) is a few statements here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from dropbox_daemon.errors import ConfigError
+from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.store.base import (
+    RUNNING,
+    Handle,
+    Job,
+    JobExists,
+    Store,
+    StoreUnavailable,
+    resume_plan,
+    rows_of,
+)
+
+RETRY_AFTER = 2.0  # seconds a failed connection makes every call fail fast
+SCHEMA_LOCK = 0x64726F70  # advisory lock key held while the schema is applied
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    return psycopg.conninfo.make_conninfo(url, password="***") if "password" in url else url
+
+
+class _Pg:
+    """A connection as a Handle: `?` placeholders, errors of the link as StoreUnavailable."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor:
+        try:
+            return self.conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+        except psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the database connection failed: {e}".strip()) from e
+
+
+class PostgresStore(Store):
+    """One database for the farm; a small pool so threads never share a transaction."""
+
+    backend = "postgresql"
+    shared = True
+    LOCK = " FOR UPDATE"
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(
+        self,
+        url: str,
+        outbox: Outbox,
+        *,
+        instance: str = "",
+        connect_timeout: float = 5.0,
+        stale_seconds: float = 120.0,
+    ) -> None:
+        super().__init__(outbox, instance)
+        self.url = url
+        self.stale_seconds = stale_seconds
+        self.down_until = 0.0
+        self.last_error: str | None = None
+        idle = max(1, min(10, int(stale_seconds / 2)))
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=4,
+            open=False,
+            timeout=max(1.0, connect_timeout),
+            reconnect_timeout=0,  # keep trying for ever; calls fail fast meanwhile
+            check=ConnectionPool.check_connection,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(2, int(connect_timeout)),
+                "application_name": f"dropbox-daemon {instance}"[:63],
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "options": f"-c idle_in_transaction_session_timeout={idle}s "
+                "-c lock_timeout=5s -c statement_timeout=30s",
+            },
+        )
+        try:
+            self.pool.open(wait=True, timeout=max(2.0, connect_timeout))
+        except PoolTimeout as e:
+            self.pool.close()
+            raise ConfigError(
+                f"[store] url: cannot connect to PostgreSQL at {redact(url)} within "
+                f"{connect_timeout:.0f} s",
+                hint="check that the server runs and that this host may connect (pg_hba.conf); "
+                "`psql '<url>'` from this host tells why",
+            ) from e
+        self.migrate()
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # -- connections ----------------------------------------------------------------
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        if time.monotonic() < self.down_until:
+            raise StoreUnavailable(self.last_error or "the database is unreachable")
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError, StoreUnavailable) as e:
+            self.down_until = time.monotonic() + RETRY_AFTER
+            self.last_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e, StoreUnavailable):
+                raise
+            raise StoreUnavailable(f"the database is unreachable: {self.last_error}") from e
+        self.down_until = 0.0
+        self.last_error = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Handle]:
+        self._pending_changes = []
+        with self._connection() as conn:
+            try:
+                with conn.transaction():
+                    yield _Pg(conn)
+            except psycopg.OperationalError as e:
+                raise StoreUnavailable(f"the database connection failed: {e}") from e
+        self._committed()
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._connection() as conn:
+            return rows_of(_Pg(conn).execute(sql, params))
+
+    def _next_seq(self, c: Handle) -> int:
+        return int(c.execute("SELECT nextval('job_seq')").fetchone()[0])
+
+    def _upsert(self, c: Handle, row: dict[str, Any]) -> None:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        sets = ", ".join(f"{k} = EXCLUDED.{k}" for k in row if k != "job_id")
+        c.execute(
+            f"INSERT INTO jobs ({cols}) VALUES ({marks}) ON CONFLICT (job_id) DO UPDATE SET {sets}",
+            tuple(row.values()),
+        )
+
+    def _insert_new(self, c: Handle, row: dict[str, Any]) -> None:
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        try:
+            c.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(row.values()))
+        except psycopg.errors.UniqueViolation as e:
+            raise JobExists(f"job {row['job_id']!r} exists already in the farm's database") from e
+
+    def migrate(self) -> None:
+        """Apply the schema (idempotent) under an advisory lock: daemons may start together."""
+        sql = resources.files("dropbox_daemon.store").joinpath("postgres.sql").read_text()
+        with self.transaction() as c:
+            c.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            for stmt in filter(str.strip, _statements(sql)):
+                c.execute(stmt)
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._read("SELECT MAX(version) AS v FROM schema_version")[0]["v"])
+
+    # -- the farm's queue -------------------------------------------------------------
+    def take_next(self, instance: str, last_served: dict[str, float], **changes: Any) -> Job | None:
+        """The farm's next job for `instance`, highest priority then oldest, in one statement
+        that skips rows other daemons are taking at this moment."""
+        with self.transaction() as c:
+            rows = rows_of(
+                c.execute(
+                    "SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, seq ASC "
+                    "LIMIT 1 FOR UPDATE SKIP LOCKED"
+                )
+            )
+            if not rows:
+                return None
+            job = Job.from_row(rows[0])
+            plan = self._dispatch_changes(job, instance, changes)
+            detail = plan.pop("detail")
+            return self._apply(c, job, "preparing", detail, plan)
+
+    def take_over_running(self, instance: str, rename: Any, reasons: dict[str, str]) -> list[Job]:
+        """Jobs held by instances whose lease is older than stale_seconds by the database's
+        clock (or that stopped): re-queued for the farm, attempt kept, generation bumped.
+
+        `rename(job)` moves the job's claim folder to its next generation (the fence
+        a thawed holder finds) and returns the new path, or None to leave it.
+        """
+        taken = []
+        with self.transaction() as c:
+            rows = rows_of(
+                c.execute(
+                    "SELECT j.*, i.state AS holder_state, "
+                    "EXTRACT(EPOCH FROM now() - i.lease_at) AS holder_age "
+                    "FROM jobs j LEFT JOIN instances i ON i.instance = j.instance "
+                    "WHERE j.state IN ('received', 'preparing', 'rendering', 'encoding') "
+                    "AND j.instance IS NOT NULL AND j.instance <> ? "
+                    "AND (i.instance IS NULL OR i.state = 'stopped' "
+                    "OR i.lease_at < now() - make_interval(secs => ?)) "
+                    "ORDER BY j.priority DESC, j.seq LIMIT 50 FOR UPDATE OF j SKIP LOCKED",
+                    (instance, self.stale_seconds),
+                )
+            )
+            for r in rows:
+                age, holder_state = r.pop("holder_age"), r.pop("holder_state")
+                job = Job.from_row(r)
+                silent = (
+                    "it stopped"
+                    if holder_state == "stopped"
+                    else f"its lease has not been renewed for {float(age or 0):.0f} s"
+                )
+                why = f"taken over from instance {job.instance} by instance {instance}: {silent}"
+                to, changes, detail = resume_plan(job, why)
+                new_claim = rename(job) if to == "queued" and job.state in RUNNING else None
+                changes = {**changes, "generation": job.generation + 1, "instance": instance}
+                if new_claim:
+                    changes["claim_dir"] = new_claim
+                taken.append(self._apply(c, job, to, detail, changes))
+        return taken
+
+    # -- leases -----------------------------------------------------------------------
+    def register_instance(self, lease: dict[str, Any]) -> dict[str, Any] | None:
+        """The existing row of this instance id (with its age by the database's clock), then
+        this instance's lease written in its place; the caller decides on a clash first."""
+        rows = self._read(
+            "SELECT *, EXTRACT(EPOCH FROM now() - lease_at) AS age FROM instances "
+            "WHERE instance = ?",
+            (lease["instance"],),
+        )
+        return rows[0] if rows else None
+
+    def renew_instance(self, lease: dict[str, Any]) -> None:
+        """Write this instance's lease, stamped with the database's now()."""
+        cols = [k for k in lease if k not in ("renewed_at",)]
+        with self.transaction() as c:
+            c.execute(
+                f"INSERT INTO instances ({', '.join(cols)}, lease_at) "
+                f"VALUES ({', '.join('?' for _ in cols)}, now()) "
+                "ON CONFLICT (instance) DO UPDATE SET "
+                + ", ".join(f"{k} = EXCLUDED.{k}" for k in cols if k != "instance")
+                + ", lease_at = now()",
+                tuple(lease[k] for k in cols),
+            )
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every instance with the age of its lease in seconds (the database's clock)."""
+        return self._read(
+            "SELECT *, EXTRACT(EPOCH FROM now() - lease_at) AS age, "
+            "EXTRACT(EPOCH FROM lease_at) AS renewed_at FROM instances ORDER BY instance"
+        )
+
+
+def _statements(sql: str) -> list[str]:
+    """The statements of a schema file (no semicolons inside our statements or comments)."""
+    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";")]
