@@ -19,7 +19,7 @@ from dropbox_daemon.drops import Claim, move_job_folder, move_named, note_job
 from dropbox_daemon.errors import RejectedDrop
 from dropbox_daemon.manifest import Manifest, parse, salvage_job_id
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import RUNNING, TERMINAL, Job, Store
+from dropbox_daemon.store import RUNNING, TERMINAL, Job, JobExists, Store
 
 MAX_DUPLICATES = 10_000
 
@@ -118,7 +118,7 @@ class Intake:
                 "generation": int(task.get("generation") or 0) + 1,
             }
         )
-        job = self.store.create(job, detail=why)
+        job = self.store.create(job, detail=why, replace=not self.store.shared)
         if was_running and attempts >= job.max_attempts:
             err = {
                 "code": "interrupted",
@@ -165,10 +165,15 @@ class Intake:
             pickup = {"pickup": round(max(0.0, time.time() - cl.manifest.stat().st_mtime), 4)}
         except OSError:
             pickup = {}
-        job = self.store.create(
-            self._base_job(inbox, cl, job_id, m).model_copy(update={"timings": pickup}),
-            detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} (claim {cl.claim_id})",
-        )
+        try:
+            job = self.store.create(
+                self._base_job(inbox, cl, job_id, m).model_copy(update={"timings": pickup}),
+                detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} "
+                f"(claim {cl.claim_id})",
+            )
+        except JobExists:
+            # the farm's database has this id (its outbox folder was gone): not run again
+            return self._existing(inbox, cl, m, job_id)
         return self.store.transition(
             job.job_id, "queued", detail=f"engine {job.engine}, priority {job.priority}"
         )

@@ -1,4 +1,5 @@
-"""Several daemons on one shared inbox and outbox (the shared-folder mode, no database).
+"""Several daemons on one shared inbox and outbox: on the shared folder alone (each daemon
+its own SQLite) and on one PostgreSQL database (farm mode), the same tests for both.
 
 Each test runs real daemons as subprocesses with their own state folders and
 their default instance ids, as one daemon per GPU on one host would.
@@ -12,6 +13,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from farm_support import (
     drop_invalid,
     drop_valid,
@@ -23,6 +25,13 @@ from farm_support import (
     terminal_lines,
 )
 from support import wait_for
+
+
+@pytest.fixture(params=["folder", "postgresql"])
+def store_url(request) -> str:  # noqa: ANN001
+    """ "" for the shared-folder mode, else a fresh database on a real PostgreSQL server."""
+    return "" if request.param == "folder" else request.getfixturevalue("pg_url")
+
 
 VALID, INVALID = 150, 15
 
@@ -63,9 +72,12 @@ def storm(ds, media, tmp_path) -> None:  # noqa: ANN001
     return result
 
 
-def test_three_daemons_default_ids_survive_a_kill9(daemon_factory, media, tmp_path) -> None:  # noqa: ANN001
-    ds = farm(daemon_factory, tmp_path, 3, stale_claim_seconds=4.0)
-    assert len({instance_of(d) for d in ds}) == 3
+def test_daemons_with_default_ids_survive_a_kill9(
+    daemon_factory, media, tmp_path, store_url
+) -> None:  # noqa: ANN001
+    n = 4 if store_url else 3
+    ds = farm(daemon_factory, tmp_path, n, stale_claim_seconds=4.0, store_url=store_url)
+    assert len({instance_of(d) for d in ds}) == n
     for d in ds:
         d.start()
     result = storm(ds, media, tmp_path)
@@ -73,17 +85,28 @@ def test_three_daemons_default_ids_survive_a_kill9(daemon_factory, media, tmp_pa
     by = {t["instance"] for t in result.values() if t["state"] == "done"}
     assert by <= {instance_of(d) for d in ds} and len(by) >= 2, by
     ends: dict[str, int] = {}
-    for d in ds:
-        db = sqlite3.connect(f"file:{d.state / 'jobs.sqlite3'}?mode=ro", uri=True)
-        for (job_id,) in db.execute(
-            "SELECT job_id FROM events WHERE to_state IN ('done', 'rejected', 'duplicate')"
-        ):
+    for rows in terminal_events(ds, store_url):
+        for (job_id,) in rows:
             ends[job_id] = ends.get(job_id, 0) + 1
     assert set(ends.values()) == {1} and len(ends) == VALID + INVALID
 
 
-def test_same_instance_id_twice_refuses_to_start(daemon_factory, tmp_path) -> None:  # noqa: ANN001
-    a, b = farm(daemon_factory, tmp_path, 2, instance="gpu-box")
+def terminal_events(ds, store_url: str):  # noqa: ANN001, ANN201
+    """The terminal events of every store: each daemon's SQLite, or the farm's one database."""
+    sql = "SELECT job_id FROM events WHERE to_state IN ('done', 'rejected', 'duplicate')"
+    if store_url:
+        import psycopg
+
+        with psycopg.connect(store_url) as conn:
+            yield conn.execute(sql).fetchall()
+        return
+    for d in ds:
+        db = sqlite3.connect(f"file:{d.state / 'jobs.sqlite3'}?mode=ro", uri=True)
+        yield db.execute(sql).fetchall()
+
+
+def test_same_instance_id_twice_refuses_to_start(daemon_factory, tmp_path, store_url) -> None:  # noqa: ANN001
+    a, b = farm(daemon_factory, tmp_path, 2, instance="gpu-box", store_url=store_url)
     a.start()
     b.start(wait_ready=False)
     assert b.proc.wait(30) != 0
@@ -94,10 +117,10 @@ def test_same_instance_id_twice_refuses_to_start(daemon_factory, tmp_path) -> No
 
 
 def test_a_frozen_daemons_job_is_taken_over_and_its_late_result_refused(
-    daemon_factory, media, tmp_path
+    daemon_factory, media, tmp_path, store_url
 ) -> None:  # noqa: ANN001
     stale = 3.0
-    ds = farm(daemon_factory, tmp_path, 2, stale_claim_seconds=stale)
+    ds = farm(daemon_factory, tmp_path, 2, stale_claim_seconds=stale, store_url=store_url)
     for d in ds:
         d.start()
     outbox = ds[0].outbox
@@ -137,9 +160,9 @@ def test_a_frozen_daemons_job_is_taken_over_and_its_late_result_refused(
 
 
 def test_an_idle_daemon_takes_the_backlog_and_priority_holds_across_the_share(
-    daemon_factory, media, tmp_path
+    daemon_factory, media, tmp_path, store_url
 ) -> None:  # noqa: ANN001
-    ds = farm(daemon_factory, tmp_path, 2)
+    ds = farm(daemon_factory, tmp_path, 2, store_url=store_url)
     for d in ds:
         d.start()
     inbox = ds[0].inbox
