@@ -26,7 +26,7 @@ from dropbox_daemon import __version__
 from dropbox_daemon.config import CallbacksConfig, Config
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.retry import delay, parse_retry_after, retryable_status
-from dropbox_daemon.store import Store, open_store
+from dropbox_daemon.store import Store, StoreUnavailable, open_store
 
 SIGNATURE_HEADER = "X-Dropbox-Signature"
 REPLAY_WINDOW = 300  # seconds a receiver should accept a signature's timestamp
@@ -102,6 +102,8 @@ class Deliverer:
             while not self.stopping.is_set():
                 try:
                     next_due = self.loop_once(client, time.time())
+                except StoreUnavailable:
+                    next_due = 5.0  # the daemon's log and health say so; deliveries wait
                 except Exception:  # noqa: BLE001 - the sender must outlive one bad delivery
                     logger.exception("callback sender: unexpected error; it goes on in 5 s")
                     next_due = 5.0

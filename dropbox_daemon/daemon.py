@@ -81,6 +81,7 @@ class Daemon:
         self.retry_claims: list[tuple[InboxConfig, drops.Claim]] = []
         self.unrecorded: list[tuple[str, dict[str, Any]]] = []  # results the database refused
         self.current: Current | None = None
+        self.store_down: str | None = None  # why the store failed, while it does
         self.last_served: dict[str, float] = {}
         self.next_rescan = 0.0
         self.flags = Flags()
@@ -248,7 +249,8 @@ class Daemon:
         self._share_view()
 
     def _store_down(self, e: StoreUnavailable) -> None:
-        if self.view.store_error is None:
+        if self.store_down is None:
+            self.store_down = e.message
             logger.error(
                 "store: unreachable ({}); the running job goes on and its result is recorded "
                 "once the database is back; no new job starts meanwhile",
@@ -257,8 +259,9 @@ class Daemon:
         self.view.store_error = e.message
 
     def _store_back(self) -> None:
-        if self.view.store_error is not None:
-            logger.info("store: reachable again after '{}'", self.view.store_error)
+        if self.store_down is not None:
+            logger.info("store: reachable again after '{}'", self.store_down)
+            self.store_down = None
             self.view.store_error = None
 
     def _on_change(self, job: Job, from_state: str | None) -> None:
@@ -314,6 +317,9 @@ class Daemon:
             return False  # another daemon took it
         try:
             self.intake.ingest(inbox, cl)
+        except StoreUnavailable as e:
+            self._store_down(e)
+            self.retry_claims.append((inbox, cl))  # its files wait in the claim
         except Exception:  # noqa: BLE001 - one bad drop must not stop the daemon
             logger.exception(
                 "inbox {}: taking drop {} failed; its files are kept in {} and it is tried "
@@ -328,8 +334,8 @@ class Daemon:
     def _retry_claims(self) -> None:
         """Drops whose intake failed (a full disk, say): try again; their files wait in the claim."""
         assert self.store is not None and self.intake is not None
+        known = self.store.claim_dirs()  # first: if the store is away, nothing is dropped
         todo, self.retry_claims = self.retry_claims, []
-        known = self.store.claim_dirs()
         for inbox, cl in todo:
             if str(cl.dir) in known:
                 continue  # it made it into the store after all
@@ -549,23 +555,24 @@ class Daemon:
         except StoreUnavailable as e:
             self._store_down(e)  # a lost stage or progress is caught up with the result
 
-    def _record_result(self, job_id: str, msg: dict[str, Any]) -> None:
+    def _record_result(self, job_id: str, msg: dict[str, Any], *, again: bool = False) -> None:
         """Record a job's outcome; if the database cannot take it now (full disk), keep it and retry."""
         try:
             self._on_result(job_id, msg)
         except (sqlite3.OperationalError, StoreUnavailable) as e:
-            logger.bind(job_id=job_id).error(
-                "job {}: cannot record its result ({}); kept in memory and recorded once the state "
-                "folder can be written again",
-                job_id,
-                e,
-            )
+            if not again:
+                logger.bind(job_id=job_id).error(
+                    "job {}: cannot record its result ({}); kept in memory and recorded once the "
+                    "store can be written again",
+                    job_id,
+                    e,
+                )
             self.unrecorded.append((job_id, msg))
 
     def _retry_unrecorded(self) -> None:
         todo, self.unrecorded = self.unrecorded, []
         for job_id, msg in todo:
-            self._record_result(job_id, msg)
+            self._record_result(job_id, msg, again=True)
 
     def _on_result(self, job_id: str, msg: dict[str, Any]) -> None:
         assert self.store is not None

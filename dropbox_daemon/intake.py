@@ -79,13 +79,7 @@ class Intake:
             self._move_media(cl, manifest.media().values())
         job_id = manifest.job_id or generated_id(cl.candidate.stem, cl.claim_id)
         # a recovered intake may find the outbox folder it reserved itself before failing
-        prior_task = self.outbox.read_task(job_id) if recovered else None
-        ours = (
-            recovered
-            and not self.store.exists(job_id)
-            and (prior_task is None or prior_task.get("state") == "received")
-        )
-        if self.outbox.reserve(job_id) or ours:
+        if self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id)):
             note_job(cl.dir, job_id, manifest.priority)
             return self._queue_new(inbox, cl, manifest, job_id)
         return self._existing(inbox, cl, manifest, job_id)
@@ -133,6 +127,12 @@ class Intake:
             "queued",
             detail=f"was {task.get('state')} there (attempt {attempts} of {job.max_attempts})",
         )
+
+    def _reserved_earlier(self, job_id: str) -> bool:
+        """Its outbox folder is this drop's own, reserved by an intake that failed before the
+        job was recorded (a full disk, the database away)."""
+        task = self.outbox.read_task(job_id)
+        return not self.store.exists(job_id) and (task is None or task.get("state") == "received")
 
     def _move_media(self, cl: Claim, names) -> None:  # noqa: ANN001
         """Move the drop's files beside its claimed manifest (what is already there stays)."""
@@ -249,7 +249,10 @@ class Intake:
         if not recovered:
             self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
         job_id = salvage_job_id(cl.manifest, self.cfg.limits)
-        if job_id is None or not self.outbox.reserve(job_id):
+        reserved = job_id is not None and (
+            self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id))
+        )
+        if job_id is None or not reserved:
             prior = self.store.get(job_id) if job_id else None
             if job_id and prior is not None and prior.state == "rejected":
                 # a re-drop that is still wrong: answer in the same folder

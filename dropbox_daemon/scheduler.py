@@ -17,7 +17,7 @@ from dropbox_daemon import health, retention
 from dropbox_daemon.config import Config
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import Store, open_store
+from dropbox_daemon.store import Store, StoreUnavailable, open_store
 
 
 class Scheduler:
@@ -96,6 +96,10 @@ class Scheduler:
     def retention(self) -> None:
         try:
             retention.purge(self.store, self.cfg)
+        except StoreUnavailable as e:
+            logger.warning(
+                "retention skipped: store unreachable ({}); it runs again later", e.message
+            )
         except Exception:  # noqa: BLE001
             logger.exception(
                 "retention run failed; it runs again in {} min", self.cfg.retention.every_minutes

@@ -20,6 +20,8 @@ heartbeats on the database's clock) is a few statements here.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +46,10 @@ from dropbox_daemon.store.base import (
 )
 
 RETRY_AFTER = 2.0  # seconds a failed connection makes every call fail fast
+
+# The pool's own reconnection warnings would repeat every second of an outage; the
+# daemon logs the outage once ("store: unreachable") and its end.
+logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 SCHEMA_LOCK = 0x64726F70  # advisory lock key held while the schema is applied
 
 
@@ -87,27 +93,21 @@ class PostgresStore(Store):
         self.stale_seconds = stale_seconds
         self.down_until = 0.0
         self.last_error: str | None = None
+        self.connect_timeout = connect_timeout
+        self.lock = threading.Lock()
         idle = max(1, min(10, int(stale_seconds / 2)))
-        self.pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=4,
-            open=False,
-            timeout=max(1.0, connect_timeout),
-            reconnect_timeout=0,  # keep trying for ever; calls fail fast meanwhile
-            check=ConnectionPool.check_connection,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": max(2, int(connect_timeout)),
-                "application_name": f"dropbox-daemon {instance}"[:63],
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 5,
-                "keepalives_count": 3,
-                "options": f"-c idle_in_transaction_session_timeout={idle}s "
-                "-c lock_timeout=5s -c statement_timeout=30s",
-            },
-        )
+        self.conn_kwargs = {
+            "autocommit": True,
+            "connect_timeout": max(2, int(connect_timeout)),
+            "application_name": f"dropbox-daemon {instance}"[:63],
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "options": f"-c idle_in_transaction_session_timeout={idle}s "
+            "-c lock_timeout=5s -c statement_timeout=30s",
+        }
+        self.pool: ConnectionPool | None = self._new_pool()
         try:
             self.pool.open(wait=True, timeout=max(2.0, connect_timeout))
         except PoolTimeout as e:
@@ -120,24 +120,58 @@ class PostgresStore(Store):
             ) from e
         self.migrate()
 
+    def _new_pool(self) -> ConnectionPool:
+        # The pool gives up on a server that is away after reconnect_timeout; a new pool is
+        # made at the first call after RETRY_AFTER instead, so recovery never waits on backoff.
+        return ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=3,
+            open=False,
+            timeout=min(2.0, self.connect_timeout),  # a call waits this long for a connection
+            reconnect_timeout=RETRY_AFTER,
+            check=ConnectionPool.check_connection,
+            kwargs=self.conn_kwargs,
+            name=f"dropbox-{self.instance}",
+        )
+
     def close(self) -> None:
-        self.pool.close()
+        with self.lock:
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()
 
     # -- connections ----------------------------------------------------------------
+    def _pool(self) -> ConnectionPool:
+        with self.lock:
+            if self.pool is None:
+                self.pool = self._new_pool()
+                self.pool.open(wait=False)
+            return self.pool
+
+    def _failed(self, e: BaseException, pool: ConnectionPool) -> StoreUnavailable:
+        """Note a failure: calls fail fast for RETRY_AFTER, then a fresh pool tries again."""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        self.last_error = first
+        self.down_until = time.monotonic() + RETRY_AFTER
+        with self.lock:
+            if self.pool is pool:
+                self.pool = None
+        pool.close(timeout=0)
+        if isinstance(e, StoreUnavailable):
+            return e
+        return StoreUnavailable(f"the database is unreachable: {first}")
+
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         if time.monotonic() < self.down_until:
             raise StoreUnavailable(self.last_error or "the database is unreachable")
+        pool = self._pool()
         try:
-            with self.pool.connection() as conn:
+            with pool.connection() as conn:
                 yield conn
         except (PoolTimeout, psycopg.OperationalError, StoreUnavailable) as e:
-            self.down_until = time.monotonic() + RETRY_AFTER
-            self.last_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if isinstance(e, StoreUnavailable):
-                raise
-            raise StoreUnavailable(f"the database is unreachable: {self.last_error}") from e
-        self.down_until = 0.0
+            raise self._failed(e, pool) from e
         self.last_error = None
 
     @contextmanager
@@ -217,7 +251,7 @@ class PostgresStore(Store):
             rows = rows_of(
                 c.execute(
                     "SELECT j.*, i.state AS holder_state, "
-                    "EXTRACT(EPOCH FROM now() - i.lease_at) AS holder_age "
+                    "EXTRACT(EPOCH FROM now() - i.lease_at)::float8 AS holder_age "
                     "FROM jobs j LEFT JOIN instances i ON i.instance = j.instance "
                     "WHERE j.state IN ('received', 'preparing', 'rendering', 'encoding') "
                     "AND j.instance IS NOT NULL AND j.instance <> ? "
@@ -249,7 +283,7 @@ class PostgresStore(Store):
         """The existing row of this instance id (with its age by the database's clock), then
         this instance's lease written in its place; the caller decides on a clash first."""
         rows = self._read(
-            "SELECT *, EXTRACT(EPOCH FROM now() - lease_at) AS age FROM instances "
+            "SELECT *, EXTRACT(EPOCH FROM now() - lease_at)::float8 AS age FROM instances "
             "WHERE instance = ?",
             (lease["instance"],),
         )
@@ -271,8 +305,8 @@ class PostgresStore(Store):
     def instances(self) -> list[dict[str, Any]]:
         """Every instance with the age of its lease in seconds (the database's clock)."""
         return self._read(
-            "SELECT *, EXTRACT(EPOCH FROM now() - lease_at) AS age, "
-            "EXTRACT(EPOCH FROM lease_at) AS renewed_at FROM instances ORDER BY instance"
+            "SELECT *, EXTRACT(EPOCH FROM now() - lease_at)::float8 AS age, "
+            "EXTRACT(EPOCH FROM lease_at)::float8 AS renewed_at FROM instances ORDER BY instance"
         )
 
 
