@@ -114,10 +114,13 @@ def _daemon_pid(cfg: config_mod.Config) -> int | None:
 def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     import datetime as dt
 
+    from dropbox_daemon.farm import instances_view
+
     pid = _daemon_pid(cfg)
     counts: dict[str, int] = {}
-    if cfg.db_path.exists():
-        store = _store(cfg)
+    store = _store(cfg) if cfg.store.url or cfg.db_path.exists() else None
+    farm = instances_view(cfg, store)
+    if store is not None:
         counts = store.counts()
         store.close()
     try:
@@ -152,7 +155,22 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     else:
         lines.append("health: no heartbeat written yet")
     active = {k: v for k, v in counts.items() if v}
-    lines.append("jobs: " + (", ".join(f"{k} {v}" for k, v in active.items()) or "no jobs yet"))
+    scope = "farm" if cfg.store.url else "this daemon"
+    lines.append(
+        f"jobs ({scope}): " + (", ".join(f"{k} {v}" for k, v in active.items()) or "no jobs yet")
+    )
+    if farm:
+        lines.append(f"instances ({len(farm)}; this one: {cfg.instance_id}):")
+        lines.append(
+            f"  {'INSTANCE':<22} {'HOST':<16} {'DEVICE':<8} {'STATE':<8} {'WORKER':<8} "
+            f"{'LEASE':>7}  {'VERSION':<8} CURRENT JOB"
+        )
+        for i in farm:
+            lines.append(
+                f"  {i['instance'][:22]:<22} {str(i['host'])[:16]:<16} {str(i['device'] or '-'):<8} "
+                f"{i['state']:<8} {str(i['worker'] or '-'):<8} {i['lease_age_seconds']:>6.0f}s  "
+                f"{str(i['version']):<8} {i['current_job'] or '-'}"
+            )
     data = {
         "running": bool(pid),
         "pid": pid,
@@ -160,6 +178,8 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         "jobs": counts,
         "health": beat,
         "version": __version__,
+        "instance": cfg.instance_id,
+        "instances": farm,
     }
     _out(args, "\n".join(lines), data)
     return EXIT_OK if pid and healthy else EXIT_FAILURE
@@ -227,15 +247,19 @@ def cmd_jobs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     from dropbox_daemon.outbox import utc_iso
 
     store = _store(cfg)
-    rows = store.jobs(state=args.state, inbox=args.inbox, limit=args.limit)
+    rows = store.jobs(state=args.state, inbox=args.inbox, instance=args.instance, limit=args.limit)
     if args.json:
         print(json.dumps([j.record() for j in rows], indent=2, default=str))
         return EXIT_OK
-    print(f"{'JOB':<40} {'STATE':<10} {'PROG':>5} {'ENGINE':<12} {'INBOX':<10} {'TRY':>3}  CREATED")
+    print(
+        f"{'JOB':<32} {'STATE':<10} {'PROG':>5} {'ENGINE':<12} {'INBOX':<10} {'INSTANCE':<20} "
+        f"{'TRY':>3}  CREATED"
+    )
     for j in rows:
         print(
-            f"{j.job_id[:40]:<40} {j.state:<10} {j.progress * 100:4.0f}% {(j.engine or '-'):<12} "
-            f"{j.inbox[:10]:<10} {j.attempts:>3}  {utc_iso(j.created_at)}"
+            f"{j.job_id[:32]:<32} {j.state:<10} {j.progress * 100:4.0f}% {(j.engine or '-'):<12} "
+            f"{j.inbox[:10]:<10} {(j.instance or '-')[:20]:<20} {j.attempts:>3}  "
+            f"{utc_iso(j.created_at)}"
         )
     if not rows:
         print("(no jobs)")
@@ -360,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     j = sub.add_parser("jobs", parents=[common], help="list jobs")
     j.add_argument("--state")
     j.add_argument("--inbox")
+    j.add_argument("--instance", help="only the jobs this instance rendered (farm mode: any)")
     j.add_argument("--limit", type=int, default=50)
     sh = sub.add_parser("show", parents=[common], help="a job's task.json and log")
     sh.add_argument("job")

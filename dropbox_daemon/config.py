@@ -381,8 +381,28 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     return from_dict(data, source=source)
 
 
-def from_dict(data: dict, *, source: Path) -> Config:
-    """Validate a parsed config mapping read from `source`."""
+# Environment variables that override one key each (systemd template units set them per GPU).
+ENV_OVERRIDES = {
+    "DROPBOX_DAEMON_STATE_DIR": ("daemon", "state_dir"),
+    "DROPBOX_DAEMON_INSTANCE": ("daemon", "instance"),
+    "DROPBOX_DAEMON_STORE_URL": ("store", "url"),
+}
+
+
+def _with_env(data: dict, env: dict[str, str]) -> dict:
+    """The file's mapping with the ENV_OVERRIDES found in `env` applied (file, then environment)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for var, (table, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            section = out.setdefault(table, {})
+            if isinstance(section, dict):
+                section[key] = env[var]
+    return out
+
+
+def from_dict(data: dict, *, source: Path, env: dict[str, str] | None = None) -> Config:
+    """Validate a parsed config mapping read from `source`, with environment overrides."""
+    data = _with_env(data, dict(os.environ) if env is None else env)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:

@@ -129,11 +129,11 @@ class Farm:
             return True
         job_id = owner.get("job_id")
         task = outbox.read_task(job_id) if job_id else None
-        done = (
-            task is not None
-            and task.get("state") in TERMINAL
-            and drops.base_claim_id(str(task.get("claim") or "")) == drops.base_claim_id(cdir.name)
-        )
+        if task is None:
+            return False
+        claim = task.get("claim")
+        superseded = bool(claim) and drops.base_claim_id(claim) != drops.base_claim_id(cdir.name)
+        done = superseded or task.get("state") in TERMINAL  # or a later drop of the id ran since
         if done:
             self.ended.add(str(cdir))
         return done
@@ -210,3 +210,38 @@ class Farm:
             owner = drops.read_owner(cdir) or {}
             holder = f"instance {owner.get('instance', '?')}"
         return f"its claim was taken over by {holder} while this daemon was silent"
+
+
+def instances_view(cfg: Config, store: Store | None) -> list[dict]:
+    """Every instance on this daemon's inboxes (the shared folder) or in the farm's database:
+    host, device, worker, state, current job, lease age, version. Newest renewal first."""
+    now = time.time()
+    if store is not None and store.shared:
+        rows = store.instances()  # type: ignore[attr-defined]
+        leases = [(Lease.from_dict(r), float(r["age"])) for r in rows]
+    else:
+        roots = [i.path / drops.DROPBOX_DIR for i in cfg.inbox]
+        me = Lease.mine(cfg.instance_id, cfg.daemon.host, cfg.daemon.state_dir)
+        found = FolderLeases(roots, me, cfg.daemon.stale_claim_seconds).read_all()
+        leases = [(lease, max(0.0, now - lease.renewed_at)) for lease in found.values()]
+    out = []
+    for lease, age in leases:
+        state = lease.state
+        if state == "running" and age > cfg.daemon.stale_claim_seconds:
+            state = "silent"  # presumed dead: its jobs are taken over
+        out.append(
+            {
+                "instance": lease.instance,
+                "host": lease.host,
+                "pid": lease.pid,
+                "device": lease.device,
+                "worker": lease.worker,
+                "state": state,
+                "current_job": lease.current_job,
+                "lease_age_seconds": round(age, 1),
+                "version": lease.version,
+                "started_at": lease.started_at,
+            }
+        )
+    out.sort(key=lambda r: (r["state"] != "running", r["instance"]))
+    return out

@@ -15,7 +15,7 @@ from loguru import logger
 
 from dropbox_daemon import engines
 from dropbox_daemon.config import Config, InboxConfig
-from dropbox_daemon.drops import Claim, move_job_folder, move_named, note_job
+from dropbox_daemon.drops import Claim, base_claim_id, move_job_folder, move_named, note_job
 from dropbox_daemon.errors import RejectedDrop
 from dropbox_daemon.manifest import Manifest, parse, salvage_job_id
 from dropbox_daemon.outbox import Outbox
@@ -27,7 +27,7 @@ MAX_DUPLICATES = 10_000
 def generated_id(stem: str, claim_id: str) -> str:
     """A job id for a drop that brought none: its file name plus a unique suffix."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_")[:40] or "job"
-    return f"{safe}-{claim_id[-10:]}"
+    return f"{safe}-{base_claim_id(claim_id)[-10:]}"  # the same id after a takeover
 
 
 def _raw_media_names(path: Path, cfg: Config) -> list[str]:
@@ -233,6 +233,7 @@ class Intake:
                 break
         else:
             raise RuntimeError(f"more than {MAX_DUPLICATES} duplicates of {job_id}")
+        note_job(cl.dir, dup_id)
         job = self._base_job(inbox, cl, dup_id, m).model_copy(update={"duplicate_of": job_id})
         self.store.create(
             job, detail=f"drop {cl.candidate.manifest.name!r} repeats job_id {job_id}"
@@ -256,6 +257,7 @@ class Intake:
             prior = self.store.get(job_id) if job_id else None
             if job_id and prior is not None and prior.state == "rejected":
                 # a re-drop that is still wrong: answer in the same folder
+                note_job(cl.dir, job_id)
                 self.outbox.clear_previous_run(job_id)
                 self.outbox.save_inputs(job_id, cl.drop_dir)
                 self.outbox.write_error(job_id, err.to_dict())
@@ -268,6 +270,7 @@ class Intake:
                 )
             job_id = generated_id(cl.candidate.stem, cl.claim_id)
             self.outbox.reserve(job_id)
+        note_job(cl.dir, job_id)  # a peer taking the claim over sees it was answered
         job = self.store.create(
             self._base_job(inbox, cl, job_id, None).model_copy(
                 update={"callback_url": _raw_callback_url(cl.manifest, self.cfg)}

@@ -119,6 +119,7 @@ class Web:
     def jobs(self, query: dict[str, list[str]]) -> tuple[int, Any]:
         state = (query.get("state") or [None])[0]
         inbox = (query.get("inbox") or [None])[0]
+        instance = (query.get("instance") or [None])[0]
         if state and state not in STATES:
             return 400, {"error": f"unknown state {state!r}", "states": list(STATES)}
         try:
@@ -126,13 +127,24 @@ class Web:
             before = int(query["before"][0]) if query.get("before") else None
         except ValueError:
             return 400, {"error": "limit and before must be integers"}
-        rows = self.store().page(state=state, inbox=inbox, limit=limit + 1, before_seq=before)
+        rows = self.store().page(
+            state=state, inbox=inbox, instance=instance, limit=limit + 1, before_seq=before
+        )
         more = len(rows) > limit
         rows = rows[:limit]
         return 200, {
             "jobs": [j.record() | {"seq": j.seq} for j in rows],
             "next_before": rows[-1].seq if more and rows else None,
             "counts": self.store().counts(),
+        }
+
+    def instances(self) -> tuple[int, Any]:
+        """Every daemon of the farm (or of the shared inboxes) and which one answers."""
+        from dropbox_daemon.farm import instances_view
+
+        return 200, {
+            "me": self.cfg.instance_id,
+            "instances": instances_view(self.cfg, self.store()),
         }
 
     def job(self, job_id: str) -> tuple[int, Any]:
@@ -207,6 +219,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, generate_latest(app.metrics.registry), CONTENT_TYPE_LATEST)
         elif path in ("/", "/index.html"):
             self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+        elif path == "/api/instances":
+            self._json(*self.app.instances())
         elif path == "/api/jobs":
             self._json(*app.jobs(query))
         elif m := re.fullmatch(r"/api/jobs/([^/]+)", path):

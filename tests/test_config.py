@@ -66,3 +66,32 @@ def test_cli_reports_bad_config_and_exits_3(tmp_path) -> None:  # noqa: ANN001
     )
     assert r.returncode == 3
     assert "keep_days" in r.stderr and str(p) in r.stderr
+
+
+def test_default_instance_id_is_per_state_folder(tmp_path: Path) -> None:
+    a = config.default_instance_id("render-1", tmp_path / "gpu0")
+    b = config.default_instance_id("render-1", tmp_path / "gpu1")
+    assert a != b and a.startswith("render-1-") and len(a) == len("render-1-") + 6
+    assert a == config.default_instance_id("render-1", tmp_path / "gpu0")  # stable
+    assert config.default_instance_id("a host/with spaces", tmp_path).startswith(
+        "a-host-with-spaces-"
+    )
+
+
+def test_environment_overrides_the_file_for_per_gpu_units(tmp_path: Path) -> None:
+    data = {"inbox": [{"name": "a", "path": "in"}], "daemon": {"state_dir": "s"}}
+    env = {
+        "DROPBOX_DAEMON_STATE_DIR": str(tmp_path / "gpu3"),
+        "DROPBOX_DAEMON_INSTANCE": "box-gpu3",
+        "DROPBOX_DAEMON_STORE_URL": "postgresql://dd@db:5432/farm",
+    }
+    cfg = config.from_dict(data, source=tmp_path / "c.toml", env=env)
+    assert cfg.daemon.state_dir == tmp_path / "gpu3" and cfg.instance_id == "box-gpu3"
+    assert cfg.store.url == "postgresql://dd@db:5432/farm"
+    assert cfg.daemon_dir == cfg.daemon.outbox / "_daemon" / "box-gpu3"
+    with pytest.raises(ConfigError, match="instance"):
+        config.from_dict(data, source=tmp_path / "c.toml", env={"DROPBOX_DAEMON_INSTANCE": "a b"})
+    with pytest.raises(ConfigError, match="store.url"):
+        config.from_dict(
+            data, source=tmp_path / "c.toml", env={"DROPBOX_DAEMON_STORE_URL": "mysql://x"}
+        )

@@ -131,18 +131,31 @@ def test_smoke_fails_clearly_without_a_daemon(daemon_factory) -> None:  # noqa: 
     not shutil.which("systemd-analyze"),
     reason="systemd-analyze not installed (apt-get install systemd)",
 )
-def test_unit_verifies_and_is_hardened() -> None:
+@pytest.mark.parametrize("unit", [UNIT, UNIT.with_name("dropbox-daemon@.service")])
+def test_unit_verifies_and_is_hardened(unit: Path, tmp_path: Path) -> None:
+    if "@" in unit.name:  # a template is verified as one of its instances
+        unit = Path(shutil.copy(unit, tmp_path / "dropbox-daemon@0.service"))
+        text = unit.read_text()
+        for needed in (
+            "CUDA_VISIBLE_DEVICES=%i",
+            "DROPBOX_DAEMON_STATE_DIR=/var/lib/dropbox-daemon/gpu%i",
+            "DROPBOX_DAEMON_INSTANCE=%H-gpu%i",
+            "StateDirectory=dropbox-daemon/gpu%i",
+        ):
+            assert needed in text, needed
     r = subprocess.run(
-        ["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, cwd="/"
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, cwd="/"
     )
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
     r = subprocess.run(
-        ["systemd-analyze", "security", "--offline=true", str(UNIT)], capture_output=True, text=True
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
     )
     line = [x for x in r.stdout.splitlines() if "Overall exposure level" in x][0]
     exposure = float(line.split(":")[1].split()[0])
     assert exposure <= 2.0, line
-    text = UNIT.read_text()
+    text = unit.read_text()
     for needed in (
         "Type=notify",
         "WatchdogSec=",
