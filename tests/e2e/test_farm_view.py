@@ -1,0 +1,90 @@
+"""One view of the farm: jobs, status, health and the status page show every instance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from farm_support import drop_valid, farm, instance_of
+from support import wait_for
+from test_web import free_port
+
+
+def test_jobs_status_health_and_page_show_three_instances(
+    daemon_factory, media, tmp_path, pg_url
+) -> None:  # noqa: ANN001
+    ds = farm(daemon_factory, tmp_path, 3, store_url=pg_url)
+    port = free_port()
+    ds[0].config.write_text(ds[0].config.read_text() + f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    for d in ds:
+        d.start()
+    names = {instance_of(d) for d in ds}
+    # three long jobs at once: each daemon takes one (a busy daemon takes no second one)
+    for n in range(3):
+        drop_valid(ds[0].inbox, media, f"long{n}", long=True)
+    for n in range(3):
+        drop_valid(ds[0].inbox, media, f"quick{n}")
+    tasks = {j: ds[0].wait_state(j, "done", timeout=120) for j in [f"long{n}" for n in range(3)]}
+    assert {t["instance"] for t in tasks.values()} == names
+    for n in range(3):
+        ds[0].wait_state(f"quick{n}", "done", timeout=60)
+
+    out = ds[1].cli("jobs").stdout  # any daemon of the farm sees every job
+    assert "INSTANCE" in out and all(name in out for name in names), out
+    for name in names:
+        rows = json.loads(ds[2].cli("jobs", "--instance", name, "--json").stdout)
+        assert rows and {r["instance"] for r in rows} == {name}
+    status = json.loads(ds[0].cli("status", "--json").stdout)
+    assert {i["instance"] for i in status["instances"]} == names
+    assert all(i["state"] == "running" and i["host"] for i in status["instances"])
+    text = ds[0].cli("status").stdout
+    assert "instances (3;" in text and all(name in text for name in names), text
+
+    for d in ds:  # heartbeat and metrics per instance, side by side in one outbox
+        name = instance_of(d)
+        folder = d.outbox / "_daemon" / name
+        beat = wait_for(
+            lambda f=folder: (
+                (f / "health.json").exists() and json.loads((f / "health.json").read_text())
+            ),
+            30,
+            f"health.json of {name}",
+            d,
+        )
+        assert beat["instance"] == name and beat["store"] == "ok"
+        assert set(beat["peers"]) == names - {name}
+        assert f'instance="{name}"' in (folder / "metrics.prom").read_text()
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+
+        def shown() -> dict | None:
+            return browser.execute_script(
+                "const i = [...document.querySelectorAll('#instances tr')].map(r => r.dataset.instance);"
+                "const j = [...document.querySelectorAll('#jobs td.instance')].map(td => td.textContent);"
+                "return i.length && j.length ? {instances: i, jobs: j} : null;"
+            )
+
+        seen = wait_for(shown, 30, "the instances on the page", ds[0])
+        assert set(seen["instances"]) == names and set(seen["jobs"]) == names, seen
+    finally:
+        browser.quit()
