@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-gpu soak clean
+.PHONY: demo test lint bench bench-gpu bench-farm soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(STAMP)
 
 bench-gpu: $(STAMP)  # on a host with an NVIDIA GPU and a CUDA build of torch
 	$(BIN)/python bench/wav2lip_gpu.py
+
+bench-farm: $(STAMP)  # needs PostgreSQL server binaries (apt-get install postgresql)
+	$(BIN)/python bench/farm.py
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
