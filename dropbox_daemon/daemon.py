@@ -382,6 +382,29 @@ class Daemon:
             return
         room = self.farm.capacity(self.store, running=self.current is not None)
         self.farm.take_over(self.intake, self.store, self.outbox, room)
+        if self.store.shared:
+            self._requeue_strays()
+
+    def _requeue_strays(self) -> None:
+        """A farm job the database says this instance runs, but its worker does not: a start
+        whose reply the database never got back to us (the connection broke at the commit)."""
+        assert self.store is not None
+        mine = {j for j, _ in self.unrecorded} | ({self.current.job_id} if self.current else set())
+        for job in self.store.held():
+            if job.running and job.job_id not in mine:
+                logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
+                    "job {} is {} on this instance in the database but not in its worker "
+                    "(a reply lost with the connection); re-queued",
+                    job.job_id,
+                    job.state,
+                )
+                self.store.transition(
+                    job.job_id,
+                    "queued",
+                    expect=RUNNING,
+                    attempts=max(0, job.attempts - 1),
+                    detail="started on a connection that broke before the start was confirmed",
+                )
 
     def _forget_lost(self) -> None:
         """At start-up: jobs a peer took over while this daemon was down are theirs now."""

@@ -76,6 +76,7 @@ class Farm:
         self.peers: dict[str, Lease] = {}
         self.dead: dict[str, str] = {}
         self.next_renew = 0.0
+        self.next_sweep = 0.0
         self.renewing_since: float | None = None  # monotonic: renewals unbroken since then
 
     # -- the lease -------------------------------------------------------------------
@@ -120,7 +121,7 @@ class Farm:
         into the shared queue)."""
         if store.shared:
             return 1 << 30
-        queued = store.counts()["queued"]
+        queued = store.count_queued()
         return 1 + self.cfg.daemon.prefetch - queued - (1 if running else 0)
 
     # -- takeover --------------------------------------------------------------------
@@ -173,6 +174,11 @@ class Farm:
                     job.state,
                     self.instance,
                 )
+        mono = time.monotonic()
+        if mono < self.next_sweep:
+            return taken
+        # the claim folders of the dead are read at most this often: a share may hold thousands
+        self.next_sweep = mono + max(2.0, self.stale / 4)
         for inbox, cdir, owner in self.orphans(store.claim_dirs(), outbox, set(self.dead)):
             if len(taken) >= room:
                 break

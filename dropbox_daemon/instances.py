@@ -105,6 +105,28 @@ def clash(other: Lease, me: Lease, stale_seconds: float, now: float) -> str | No
     )
 
 
+def take_lease(leases: Any, other: Lease | None, now: float, where: str) -> None:
+    """ConfigError if `other` (the lease found under my id) is a live daemon; else renew mine
+    with a beat above it, so that peers see the change."""
+    why = clash(other, leases.me, leases.stale_seconds, now) if other else None
+    if why:
+        raise ConfigError(
+            why + where,
+            hint="give each daemon its own [daemon] instance (or leave it empty: the default "
+            "is unique per host and state folder), or stop the other one first",
+        )
+    if other is not None:
+        leases.me.beat = int(other.beat) + 1
+    leases.renew(now)
+
+
+def next_beat(me: Lease, now: float, fields: dict[str, Any]) -> None:
+    for k, v in fields.items():
+        setattr(me, k, v)
+    me.beat += 1
+    me.renewed_at = now
+
+
 @dataclass
 class _Seen:
     mark: tuple[Any, ...]
@@ -145,24 +167,11 @@ class FolderLeases:
 
     def register(self, now: float) -> None:
         """Refuse to run beside a live daemon of the same instance id; then take the lease."""
-        other = self.read_all().get(self.me.instance)
-        why = clash(other, self.me, self.stale_seconds, now) if other else None
-        if why:
-            raise ConfigError(
-                why,
-                hint="give each daemon its own [daemon] instance (or leave it empty: the default "
-                "is unique per host and state folder), or stop the other one first",
-            )
-        if other is not None:
-            self.me.beat = other.beat + 1
-        self.renew(now)
+        take_lease(self, self.read_all().get(self.me.instance), now, "")
 
     def renew(self, now: float, **fields: Any) -> bool:
         """Rewrite the lease with a higher beat in every inbox; False when a write failed."""
-        for k, v in fields.items():
-            setattr(self.me, k, v)
-        self.me.beat += 1
-        self.me.renewed_at = now
+        next_beat(self.me, now, fields)
         failed = None
         for root in self.roots:
             try:
@@ -227,26 +236,16 @@ class StoreLeases:
     def register(self, now: float) -> None:
         """Refuse to run beside a live daemon of the same instance id; then take the lease."""
         row = self.store.register_instance(asdict(self.me))
+        other = None
         if row is not None:
             other = Lease.from_dict(row)
             other.renewed_at = now - float(row["age"])  # the database's age, on this clock
-            why = clash(other, self.me, self.stale_seconds, now)
-            if why:
-                raise ConfigError(
-                    why + " (per the farm's database)",
-                    hint="give each daemon its own [daemon] instance (or leave it empty: the "
-                    "default is unique per host and state folder), or stop the other one first",
-                )
-            self.me.beat = int(other.beat) + 1
-        self.renew(now)
+        take_lease(self, other, now, " (per the farm's database)")
 
     def renew(self, now: float, **fields: Any) -> bool:
         from dropbox_daemon.store import StoreUnavailable
 
-        for k, v in fields.items():
-            setattr(self.me, k, v)
-        self.me.beat += 1
-        self.me.renewed_at = now
+        next_beat(self.me, now, fields)
         try:
             self.store.renew_instance(asdict(self.me))
         except StoreUnavailable as e:

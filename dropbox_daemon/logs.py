@@ -30,6 +30,8 @@ def _job_part(record: Any) -> str:
 def setup(cfg: Config, *, to_file: bool = True) -> None:
     """Configure loguru for the daemon process."""
     logger.remove()
+    # every record names the instance (daemon.jsonl; journald has the unit's name already)
+    logger.configure(extra={"instance": cfg.instance_id})
     level = cfg.daemon.log.level
     under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
 

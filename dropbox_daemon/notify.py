@@ -31,7 +31,11 @@ class Notifier:
         if self.sock is None:
             return False
         try:
-            self.sock.sendto("\n".join(fields).encode(), self.address)
+            # never block: a reader that stopped reading must not stall the heartbeat (and the stop)
+            self.sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self.address)
+        except BlockingIOError:
+            logger.debug("sd_notify to {!r}: its queue is full; message dropped", self.address)
+            return False
         except OSError as e:
             logger.warning("sd_notify to {!r} failed: {}", self.address, e)
             return False

@@ -189,6 +189,15 @@ class DaemonProc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def daemon_dir(self) -> Path:
+        """outbox/_daemon/<instance>/: this daemon's health.json and metrics.prom."""
+        import socket
+
+        from dropbox_daemon.config import default_instance_id
+
+        return self.outbox / "_daemon" / default_instance_id(socket.gethostname(), self.state)
+
     def log_text(self) -> str:
         try:
             return self.logfile.read_text(errors="replace")
@@ -434,3 +443,24 @@ class OutboxReader:
     def __exit__(self, *exc: object) -> None:
         self.stop_event.set()
         self.thread.join(5)
+
+
+def headless_chromium():  # noqa: ANN201
+    """Debian's chromium under selenium, headless, with nothing reaching out to the network."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1200,900",
+    ):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)

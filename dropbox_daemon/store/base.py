@@ -463,6 +463,10 @@ class Store:
             (limit,),
         )
 
+    def count_queued(self) -> int:
+        """Jobs waiting in state queued (an index lookup: called on the main loop's every pass)."""
+        return int(self._read("SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued'")[0]["n"])
+
     def counts(self) -> dict[str, int]:
         """Number of jobs in each state (every state present, zeros included)."""
         out = dict.fromkeys(STATES, 0)

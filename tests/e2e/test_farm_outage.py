@@ -29,6 +29,15 @@ def health(d) -> dict:  # noqa: ANN001
         return {}
 
 
+def until_done(outbox, n: int, d) -> None:  # noqa: ANN001
+    wait_for(
+        lambda: sum(t.get("state") == "done" for t in outcome(outbox).values()) >= n,
+        120,
+        f"{n} jobs done",
+        d,
+    )
+
+
 def hold(seconds: float, ds) -> None:  # noqa: ANN001
     """Keep the database away for `seconds` (the outage is the test), the daemons alive throughout."""
     end = time.monotonic() + seconds
@@ -59,12 +68,7 @@ def test_the_database_stopped_and_restarted_mid_storm(
         drop_valid(inbox, media, job_id)
     for n, job_id in enumerate(bad[:3]):
         drop_invalid(inbox, media, job_id, n)
-    wait_for(
-        lambda: sum(t.get("state") == "done" for t in outcome(outbox).values()) >= 10,
-        60,
-        "10 done",
-        ds[0],
-    )
+    until_done(outbox, 10, ds[0])
 
     pg_server.stop("fast")  # unreachable: connections refused for OUTAGE seconds
     try:
@@ -84,12 +88,7 @@ def test_the_database_stopped_and_restarted_mid_storm(
         drop_valid(inbox, media, job_id)
     for n, job_id in enumerate(bad[3:], start=3):
         drop_invalid(inbox, media, job_id, n)
-    wait_for(
-        lambda: sum(t.get("state") == "done" for t in outcome(outbox).values()) >= 55,
-        120,
-        "55 done",
-        ds[0],
-    )
+    until_done(outbox, 55, ds[0])
     pg_server.restart()  # a restart: every connection broken at once
 
     ids = wave1 + wave2 + bad
@@ -113,6 +112,11 @@ def test_the_database_stopped_and_restarted_mid_storm(
         assert task["state"] == want, (job_id, task)
         assert terminal_lines(outbox, job_id) == {want: 1}, job_id
     assert leftovers(inbox) == []
+    # no job rendered twice: none taken over, every done job on its first attempt
+    assert all(t["attempts"] == 1 for t in result.values() if t["state"] == "done"), {
+        k: t["attempts"] for k, t in result.items() if t.get("attempts") != 1
+    }
+    assert not any("taken over" in (outbox / j / "log.txt").read_text() for j in result)
     assert any("kept in memory and recorded once" in d.log_text() for d in ds)  # finished meanwhile
     for d in ds:
         text = d.log_text()

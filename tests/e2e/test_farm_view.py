@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from farm_support import drop_valid, farm, instance_of
-from support import wait_for
+from support import headless_chromium, wait_for
 from test_web import free_port
 
 
@@ -58,22 +58,7 @@ def test_jobs_status_health_and_page_show_three_instances(
 
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run does)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ):
-        opts.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    browser = headless_chromium()
     try:
         browser.get(f"http://127.0.0.1:{port}/")
 

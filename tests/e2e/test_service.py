@@ -8,6 +8,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,21 @@ def test_notify_heartbeat_metrics_status_logs(daemon_factory, media, tmp_path) -
     sock_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
-    sock.settimeout(30)
-    d = daemon_factory(sections=FAST).start(env={"NOTIFY_SOCKET": sock_path})
+    sock.settimeout(0.2)
     seen: list[str] = []
-    while not {"READY=1", "WATCHDOG=1"} <= set(seen):
-        seen += sock.recv(4096).decode().split("\n")
+    reading = threading.Event()
+
+    def read() -> None:  # as systemd does: always reading, whatever the test is doing
+        while not reading.is_set():
+            try:
+                seen.extend(sock.recv(4096).decode().split("\n"))
+            except TimeoutError:
+                pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    d = daemon_factory(sections=FAST).start(env={"NOTIFY_SOCKET": sock_path})
+    wait_for(lambda: {"READY=1", "WATCHDOG=1"} <= set(seen), 30, "READY and WATCHDOG", d)
     assert any(m.startswith("STATUS=") for m in seen)
     assert "worker ready" in d.log_text()  # READY only once the worker had loaded
 
@@ -46,7 +57,7 @@ def test_notify_heartbeat_metrics_status_logs(daemon_factory, media, tmp_path) -
     drop(d, media, "m3", template="missing")
     for j in ("m1", "m2", "m3"):
         d.wait_state(j, timeout=60)
-    prom = d.outbox / "_daemon" / "metrics.prom"
+    prom = d.daemon_dir / "metrics.prom"
 
     def jobs_metric() -> dict:
         fams = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
@@ -67,7 +78,7 @@ def test_notify_heartbeat_metrics_status_logs(daemon_factory, media, tmp_path) -
         "dropbox_pickup_latency_seconds_count"
     ] >= 2
     assert fams["dropbox_last_success_timestamp_seconds"].samples[0].value > 0
-    beat = json.loads((d.outbox / "_daemon" / "health.json").read_text())
+    beat = json.loads((d.daemon_dir / "health.json").read_text())
     assert beat["status"] == "ok" and beat["ready"] and beat["worker"]["state"] == "idle"
     assert beat["worker"]["memory_bytes"] > 10 << 20
     assert beat["last_done"]["job_id"] in ("m1", "m2") and beat["jobs_by_state"]["rejected"] == 1
@@ -75,9 +86,7 @@ def test_notify_heartbeat_metrics_status_logs(daemon_factory, media, tmp_path) -
     assert set(beat["disk_free_bytes"]) == {"outbox", "state"}
     written = beat["written_at"]
     wait_for(
-        lambda: (
-            json.loads((d.outbox / "_daemon" / "health.json").read_text())["written_at"] != written
-        ),
+        lambda: json.loads((d.daemon_dir / "health.json").read_text())["written_at"] != written,
         10,
         "the next heartbeat",
         d,
@@ -94,15 +103,10 @@ def test_notify_heartbeat_metrics_status_logs(daemon_factory, media, tmp_path) -
     jsonl = (d.state / "logs" / "daemon.jsonl").read_text().splitlines()
     assert any(json.loads(line)["record"]["extra"].get("job_id") == "m1" for line in jsonl)
     assert d.stop() == 0
-    sock.settimeout(0.5)
-    tail: list[str] = []
-    try:
-        while True:
-            tail += sock.recv(4096).decode().split("\n")
-    except TimeoutError:
-        pass
+    wait_for(lambda: "STOPPING=1" in seen, 10, "STOPPING=1", d)
+    reading.set()
+    reader.join(5)
     sock.close()
-    assert "STOPPING=1" in tail
     r = d.cli("status")
     assert r.returncode == 1 and "NOT running" in r.stdout
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import put_file, put_manifest, wait_for
+from support import headless_chromium, put_file, put_manifest, wait_for
 
 TOKEN = "t0k3n-for-tests"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -129,28 +129,12 @@ def test_endpoints(daemon_factory, media) -> None:  # noqa: ANN001
     reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)",
 )
 def test_page_in_a_headless_browser(daemon_factory, media) -> None:  # noqa: ANN001
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     d = web_daemon(daemon_factory, media).start()
     drop(d, media, "first", engine="passthrough")
     d.wait_state("first", "done", timeout=60)
     drop(d, media, "long", engine="passthrough", audio=media.tone_95, template=media.big_image)
     d.wait_state("long", {"rendering"}, timeout=60)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1200,900",
-    ):
-        opts.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    browser = headless_chromium()
     try:
         browser.get(f"{d.base}/?token={TOKEN}")
 

@@ -27,7 +27,7 @@ def worker_pid(d) -> int:  # noqa: ANN001
 
 
 def health(d) -> dict:  # noqa: ANN001
-    return json.loads((d.outbox / "_daemon" / "health.json").read_text())
+    return json.loads((d.daemon_dir / "health.json").read_text())
 
 
 FAST = {"health": {"heartbeat_seconds": 0.5, "disk_warn_bytes": 0, "disk_fail_bytes": 0}}

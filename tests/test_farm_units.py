@@ -1,0 +1,106 @@
+"""Units of the farm's dense parts: leases judged on the observer's clock, identity clashes,
+the claim rename that fences a former holder, and the order drops are pulled in."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from dropbox_daemon import drops
+from dropbox_daemon.config import InboxConfig
+from dropbox_daemon.errors import ConfigError
+from dropbox_daemon.farm import Ready, best
+from dropbox_daemon.instances import FolderLeases, Lease, boot_id, clash, process_started
+
+
+def lease(instance: str, **kw) -> Lease:  # noqa: ANN003
+    base = Lease.mine(instance, socket.gethostname(), Path("/state") / instance)
+    for k, v in kw.items():
+        setattr(base, k, v)
+    return base
+
+
+def test_a_peer_is_dead_only_after_its_beat_stood_still_for_stale_seconds(tmp_path: Path) -> None:
+    root = tmp_path / ".dropbox"
+    peer = FolderLeases([root], lease("peer", pid=1), stale_seconds=10)
+    me = FolderLeases([root], lease("me"), stale_seconds=10)
+    peer.renew(now=1000.0)
+    assert me.dead(me.observe(mono=0.0), mono=0.0) == {}
+    assert me.dead(me.observe(mono=9.9), mono=9.9) == {}
+    # its wall clock may be anything: only the beat moving counts, timed on my clock
+    peer.renew(now=-5e6)
+    assert me.dead(me.observe(mono=15.0), mono=15.0) == {}
+    assert me.dead(me.observe(mono=24.9), mono=24.9) == {}
+    why = me.dead(me.observe(mono=25.0), mono=25.0)
+    assert set(why) == {"peer"} and "10 s" in why["peer"]
+    peer.renew(now=0.0)  # it was only slow: alive again
+    assert me.dead(me.observe(mono=26.0), mono=26.0) == {}
+    peer.release(now=0.0)  # a clean stop releases its jobs at once
+    assert me.dead(me.observe(mono=26.5), mono=26.5) == {"peer": "it stopped"}
+
+
+def test_identity_clash_rules() -> None:
+    me = lease("gpu0", pid=os.getpid())
+    parent = os.getppid()
+    live_here = lease("gpu0", pid=parent, started_at=process_started(parent))
+    assert "already running: pid" in clash(live_here, me, 60, now=live_here.renewed_at)
+    gone_here = lease("gpu0", pid=2**22 + 7)  # no such process: this machine's earlier run
+    assert clash(gone_here, me, 60, now=0.0) is None
+    other_host = lease("gpu0", host="elsewhere", boot_id="b", renewed_at=100.0)
+    assert clash(other_host, me, 60, now=150.0) is not None  # renewed 50 s ago: alive
+    assert clash(other_host, me, 60, now=161.0) is None  # silent past stale: gone
+    assert clash(lease("gpu0", pid=parent, state="stopped"), me, 60, now=0.0) is None
+    assert boot_id()  # Linux: the kernel's boot id
+
+
+def test_register_refuses_a_live_twin_and_names_it(tmp_path: Path) -> None:
+    root = tmp_path / ".dropbox"
+    FolderLeases([root], lease("twin"), stale_seconds=30).register(now=50.0)  # this process
+    twin = lease("twin", pid=os.getppid(), state_dir="/elsewhere")
+    with pytest.raises(ConfigError) as e:
+        FolderLeases([root], twin, stale_seconds=30).register(now=51.0)
+    assert f"pid {os.getpid()}" in e.value.message and "state folder /state/twin" in e.value.message
+    assert "[daemon] instance" in e.value.hint
+
+
+def claim_folder(tmp_path: Path) -> tuple[Path, dict]:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.json").write_text(json.dumps({"audio": "a.wav", "template": "t.png"}))
+    cand = drops.Candidate(inbox / "a.json", inbox, False)
+    cl = drops.claim(inbox, cand, "dead-one", 0.0)
+    assert cl is not None
+    return cl.dir, drops.read_owner(cl.dir) or {}
+
+
+def test_take_over_has_one_winner_and_fences_the_former_holder(tmp_path: Path) -> None:
+    cdir, owner = claim_folder(tmp_path)
+    assert owner["instance"] == "dead-one" and owner["generation"] == 1
+    won = drops.take_over(cdir, owner, "b", 1.0, "silent")
+    assert won is not None and won.name == f"{cdir.name}.g2" and not cdir.exists()
+    assert drops.take_over(cdir, owner, "c", 1.0, "silent") is None  # the same view: too late
+    new_owner = drops.read_owner(won)
+    assert new_owner["instance"] == "b" and new_owner["taken_from"] == "dead-one"
+    assert (won / "drop" / "a.json").exists()  # renamed with its folder, never copied
+    again = drops.take_over(won, new_owner, "c", 2.0, "silent")
+    assert again is not None and again.name == f"{cdir.name}.g3"
+    assert drops.base_claim_id(again.name) == cdir.name
+
+
+def test_pull_order_is_priority_then_oldest(tmp_path: Path) -> None:
+    inbox = InboxConfig(name="a", path=tmp_path)
+
+    def r(name: str, prio: int, mtime: float) -> Ready:
+        return Ready(drops.Candidate(tmp_path / name, tmp_path, False), inbox, prio, mtime)
+
+    ready = {
+        r.candidate.manifest: r for r in (r("old", 0, 1.0), r("new", 0, 2.0), r("urgent", 5, 3.0))
+    }
+    assert best(ready).candidate.manifest.name == "urgent"
+    ready.pop(tmp_path / "urgent")
+    assert best(ready).candidate.manifest.name == "old"
+    assert best({}) is None
