@@ -489,6 +489,9 @@ class Daemon:
             self._on_message(msg, now)
         if self.worker.state in ("starting", "idle", "busy") and not self.worker.alive():
             why = self.worker.exit_description()
+            # its ffmpeg children still hold the output pipe: end them so that the relay reads
+            # the worker's last words to the end (a crash report) before the job is recorded
+            self.worker.kill()
             tail = self.worker.output_tail()
             logger.error(
                 "worker (pid {}) died: {}; its last output: {}",

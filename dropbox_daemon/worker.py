@@ -213,7 +213,7 @@ def worker_main(conn: Connection, cfg: Config, output: Connection | None = None)
 
 
 # -- inside the daemon -----------------------------------------------------------------
-OUTPUT_KEPT = 50  # worker output lines the daemon keeps for a crashed job's record
+OUTPUT_KEPT = 500  # a faulthandler report lists every thread: keep its headline in view
 OUTPUT_LINE_MAX = 500  # characters of each kept line
 
 
@@ -332,10 +332,11 @@ class WorkerHandle:
         except Exception:  # noqa: BLE001 - a log line must never stop the relay
             pass
 
-    def output_tail(self, n: int = 12, wait: float = 0.5) -> list[str]:
+    def output_tail(self, n: int = 12, wait: float = 5.0) -> list[str]:
         """What the worker said last: its last crash report or traceback when there is one
-        (the headline and the crashed thread's stack), else its last n lines; after a short
-        wait for the pipe to drain."""
+        (the headline and the crashed thread's stack), else its last n lines. Call it once the
+        worker and its children are gone: it waits (up to `wait` s) for the relay to read the
+        pipe to its end, so a report written just before the crash is never missed."""
         if self.relay is not None:
             self.relay.join(wait)
         lines = [line for line in self.last_output if line.strip()]
