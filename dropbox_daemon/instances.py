@@ -25,7 +25,6 @@ from loguru import logger
 
 from dropbox_daemon import __version__
 from dropbox_daemon.errors import ConfigError
-from dropbox_daemon.outbox import atomic_write_json
 
 INSTANCES_DIR = "instances"  # under <inbox>/.dropbox/
 
@@ -105,6 +104,14 @@ def clash(other: Lease, me: Lease, stale_seconds: float, now: float) -> str | No
     )
 
 
+def write_lease(path: Path, lease: dict[str, Any]) -> None:
+    """Replace a lease file atomically but without fsync: it is rewritten every few seconds,
+    and an fsync per renewal would cost the main loop a disk flush (worse on a share)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(lease))
+    os.replace(tmp, path)
+
+
 def take_lease(leases: Any, other: Lease | None, now: float, where: str) -> None:
     """ConfigError if `other` (the lease found under my id) is a live daemon; else renew mine
     with a beat above it, so that peers see the change."""
@@ -176,7 +183,7 @@ class FolderLeases:
         for root in self.roots:
             try:
                 (root / INSTANCES_DIR).mkdir(parents=True, exist_ok=True)
-                atomic_write_json(self._file(root, self.me.instance), asdict(self.me))
+                write_lease(self._file(root, self.me.instance), asdict(self.me))
             except OSError as e:
                 failed = f"{root}: {e.strerror or e}"
         if failed and failed != self.failing:
