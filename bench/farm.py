@@ -132,7 +132,9 @@ folders renamed into place; {DAEMONS} daemons, each with its own state folder an
 on this one 2-core machine (so the figures are the queue's cost under CPU contention, not a
 farm's throughput). The dispatch gap is the time from a daemon's job ending to its next job
 starting (recording the result, taking the next job, handing it to the worker), over every
-pair of consecutive jobs of one daemon.
+pair of consecutive jobs of one daemon. On the shared folder a daemon claims its next drop
+(prefetch) after handing the worker its next job, not before: measured the other way round
+the same run gave a gap of p50 115 ms / p99 420 ms there (PostgreSQL: 16 / 47 ms).
 
 | mode | wall | jobs/s | dispatch gap p50 | p99 | jobs per daemon | each exactly once |
 |---|---|---|---|---|---|---|

@@ -243,9 +243,11 @@ class Daemon:
                         self.pending.setdefault(cand.manifest, Pending(cand, inbox))
             self._take_over(mono)
         self._take_settled(now)
-        self._pull(now)
         self._handle_cancels(now)
         self._dispatch(now)
+        # after the dispatch: the worker starts its next job before the prefetch is refilled
+        self._pull(now)
+        self._dispatch(now)  # an idle worker with nothing queued: what was just pulled
         self._share_view()
 
     def _store_down(self, e: StoreUnavailable) -> None:
