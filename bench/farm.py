@@ -133,8 +133,8 @@ on this one 2-core machine (so the figures are the queue's cost under CPU conten
 farm's throughput). The dispatch gap is the time from a daemon's job ending to its next job
 starting (recording the result, taking the next job, handing it to the worker), over every
 pair of consecutive jobs of one daemon. On the shared folder a daemon claims its next drop
-(prefetch) after handing the worker its next job, not before: measured the other way round
-the same run gave a gap of p50 115 ms / p99 420 ms there (PostgreSQL: 16 / 47 ms).
+(prefetch) after handing the worker its next job, not before; an earlier run with the other
+order measured a gap of p50 115 ms / p99 420 ms there (PostgreSQL in that run: 16 / 47 ms).
 
 | mode | wall | jobs/s | dispatch gap p50 | p99 | jobs per daemon | each exactly once |
 |---|---|---|---|---|---|---|
