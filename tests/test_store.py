@@ -160,3 +160,33 @@ def test_recover_jobs_cut_off_during_intake(store: Store) -> None:
     assert store.get("valid").state == "queued"
     bad = store.get("invalid")
     assert bad.state == "rejected" and bad.error["code"] == "intake_interrupted"
+
+
+def test_a_result_published_before_a_crash_is_recorded_not_run_again(
+    store: Store, tmp_path
+) -> None:  # noqa: ANN001
+    claim = tmp_path / "claims" / "c1"
+    claim.mkdir(parents=True)
+    new(store, "pub", claim_dir=str(claim))
+    store.transition("pub", "queued")
+    store.take_next("me", {})
+    store.transition("pub", "rendering")
+    store.transition("pub", "encoding")
+    # the crash: task.json and the result were written, the database's commit never came
+    result = store.outbox.job_dir("pub") / "result.mp4"
+    result.write_bytes(b"x" * 1234)
+    record = store.get("pub").record() | {"state": "done"}
+    record["output"] = {"name": "result.mp4", "bytes": 1234}
+    store.outbox.write_task(record)
+    store.recover_interrupted()
+    job = store.get("pub")
+    assert job.state == "done" and job.attempts == 1 and job.output["bytes"] == 1234
+    # a result that is not there (or not whole) runs again
+    new(store, "torn", claim_dir=str(claim))
+    store.transition("torn", "queued")
+    store.take_next("me", {})
+    store.outbox.write_task(
+        store.get("torn").record() | {"state": "done", "output": {"name": "r.mp4", "bytes": 9}}
+    )
+    store.recover_interrupted()
+    assert store.get("torn").state == "queued"

@@ -623,9 +623,39 @@ class Store:
                 why = "intake resumed after a restart"
             else:
                 why = f"the daemon stopped during {job.state} (attempt {job.attempts})"
-            to, changes, detail = resume_plan(job, why)
+            to, changes, detail = self.resume_plan(job, why)
+            if to == "done":  # recorded in the outbox, not in the database: straight there
+                job = self._catch_up(job)
             out.append(self.transition(job.job_id, to, detail=detail, **changes))
         return out
+
+    def resume_plan(self, job: Job, why: str) -> tuple[str, dict[str, Any], str]:
+        """resume_plan, but a job whose result was published and whose task.json says done
+        (a crash between the outbox write and the database's commit) is done, not run again."""
+        task = self.outbox.read_task(job.job_id) if job.state in RUNNING else None
+        out = (task or {}).get("output") or {}
+        final = self.outbox.job_dir(job.job_id) / str(out.get("name") or "")
+        if (
+            task is not None
+            and task.get("state") == "done"
+            and task.get("claim") == (Path(job.claim_dir).name if job.claim_dir else None)
+            and out.get("name")
+            and final.is_file()
+            and final.stat().st_size == out.get("bytes")
+        ):
+            return (
+                "done",
+                {"output": out, "timings": task.get("timings") or job.timings},
+                f"{why}; its result had been published: recorded as done",
+            )
+        return resume_plan(job, why)
+
+    def _catch_up(self, job: Job) -> Job:
+        """Walk a running job through the stages it missed, so that `done` is a legal move."""
+        order = ("preparing", "rendering", "encoding")
+        for stage in order[order.index(job.state) + 1 :]:
+            job = self.transition(job.job_id, stage, detail="recorded late (after a crash)")
+        return job
 
 
 def resume_plan(job: Job, why: str) -> tuple[str, dict[str, Any], str]:

@@ -41,7 +41,6 @@ from dropbox_daemon.store.base import (
     JobExists,
     Store,
     StoreUnavailable,
-    resume_plan,
     rows_of,
 )
 
@@ -270,7 +269,12 @@ class PostgresStore(Store):
                     else f"its lease has not been renewed for {float(age or 0):.0f} s"
                 )
                 why = f"taken over from instance {job.instance} by instance {instance}: {silent}"
-                to, changes, detail = resume_plan(job, why)
+                to, changes, detail = self.resume_plan(job, why)
+                if to == "done":
+                    for stage in ("rendering", "encoding")[
+                        ("preparing", "rendering", "encoding").index(job.state) :
+                    ]:
+                        job = self._apply(c, job, stage, "recorded late (after a crash)", {})
                 new_claim = rename(job) if to == "queued" and job.state in RUNNING else None
                 changes = {**changes, "generation": job.generation + 1, "instance": instance}
                 if new_claim:

@@ -106,8 +106,15 @@ def test_full_state_folder_is_survived_and_recovered(daemon_factory, media) -> N
         assert d.wait_state("statefull", "done", timeout=90)["state"] == "done"
         db = sqlite3.connect(f"file:{d.state / 'jobs.sqlite3'}?mode=ro", uri=True)
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert db.execute("SELECT state FROM jobs WHERE job_id = 'statefull'").fetchone() == (
-            "done",
+        # task.json is written inside the transaction, just before its commit
+        wait_for(
+            lambda: (
+                db.execute("SELECT state FROM jobs WHERE job_id = 'statefull'").fetchone()
+                == ("done",)
+            ),
+            10,
+            "the database to record done",
+            d,
         )
     finally:
         if d.alive():
