@@ -187,6 +187,12 @@ class Farm:
                 f"taken over from instance {prior} by instance {self.instance}: "
                 f"{self.dead.get(prior, 'it is gone')}"
             )
+            # look again right before the rename: an instance that restarted since the last
+            # look renews its lease before it resumes its own claims, so it is not raced
+            if prior not in self.leases.dead(
+                self.leases.observe(time.monotonic()), time.monotonic()
+            ):
+                continue
             new = drops.take_over(cdir, owner, self.instance, time.time(), why)
             if new is None:
                 continue  # another daemon was first
