@@ -614,7 +614,7 @@ class Daemon:
             self._forget(job, f"its late result ({outcome}) is discarded: {lost}")
             return
         if outcome == "done":
-            self._catch_up_stages(job, msg.get("generation"))
+            self.store.catch_up(job, "store was unreachable", fence=msg.get("generation"))
             job = self.store.transition(
                 job_id,
                 "done",
@@ -644,17 +644,6 @@ class Daemon:
         log.warning(
             "job {} {} ({}): {} - {}", job_id, to, err["code"], err["message"], err.get("hint", "")
         )
-
-    def _catch_up_stages(self, job: Job, generation: int | None) -> None:
-        """Stage changes the store missed while it was unreachable, before `done`."""
-        assert self.store is not None
-        order = ("preparing", "rendering", "encoding")
-        if job.state not in order:
-            return
-        for stage in order[order.index(job.state) + 1 :]:
-            self.store.transition(
-                job.job_id, stage, fence=generation, detail="recorded late (store was unreachable)"
-            )
 
     def _requeue(
         self, job_id: str, why: str, *, count_attempt: bool, output: list[str] | None = None

@@ -625,7 +625,7 @@ class Store:
                 why = f"the daemon stopped during {job.state} (attempt {job.attempts})"
             to, changes, detail = self.resume_plan(job, why)
             if to == "done":  # recorded in the outbox, not in the database: straight there
-                job = self._catch_up(job)
+                job = self.catch_up(job)
             out.append(self.transition(job.job_id, to, detail=detail, **changes))
         return out
 
@@ -650,11 +650,12 @@ class Store:
             )
         return resume_plan(job, why)
 
-    def _catch_up(self, job: Job) -> Job:
+    def catch_up(self, job: Job, why: str = "after a crash", fence: int | None = None) -> Job:
         """Walk a running job through the stages it missed, so that `done` is a legal move."""
-        order = ("preparing", "rendering", "encoding")
-        for stage in order[order.index(job.state) + 1 :]:
-            job = self.transition(job.job_id, stage, detail="recorded late (after a crash)")
+        if job.state not in RUNNING:
+            return job
+        for stage in RUNNING[RUNNING.index(job.state) + 1 :]:
+            job = self.transition(job.job_id, stage, fence=fence, detail=f"recorded late ({why})")
         return job
 
 
