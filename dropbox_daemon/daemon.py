@@ -355,6 +355,19 @@ class Daemon:
         """Claims this instance made that never reached its database (a crash right after the claim)."""
         assert self.store is not None and self.intake is not None
         known = self.store.claim_dirs()
+        for inbox in self.cfg.inbox:
+            for cdir in drops.unfinished_claims(
+                inbox.path, self.farm.instance, self.cfg.daemon.stale_claim_seconds
+            ):
+                if str(cdir) not in known and drops.discard_if_unfinished(
+                    cdir, drops.read_owner(cdir), self.cfg.daemon.stale_claim_seconds
+                ):
+                    logger.warning(
+                        "inbox {}: removed claim folder {}: a crash left it empty before the "
+                        "drop was moved in; the drop itself waits in the inbox and is taken again",
+                        inbox.name,
+                        cdir.name,
+                    )
         for inbox, cdir, owner in self.farm.orphans(known, self.outbox, {self.farm.instance}):
             logger.warning("inbox {}: resuming claim {} left by a crash", inbox.name, cdir.name)
             cl = drops.claim_from(inbox.path, cdir, owner)

@@ -331,6 +331,44 @@ def own_orphans(inbox: Path, instance: str, known: set[str]) -> list[Claim]:
     return out
 
 
+def discard_if_unfinished(cdir: Path, owner: dict[str, Any] | None, min_age: float = 0.0) -> bool:
+    """Remove a claim folder a crash left half made: nothing was moved into it yet (the
+    daemon died between creating it and renaming the manifest in), so it holds no one's
+    files. `min_age`: for a folder with no owner.json, how old it must be, so that a claim
+    being made this instant is never touched. True when it was removed."""
+    drop = cdir / DROP_SUBDIR
+    try:
+        if (owner or {}).get("job_id") or (drop.exists() and any(drop.iterdir())):
+            return False
+        if owner is None and time.time() - cdir.stat().st_mtime < min_age:
+            return False
+        (cdir / OWNER_FILE).unlink(missing_ok=True)
+        if drop.exists():
+            drop.rmdir()
+        cdir.rmdir()
+    except OSError:
+        return False  # something landed in it meanwhile, or a peer removed it first
+    return True
+
+
+def unfinished_claims(inbox: Path, instance: str, min_age: float) -> list[Path]:
+    """Half-made claim folders (see discard_if_unfinished) that this instance made, or that
+    no one can be named for and that are older than `min_age` seconds."""
+    root = claims_root(inbox)
+    try:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return []
+    out = []
+    for cdir in dirs:
+        owner = read_owner(cdir)
+        if owner is not None and owner.get("instance", owner.get("host")) != instance:
+            continue
+        if not (cdir / DROP_SUBDIR).exists() or not any((cdir / DROP_SUBDIR).iterdir()):
+            out.append(cdir)
+    return out
+
+
 def base_claim_id(name: str) -> str:
     """A claim folder's name without its generation (`<id>.g2` -> `<id>`)."""
     return name.split(".g", 1)[0]

@@ -198,6 +198,14 @@ class Farm:
                 continue  # another daemon was first
             cl = drops.claim_from(inbox.path, new, owner)
             if cl is None:
+                if drops.discard_if_unfinished(new, drops.read_owner(new)):
+                    logger.warning(
+                        "inbox {}: removed claim folder {} of instance {}: it died before "
+                        "moving the drop in; the drop waits in the inbox",
+                        inbox.name,
+                        cdir.name,
+                        prior,
+                    )
                 continue
             logger.warning("inbox {}: claim {} {}", inbox.name, cdir.name, why)
             job = intake.adopt(inbox, cl, drops.read_owner(new) or owner, why)

@@ -104,3 +104,23 @@ def test_pull_order_is_priority_then_oldest(tmp_path: Path) -> None:
     ready.pop(tmp_path / "urgent")
     assert best(ready).candidate.manifest.name == "old"
     assert best({}) is None
+
+
+def test_a_half_made_claim_is_removed_and_a_real_one_never(tmp_path: Path) -> None:
+    cdir, owner = claim_folder(tmp_path)
+    assert not drops.discard_if_unfinished(cdir, owner)  # it holds the manifest
+    half = cdir.with_name("20261125T000000-0000000000")
+    (half / "drop").mkdir(parents=True)
+    (half / "owner.json").write_text(json.dumps({**owner, "job_id": None}))
+    bare = cdir.with_name("20261125T000001-0000000000")
+    (bare / "drop").mkdir(parents=True)  # died before even owner.json was written
+    noted = cdir.with_name("20261125T000002-0000000000")
+    (noted / "drop").mkdir(parents=True)
+    (noted / "owner.json").write_text(json.dumps({**owner, "job_id": "j"}))
+    assert drops.unfinished_claims(cdir.parent.parent.parent, "dead-one", 60) == [half, bare, noted]
+    assert drops.unfinished_claims(cdir.parent.parent.parent, "someone-else", 60) == [bare]
+    assert not drops.discard_if_unfinished(bare, None, min_age=60)  # it may be being made now
+    assert not drops.discard_if_unfinished(noted, drops.read_owner(noted))  # a job refers to it
+    assert drops.discard_if_unfinished(half, drops.read_owner(half)) and not half.exists()
+    assert drops.discard_if_unfinished(bare, None, min_age=0) and not bare.exists()
+    assert cdir.exists() and noted.exists()

@@ -207,3 +207,18 @@ def test_kill9_at_random_moments_while_a_reader_watches(daemon_factory, media) -
     ).fetchall()
     assert len(ends) == n and {c for _, c in ends} == {1}
     assert not [p for p in d.outbox.glob("*/.*.partial")]
+
+
+def test_a_claim_half_made_before_a_crash_is_cleared_and_the_drop_taken(
+    daemon_factory, media
+) -> None:  # noqa: ANN001
+    d = daemon_factory(daemon={"instance": "solo"})
+    half = d.inbox / ".dropbox" / "claimed" / "20261125T000000-00000000aa"
+    (half / "drop").mkdir(parents=True)  # kill -9 between creating the claim and moving in
+    owner = {"instance": "solo", "generation": 1, "source": "h.json", "job_folder": False}
+    (half / "owner.json").write_text(json.dumps(owner))
+    drop(d.inbox, "h", media.tone.read_bytes(), media.image.read_bytes())
+    d.start()
+    assert d.wait_state("h", timeout=60)["state"] == "done"
+    assert not half.exists() and "a crash left it empty" in d.log_text()
+    assert len(list((d.inbox / ".dropbox" / "claimed").iterdir())) == 1
