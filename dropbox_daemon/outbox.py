@@ -76,6 +76,18 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
+def last_line(path: Path, window: int = 8192) -> str:
+    """The last line of a text file ('' when there is none), read from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - window))
+            lines = f.read().decode("utf-8", "replace").rstrip("\n").rsplit("\n", 1)
+    except OSError:
+        return ""
+    return lines[-1]
+
+
 def copy_tree_keep(src: Path, dst: Path) -> None:
     """Put a copy of `src` (file or folder) at `dst`: hard links where possible, links kept as links."""
     if src.is_symlink():
@@ -128,10 +140,18 @@ class Outbox:
         except (OSError, ValueError):
             return None
 
-    def log(self, job_id: str, trace_id: str, message: str, *, at: float) -> None:
-        """Append one line to the job's log.txt (a single write, so lines never interleave)."""
+    def log(
+        self, job_id: str, trace_id: str, message: str, *, at: float, once: bool = False
+    ) -> None:
+        """Append one line to the job's log.txt (a single write, so lines never interleave).
+
+        `once`: not when the last line already says the same (a state change written just
+        before its database commit failed, and written again when it is retried)."""
         d = self.ensure(job_id)
-        line = f"{utc_iso(at)} job={job_id} trace={trace_id} {message}".replace("\n", " | ")
+        tail = f" job={job_id} trace={trace_id} {message}".replace("\n", " | ")
+        if once and last_line(d / LOG_TXT).endswith(tail):
+            return
+        line = f"{utc_iso(at)}{tail}"
         fd = os.open(d / LOG_TXT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (line + "\n").encode("utf-8", "replace"))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import pytest
 
@@ -96,6 +97,37 @@ def test_happy_path_writes_task_json_and_events(store: Store, tmp_path) -> None:
     ]
     log = (tmp_path / "outbox" / "j" / "log.txt").read_text().splitlines()
     assert len(log) == 6 and all(f"trace={task['trace_id']}" in line for line in log)
+
+
+def test_a_state_change_retried_after_a_failed_commit_is_logged_once(
+    store: Store,
+    tmp_path,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    new(store)
+    for to in ("queued", "preparing", "rendering", "encoding"):
+        store.transition("j", to)
+    real = store.transaction
+
+    @contextmanager
+    def commit_fails():  # noqa: ANN202 - log.txt and task.json are written, the commit is not
+        with real() as c:
+            yield c
+            raise RuntimeError("the commit failed")
+
+    monkeypatch.setattr(store, "transaction", commit_fails)
+    with pytest.raises(RuntimeError):
+        store.transition("j", "done", detail="result.mp4 in 0.07 s")
+    monkeypatch.setattr(store, "transaction", real)
+    assert store.get("j").state == "encoding"
+    store.transition("j", "done", detail="result.mp4 in 0.07 s")  # the daemon's retry
+    log = (tmp_path / "outbox" / "j" / "log.txt").read_text()
+    assert log.count("encoding -> done: result.mp4 in 0.07 s") == 1
+    assert [e["to_state"] for e in store.events("j")].count("done") == 1
+    store.transition("j", "queued", detail="run again")
+    store.transition("j", "preparing")
+    store.transition("j", "queued", detail="run again")  # the same words, not the last line
+    assert (tmp_path / "outbox" / "j" / "log.txt").read_text().count("-> queued: run again") == 2
 
 
 def test_illegal_transitions_are_refused(store: Store) -> None:

@@ -252,9 +252,11 @@ class Store:
                 ),
             )
         arrow = f"{from_state} -> {job.state}" if from_state else job.state
-        self._outbox_write(job, f"state {arrow}" + (f": {detail}" if detail else ""), now)
+        self._outbox_write(
+            job, f"state {arrow}" + (f": {detail}" if detail else ""), now, once=True
+        )
 
-    def _outbox_write(self, job: Job, line: str | None, now: float) -> None:
+    def _outbox_write(self, job: Job, line: str | None, now: float, once: bool = False) -> None:
         """log.txt line and task.json; a full or failing outbox never blocks the database.
 
         What could not be written is rewritten by flush_outbox() once the outbox works again.
@@ -270,7 +272,7 @@ class Store:
             return
         try:
             if line:
-                self.outbox.log(job.job_id, job.trace_id, line, at=now)
+                self.outbox.log(job.job_id, job.trace_id, line, at=now, once=once)
             self.outbox.write_task(job.record())
             self.stale_outbox.discard(job.job_id)
         except OSError as e:
