@@ -111,6 +111,9 @@ class LimitsConfig(_Strict):
     max_audio_seconds: float = Field(default=3600.0, gt=0)
     max_template_seconds: float = Field(default=600.0, gt=0)
     max_pixels: int = Field(default=3840 * 2160, gt=0)  # per frame, template and output
+    # A photo may be larger (phones take 12-50 megapixels): it is scaled down to fit max_pixels.
+    # Above this it is refused unread (a decompression bomb declares a huge size in a tiny file).
+    max_image_pixels: int = Field(default=120_000_000, gt=0)
     max_fps: float = Field(default=120.0, gt=0)
     # The loop cache holds a template's decoded frames so it can play backwards.
     max_loop_cache_bytes: int = Field(default=16 << 30, gt=0)
@@ -123,6 +126,8 @@ class MediaConfig(_Strict):
     encode_threads: int = Field(default=0, ge=0)  # 0: ffmpeg decides
     # auto: h264_nvenc where an NVIDIA GPU and a test encode work, else libx264
     video_encoder: Literal["auto", "libx264", "h264_nvenc"] = "auto"
+    # what shows through the transparent pixels of a template (RGBA PNG, WebP, GIF, ProRes 4444)
+    background: str = Field(default="#000000", pattern=r"^#[0-9a-fA-F]{6}$")
 
 
 class FacesConfig(_Strict):

@@ -28,7 +28,7 @@ from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch,
 from dropbox_daemon.errors import JobCancelled, MediaError, RenderError
 from dropbox_daemon.media.audio import load_mono16k
 from dropbox_daemon.media.encode import Encoder, encode_args, ffmpeg_binary, video_encoder
-from dropbox_daemon.media.frames import TemplateFrames, frame_count, output_size
+from dropbox_daemon.media.frames import TemplateFrames, View, frame_count, output_size
 from dropbox_daemon.media.probe import (
     VisualInfo,
     probe_audio,
@@ -71,7 +71,7 @@ def face_track(
         pad=(0.0, fc.pad_bottom, 0.0, 0.0),
     )
     cache = faces.TrackCache(cfg.daemon.state_dir / "faces")
-    key = cache.key(sha, source.size, source.fps, settings)
+    key = cache.key(f"{sha}:{source.view.key()}", source.size, source.fps, settings)
     needed = 1 if source.info.kind == "image" else needed
     cached = cache.get(key, needed)
     if cached is not None:
@@ -114,6 +114,20 @@ def face_track(
             "1/10 of the picture wide; poster.jpg shows the worst frame",
         )
     return track
+
+
+def shown_as(v: VisualInfo) -> str:
+    """How the stored template differs from what is shown, for the job's log ('' if not)."""
+    notes = [f"stored {v.coded_width}x{v.coded_height} {v.pix_fmt}"]
+    if v.rotation:
+        notes.append(f"turned {v.rotation} degrees clockwise")
+    if v.sar:
+        notes.append(f"pixel aspect {v.sar}")
+    if v.interlaced:
+        notes.append("deinterlaced")
+    if v.alpha:
+        notes.append("transparency flattened")
+    return f" ({'; '.join(notes)})" if len(notes) > 1 else ""
 
 
 def run(
@@ -159,6 +173,7 @@ def run(
                 f"inputs: audio {audio.duration:.3f} s {audio.codec} {audio.sample_rate} Hz; "
                 f"template {visual.kind} {visual.width}x{visual.height} {visual.codec}"
                 + (f" {visual.fps:g} fps" if visual.fps else "")
+                + shown_as(visual)
             ),
         }
     )
@@ -182,7 +197,7 @@ def run(
     if remote is not None:
         template_path, visual = remote, check_engine_video(remote, audio.duration, limits)
     fps = min(float(opts["fps"] or visual.fps or cfg.media.default_fps), limits.max_fps)
-    size = output_size(visual.width, visual.height, opts["height"])
+    size = output_size(visual.width, visual.height, opts["height"], limits.max_pixels)
     if size[0] * size[1] > limits.max_pixels:
         raise MediaError(
             f"output of {size[0]}x{size[1]} pixels is over the limit of {limits.max_pixels}",
@@ -216,6 +231,7 @@ def run(
         n_frames,
         claim_dir / "loop-cache.raw",
         limits.max_loop_cache_bytes,
+        View.of(visual, cfg.media.background),
     )
     features = AudioFeatures(
         load_mono16k(audio_path) if engine.needs_faces else np.zeros(0, np.float32), fps, n_frames

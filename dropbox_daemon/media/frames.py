@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -20,6 +22,7 @@ from dropbox_daemon.errors import RenderError
 from dropbox_daemon.media.probe import VisualInfo
 
 EPS = 1e-9
+T = TypeVar("T")
 
 
 def pingpong_index(i: int, n: int) -> int:
@@ -45,24 +48,137 @@ def frame_count(duration: float, fps: float) -> int:
     return max(1, math.ceil(duration * fps - 1e-6))
 
 
-def output_size(width: int, height: int, target_height: int | None) -> tuple[int, int]:
-    """(w, h) of the output: scaled to target_height keeping aspect, both even (yuv420p)."""
+def output_size(
+    width: int, height: int, target_height: int | None, max_pixels: int | None = None
+) -> tuple[int, int]:
+    """(w, h) of the output: scaled to target_height keeping aspect, both even (yuv420p).
+
+    Without a target height, a picture over `max_pixels` (a large photo) is scaled down to fit."""
     if target_height is None:
-        return width - width % 2, height - height % 2
+        if max_pixels and width * height > max_pixels:
+            scale = math.sqrt(max_pixels / (width * height))
+            width, height = int(width * scale), int(height * scale)
+        return max(2, width - width % 2), max(2, height - height % 2)
     h = target_height - target_height % 2
     w = max(2, round(width * h / height / 2) * 2)
     return w, h
 
 
-def to_bgr(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
-    """A decoded frame as an (h, w, 3) uint8 BGR array of exactly `size`."""
-    w, h = size
+def parse_colour(hex_rgb: str) -> tuple[int, int, int]:
+    """'#rrggbb' as a BGR triple."""
+    r, g, b = (int(hex_rgb[i : i + 2], 16) for i in (1, 3, 5))
+    return b, g, r
+
+
+@dataclass(frozen=True)
+class View:
+    """How a decoded template frame is shown: turned upright as a player turns it, at its
+    display aspect (the output size does that), deinterlaced, transparency flattened."""
+
+    rotation: int = 0  # degrees clockwise (VisualInfo.rotation)
+    background: tuple[int, int, int] = (0, 0, 0)  # BGR under transparent pixels
+    deinterlace: bool = False
+    alpha: bool = False
+
+    @classmethod
+    def of(cls, info: VisualInfo, background: str = "#000000") -> View:
+        return cls(info.rotation, parse_colour(background), info.interlaced, info.alpha)
+
+    def key(self) -> str:
+        """What changes the pictures (for the face-track cache key)."""
+        return f"r{self.rotation}:d{int(self.deinterlace)}"
+
+    def stored_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The size to scale a stored picture to, so that once turned it is `size`."""
+        return (size[1], size[0]) if self.rotation in (90, 270) else size
+
+
+def flatten(bgra: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """BGR of a BGRA picture laid over a plain background."""
+    alpha = bgra[..., 3:4].astype(np.uint16)
+    bg = np.array(background, np.uint16)
+    out = (bgra[..., :3].astype(np.uint16) * alpha + bg * (255 - alpha) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def to_bgr(frame: av.VideoFrame, size: tuple[int, int], view: View | None = None) -> np.ndarray:
+    """A decoded frame as an (h, w, 3) uint8 BGR array of exactly `size`, shown as `view` says."""
+    view = view or View()
+    w, h = view.stored_size(size)
+    fmt = "bgra" if view.alpha else "bgr24"
     if (frame.width - frame.width % 2, frame.height - frame.height % 2) == (w, h):
-        arr = frame.to_ndarray(format="bgr24")
+        arr = frame.to_ndarray(format=fmt)
         if arr.shape[:2] != (h, w):
-            arr = np.ascontiguousarray(arr[:h, :w])
-        return arr
-    return frame.reformat(width=w, height=h, format="bgr24", interpolation="AREA").to_ndarray()
+            arr = arr[:h, :w]
+    else:
+        arr = frame.reformat(width=w, height=h, format=fmt, interpolation="AREA").to_ndarray()
+    if view.alpha:
+        arr = flatten(arr, view.background)
+    if view.rotation:
+        arr = np.rot90(arr, -view.rotation // 90)
+    return np.ascontiguousarray(arr)
+
+
+class Deinterlacer:
+    """bwdif on the frames flagged interlaced, one picture out per frame in."""
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self.graph = av.filter.Graph()
+        src = self.graph.add_buffer(template=stream)
+        bwdif = self.graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+        sink = self.graph.add("buffersink")
+        src.link_to(bwdif)
+        bwdif.link_to(sink)
+        self.graph.configure()
+
+    def __call__(self, frames: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
+        for frame in [*frames, None]:
+            self.graph.push(frame)
+            while True:
+                try:
+                    yield self.graph.pull()
+                except (av.BlockingIOError, av.EOFError):
+                    break
+
+
+def timed_frames(
+    c: av.container.InputContainer, view: View, src_fps: float
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    """(seconds from the first picture, frame) in presentation order: the stream's own
+    timestamps (variable frame rate phone video), else the frame's index at `src_fps`."""
+    stream = c.streams.video[0]
+    stream.thread_type = "AUTO"
+    frames: Iterator[av.VideoFrame] = c.decode(stream)
+    if view.deinterlace:
+        frames = Deinterlacer(stream)(frames)
+    t0, last = None, -1.0
+    for k, frame in enumerate(frames):
+        t = frame.time if frame.time is not None else k / src_fps
+        t0 = t if t0 is None else t0
+        t = t - t0
+        if t <= last:  # a repeated or out-of-order timestamp: count it as the next frame
+            t = last + 1 / src_fps
+        last = t
+        yield t, frame
+
+
+def resample(
+    timed: Iterator[tuple[float, T]], fps: float, src_fps: float
+) -> Iterator[tuple[T, int]]:
+    """(picture, how many output frames show it) at `fps`: output frame j, at j/fps seconds,
+    shows the last picture whose time is at or before that. Pictures no output frame shows
+    (a faster source) are left out; for a constant rate this is resampled_range's result."""
+    j, pending, last = 0, None, 0.0
+    for t, item in timed:
+        start = math.ceil(t * fps - EPS)
+        if pending is not None and start > j:
+            yield pending, start - j
+            j = start
+        pending, last = item, t
+    if pending is not None:
+        end = math.ceil((last + 1 / src_fps) * fps - EPS)
+        if end > j:
+            yield pending, end - j
 
 
 class TemplateFrames:
@@ -81,8 +197,10 @@ class TemplateFrames:
         n_out: int,
         cache_path: Path,
         max_cache_bytes: int,
+        view: View | None = None,
     ) -> None:
         self.path, self.info, self.size, self.fps, self.n_out = path, info, size, fps, n_out
+        self.view = view or View.of(info)
         self.cache_path = cache_path
         self.max_cache_bytes = max_cache_bytes
         self.frame_bytes = size[0] * size[1] * 3
@@ -99,7 +217,7 @@ class TemplateFrames:
     def _still(self) -> np.ndarray:
         with av.open(str(self.path)) as c:
             frame = next(c.decode(video=0))
-        arr = to_bgr(frame, self.size)
+        arr = to_bgr(frame, self.size, self.view)
         arr.flags.writeable = False
         self.source_frames = 1
         return arr
@@ -115,18 +233,13 @@ class TemplateFrames:
             yield arr
 
     def _decode(self) -> Iterator[np.ndarray]:
-        """Template frames resampled to the output rate, first to last."""
+        """Template frames resampled to the output rate by their timestamps, first to last."""
         src_fps = self.info.fps or self.fps
         with av.open(str(self.path)) as c:
-            stream = c.streams.video[0]
-            stream.thread_type = "AUTO"
-            for k, frame in enumerate(c.decode(stream)):
-                span = resampled_range(k, src_fps, self.fps)
-                if not span:
-                    continue
-                arr = to_bgr(frame, self.size)
+            for frame, slots in resample(timed_frames(c, self.view, src_fps), self.fps, src_fps):
+                arr = to_bgr(frame, self.size, self.view)
                 arr.flags.writeable = False
-                for _ in span:
+                for _ in range(slots):
                     yield arr
 
     def _check_cache_size(self, frames: int) -> None:

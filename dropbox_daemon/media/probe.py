@@ -39,13 +39,20 @@ class AudioInfo:
 @dataclass
 class VisualInfo:
     kind: str  # "image" | "video"
-    width: int
+    width: int  # as a player shows it: non-square pixels widened, display rotation applied
     height: int
     fps: float | None  # None for images
     duration: float | None
     frames: int | None  # as the container states it (may be an estimate)
     codec: str
     container: str
+    coded_width: int = 0  # the stored picture, before rotation and pixel aspect
+    coded_height: int = 0
+    rotation: int = 0  # degrees a player turns the stored picture clockwise (phones: 90)
+    sar: str | None = None  # pixel aspect ratio when not square ("64:45")
+    pix_fmt: str = ""
+    interlaced: bool = False  # deinterlaced while decoding
+    alpha: bool = False  # transparent pixels are flattened onto [media] background
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,96 +197,199 @@ def image_header_size(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> VisualInfo:
-    """Open a template (video or image) and decode its first frame; RejectedDrop otherwise."""
-    hint = "drop a video (mp4, mov, mkv, webm) or an image (jpg, png, webp) of the presenter"
+TEMPLATE_HINT = "drop a video (mp4, mov, mkv, webm) or an image (jpg, png, webp) of the presenter"
+ALPHA_FORMATS = re.compile(r"^(yuva|gbrap|ya\d|pal8)|rgba|bgra|argb|abgr")
+
+
+def has_alpha(pix_fmt: str) -> bool:
+    """Whether a pixel format carries transparency (a palette may)."""
+    return bool(ALPHA_FORMATS.search(pix_fmt))
+
+
+def display_rotation(frame: av.VideoFrame, stream: Any) -> int:
+    """Degrees (0/90/180/270) a player turns the stored picture clockwise: the display matrix
+    (phones; a JPEG's EXIF orientation arrives as one too), else the legacy `rotate` tag."""
+    ccw = frame.rotation or 0
+    if not ccw:
+        try:
+            return round(float(stream.metadata.get("rotate", 0)) / 90) * 90 % 360
+        except ValueError:
+            return 0
+    return round(-ccw / 90) * 90 % 360
+
+
+def pixel_aspect(stream: Any) -> Fraction | None:
+    """The sample (pixel) aspect ratio when it is not square and plausible, else None."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar and sar != 1 and Fraction(1, 10) <= sar <= 10:
+            return Fraction(sar)
+    return None
+
+
+def display_size(w: int, h: int, sar: Fraction | None, rotation: int) -> tuple[int, int]:
+    """(width, height) a player shows: non-square pixels widened, then turned."""
+    dw = max(1, round(w * sar)) if sar else w
+    return (h, dw) if rotation in (90, 270) else (dw, h)
+
+
+def animated_webp(path: Path) -> bool:
+    """A WebP whose VP8X header sets the animation flag (the decoder reads stills only)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(21)
+    except OSError:
+        return False
+    return head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and bool(head[20] & 0x02)
+
+
+def _refuse(
+    field: str, path: Path, what: str, code: str = "template_invalid", hint: str = TEMPLATE_HINT
+) -> RejectedDrop:
+    return RejectedDrop(
+        f"{field}: {path.name!r} {what}", code=code, field=field, stage="preparing", hint=hint
+    )
+
+
+def _check_declared(path: Path, limits: LimitsConfig, field: str) -> None:
+    """Refuse, before any decoder allocates it, a picture whose header declares too many pixels."""
     declared = image_header_size(path)
-    if declared is not None and declared[0] * declared[1] > limits.max_pixels:
-        raise RejectedDrop(
-            f"{field}: {path.name!r} declares {declared[0]}x{declared[1]} pixels, over the limit of "
-            f"{limits.max_pixels} (not decoded)",
+    if declared is not None and declared[0] * declared[1] > limits.max_image_pixels:
+        raise _refuse(
+            field,
+            path,
+            f"declares {declared[0]}x{declared[1]} pixels, over the limit of "
+            f"{limits.max_image_pixels} for a photo (not decoded)",
             code="too_many_pixels",
-            field=field,
-            stage="preparing",
-            hint="scale it down (e.g. to 1920x1080) or raise [limits] max_pixels",
+            hint="scale it down (e.g. to 4000x3000) or raise [limits] max_image_pixels",
         )
+    if animated_webp(path):
+        raise _refuse(
+            field,
+            path,
+            "is an animated WebP, which the decoder cannot read",
+            hint="export it as an mp4 (or a GIF), or drop a still image",
+        )
+
+
+REENCODE = "re-encode it as H.264 (e.g. ffmpeg -i in.mov -c:v libx264 out.mp4) or export a PNG"
+
+
+def unknown_codec(c: Any, stream: Any) -> str:
+    """A name for a codec the decoder does not know: the image format, or who wrote it."""
+    if c.format.name.endswith("_pipe"):
+        return c.format.name.removesuffix("_pipe")
+    encoder = str(stream.metadata.get("ENCODER") or stream.metadata.get("encoder") or "")
+    return f"an unknown codec (written by {encoder.split()[-1]})" if encoder else "an unknown codec"
+
+
+def _first_frame(c: Any, stream: Any, path: Path, field: str) -> av.VideoFrame:
+    """The template's first picture; a codec that fails to decode is named, not traced."""
+    name = stream.codec_context.name
+    try:
+        first = next(c.decode(stream), None)
+    except av.FFmpegError as e:
+        raise _refuse(
+            field,
+            path,
+            f"is {name} video that does not decode here: {_short(e)}",
+            code="template_codec",
+            hint="check that it plays; else " + REENCODE,
+        ) from e
+    if first is None:
+        raise _refuse(field, path, "has no decodable frame")
+    return first
+
+
+def _describe(c: Any, stream: Any, first: av.VideoFrame, is_image: bool) -> VisualInfo:
+    cc = stream.codec_context
+    w, h = first.width or cc.width, first.height or cc.height
+    rotation, sar = display_rotation(first, stream), pixel_aspect(stream)
+    dw, dh = display_size(w, h, sar, rotation)
+    extra = dict(
+        coded_width=w,
+        coded_height=h,
+        rotation=rotation,
+        sar=f"{sar.numerator}:{sar.denominator}" if sar else None,
+        pix_fmt=first.format.name,
+        interlaced=bool(first.interlaced_frame) and not is_image,
+        alpha=has_alpha(first.format.name),
+    )
+    if is_image:
+        return VisualInfo("image", dw, dh, None, None, 1, cc.name, c.format.name, **extra)
+    rate = stream.average_rate or stream.guessed_rate or Fraction(0)
+    duration = None
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif c.duration:
+        duration = float(c.duration / av.time_base)
+    frames = stream.frames or (round(duration * float(rate)) if duration else None)
+    return VisualInfo(
+        "video", dw, dh, float(rate), duration, frames, cc.name, c.format.name, **extra
+    )
+
+
+def _check_video(info: VisualInfo, path: Path, limits: LimitsConfig, field: str) -> None:
+    if not 0 < (info.fps or 0) <= limits.max_fps:
+        raise _refuse(
+            field,
+            path,
+            f"has a frame rate of {info.fps or 0:g}, outside 0..{limits.max_fps:g}",
+            hint="re-encode it at 25 or 30 frames per second",
+        )
+    if info.duration and info.duration > limits.max_template_seconds:
+        raise _refuse(
+            field,
+            path,
+            f"lasts {info.duration:.0f} s, over the limit of {limits.max_template_seconds:.0f} s",
+            code="template_too_long",
+            hint="trim the template; it is looped to the audio's length anyway",
+        )
+
+
+def probe_visual(path: Path, limits: LimitsConfig, field: str = "template") -> VisualInfo:
+    """Open a template (video or image) and decode its first frame; RejectedDrop otherwise.
+
+    The size reported is the one a player shows (display rotation, pixel aspect); a photo
+    over max_pixels is accepted up to max_image_pixels (it is scaled down), a video is not."""
+    _check_declared(path, limits, field)
     try:
         with av.open(str(path), metadata_errors="ignore") as c:
             if not c.streams.video:
-                raise RejectedDrop(
-                    f"{field}: {path.name!r} has no picture (it is {c.format.name})",
-                    code="template_invalid",
-                    field=field,
-                    stage="preparing",
-                    hint=hint,
-                )
+                raise _refuse(field, path, f"has no picture (it is {c.format.name})")
             stream = c.streams.video[0]
             cc = stream.codec_context
+            if cc is None:
+                raise _refuse(
+                    field,
+                    path,
+                    f"uses {unknown_codec(c, stream)}, a video codec this decoder cannot read",
+                    code="template_codec",
+                    hint=REENCODE,
+                )
             w, h = cc.width, cc.height
             if w <= 0 or h <= 0:
-                raise RejectedDrop(
-                    f"{field}: {path.name!r} has no picture size ({w}x{h}): it is truncated or damaged",
-                    code="template_invalid",
-                    field=field,
-                    stage="preparing",
-                    hint=hint,
+                raise _refuse(
+                    field, path, f"has no picture size ({w}x{h}): it is truncated or damaged"
                 )
-            if w * h > limits.max_pixels:
-                raise RejectedDrop(
-                    f"{field}: {path.name!r} is {w}x{h} pixels, over the limit of {limits.max_pixels}",
+            is_image = c.format.name in IMAGE_FORMATS or c.format.name.endswith("_pipe")
+            ceiling = limits.max_image_pixels if is_image else limits.max_pixels
+            if w * h > ceiling:
+                raise _refuse(
+                    field,
+                    path,
+                    f"is {w}x{h} pixels, over the limit of {ceiling}",
                     code="too_many_pixels",
-                    field=field,
-                    stage="preparing",
-                    hint="scale it down (e.g. to 1920x1080) or raise [limits] max_pixels",
+                    hint="scale it down (e.g. to 1920x1080) or raise [limits] "
+                    + ("max_image_pixels" if is_image else "max_pixels"),
                 )
-            fmt = c.format.name
-            is_image = fmt in IMAGE_FORMATS or fmt.endswith("_pipe")
-            first = next(c.decode(stream), None)
-            if first is None:
-                raise RejectedDrop(
-                    f"{field}: {path.name!r} has no decodable frame",
-                    code="template_invalid",
-                    field=field,
-                    stage="preparing",
-                    hint=hint,
-                )
-            if is_image:
-                return VisualInfo("image", w, h, None, None, 1, cc.name, fmt)
-            rate = stream.average_rate or stream.guessed_rate or Fraction(0)
-            fps = float(rate)
-            if not 0 < fps <= limits.max_fps:
-                raise RejectedDrop(
-                    f"{field}: {path.name!r} has a frame rate of {fps:g}, outside 0..{limits.max_fps:g}",
-                    code="template_invalid",
-                    field=field,
-                    stage="preparing",
-                    hint="re-encode it at 25 or 30 frames per second",
-                )
-            duration = None
-            if stream.duration and stream.time_base:
-                duration = float(stream.duration * stream.time_base)
-            elif c.duration:
-                duration = float(c.duration / av.time_base)
-            if duration and duration > limits.max_template_seconds:
-                raise RejectedDrop(
-                    f"{field}: {path.name!r} lasts {duration:.0f} s, over the limit of {limits.max_template_seconds:.0f} s",
-                    code="template_too_long",
-                    field=field,
-                    stage="preparing",
-                    hint="trim the template; it is looped to the audio's length anyway",
-                )
-            frames = stream.frames or (round(duration * fps) if duration else None)
-            return VisualInfo("video", w, h, fps, duration, frames, cc.name, fmt)
+            info = _describe(c, stream, _first_frame(c, stream, path, field), is_image)
+            if not is_image:
+                _check_video(info, path, limits, field)
+            return info
     except RejectedDrop:
         raise
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError, StopIteration) as e:
-        raise RejectedDrop(
-            f"{field}: {path.name!r} is not a readable image or video: {_short(e)}",
-            code="template_invalid",
-            field=field,
-            stage="preparing",
-            hint=hint,
-        ) from e
+        raise _refuse(field, path, f"is not a readable image or video: {_short(e)}") from e
 
 
 @dataclass
