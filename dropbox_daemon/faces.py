@@ -22,7 +22,7 @@ import numpy as np
 from dropbox_daemon.errors import RenderError
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in output pixels
-TRACK_VERSION = 3  # bump when detection or the tracking arithmetic changes: old caches are ignored
+TRACK_VERSION = 4  # bump when detection or the tracking arithmetic changes: old caches are ignored
 REFRESH_EVERY = (
     25  # frames: a whole-frame search at least this often, even while the face is followed
 )
@@ -38,6 +38,9 @@ class Detector(ABC):
     def detect(self, bgr: np.ndarray, near: Box | None = None) -> list[Box]:
         """Boxes of the faces in `bgr`, in its pixel coordinates, most confident first; `near`
         (the face in the previous frame) lets a detector look around it first."""
+
+
+MAX_UPSCALE = 2.0
 
 
 class HaarDetector(Detector):
@@ -57,10 +60,15 @@ class HaarDetector(Detector):
 
     def detect(self, bgr: np.ndarray, near: Box | None = None) -> list[Box]:
         h, w = bgr.shape[:2]
-        scale = min(1.0, self.detect_width / w)
+        # a small picture is enlarged (up to 2x): the cascade misses faces under ~50 px
+        scale = min(MAX_UPSCALE, self.detect_width / w)
         small = (
-            cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-            if scale < 1
+            cv2.resize(
+                bgr,
+                (round(w * scale), round(h * scale)),
+                interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+            )
+            if scale != 1
             else bgr
         )
         if near is not None:
@@ -113,6 +121,40 @@ class HaarDetector(Detector):
             )
             for (x, y, fw, fh), _w in ranked
         ]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a closer look at a frame without a usable face found, for the no_face error."""
+
+    what: str | None  # the measured cause, or None when nothing more was found
+    hint: str
+
+
+def look_closer(bgr: np.ndarray, detect_width: int = 480) -> Finding:
+    """Search a frame where the track has no face for a face in a turned picture (a template
+    stored sideways without a rotation flag), then for faces smaller than the track accepts."""
+    for turns, degrees in ((-1, 90), (2, 180), (1, 270)):
+        turned = np.ascontiguousarray(np.rot90(bgr, turns))
+        if HaarDetector(detect_width).detect(turned):
+            return Finding(
+                f"the template looks turned: a face is found once the picture is turned "
+                f"{degrees} degrees clockwise, and the file carries no rotation for it",
+                "turn the template upright (e.g. ffmpeg -i in.mp4 -vf transpose=... out.mp4) or "
+                "set its display rotation; poster.jpg shows it as the file says",
+            )
+    w = bgr.shape[1]
+    small = HaarDetector(min(w, 4 * detect_width), min_face=0.0).detect(bgr)
+    if small:
+        x0, _, x1, _ = small[0]
+        need = HaarDetector().min_face
+        return Finding(
+            f"the only faces are small: the clearest is {(x1 - x0) / w:.1%} of the picture "
+            f"wide ({x1 - x0} px of {w}); at least {need:.0%} is needed",
+            "crop or zoom the template so the face fills at least 1/10 of its width; "
+            "poster.jpg shows the frame",
+        )
+    return Finding(None, "")
 
 
 @dataclass(frozen=True)

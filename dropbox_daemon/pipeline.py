@@ -99,21 +99,36 @@ def face_track(
         )
     share = faces.face_share(track)
     if share < fc.min_share or not any(track):
-        ranges = faces.faceless_ranges(track)
-        worst = max(ranges, key=lambda r: r[1] - r[0]) if ranges else (0, 0)
-        for i, frame in enumerate(source.template_frames(worst[0] + 1)):
-            if i == worst[0]:
-                _jpeg(out_dir / POSTER, frame)
-        shown = ", ".join(f"{a}-{b}" for a, b in ranges[:5]) + (" ..." if len(ranges) > 5 else "")
-        raise RenderError(
-            f"no usable face in the template: a face was found in {share:.0%} of its "
-            f"{len(track)} frames (needed {fc.min_share:.0%}); frames without a face: {shown}",
-            code="no_face",
-            stage="preparing",
-            hint="use a template where one face looks at the camera, well lit and at least "
-            "1/10 of the picture wide; poster.jpg shows the worst frame",
-        )
+        raise _no_face(source, track, share, cfg, out_dir)
     return track
+
+
+def _no_face(
+    source: TemplateFrames, track: list[faces.Box | None], share: float, cfg: Config, out_dir: Path
+) -> RenderError:
+    """no_face with the numbers: where faces are missing, and what a closer look at the worst
+    frame finds (a face in a turned picture, a face too small); poster.jpg shows that frame."""
+    ranges = faces.faceless_ranges(track)
+    worst = max(ranges, key=lambda r: r[1] - r[0]) if ranges else (0, 0)
+    frame = None
+    for i, frame in enumerate(source.template_frames(worst[0] + 1)):  # noqa: B007
+        if i == worst[0]:
+            break
+    finding = faces.Finding(None, "")
+    if frame is not None:
+        _jpeg(out_dir / POSTER, frame)
+        finding = faces.look_closer(frame, cfg.faces.detect_width)
+    shown = ", ".join(f"{a}-{b}" for a, b in ranges[:5]) + (" ..." if len(ranges) > 5 else "")
+    return RenderError(
+        f"no usable face in the template: a face was found in {share:.0%} of its "
+        f"{len(track)} frames (needed {cfg.faces.min_share:.0%}); frames without a face: {shown}"
+        + (f"; {finding.what}" if finding.what else ""),
+        code="no_face",
+        stage="preparing",
+        hint=finding.hint
+        or "use a template where one face looks at the camera, well lit and at least "
+        "1/10 of the picture wide; poster.jpg shows the worst frame",
+    )
 
 
 def shown_as(v: VisualInfo) -> str:
@@ -198,6 +213,14 @@ def run(
         template_path, visual = remote, check_engine_video(remote, audio.duration, limits)
     fps = min(float(opts["fps"] or visual.fps or cfg.media.default_fps), limits.max_fps)
     size = output_size(visual.width, visual.height, opts["height"], limits.max_pixels)
+    if not opts["height"] and size[0] * size[1] < visual.width * visual.height // 2:
+        emit(
+            {
+                "type": "log",
+                "message": f"output {size[0]}x{size[1]}: the template's {visual.width}x"
+                f"{visual.height} scaled down to fit [limits] max_pixels ({limits.max_pixels})",
+            }
+        )
     if size[0] * size[1] > limits.max_pixels:
         raise MediaError(
             f"output of {size[0]}x{size[1]} pixels is over the limit of {limits.max_pixels}",

@@ -112,7 +112,8 @@ def test_real_detector_track_fills_a_covered_frame() -> None:
     frames[5] = covered
     track = build_track(frames, HaarDetector(), TrackSettings())
     assert all(b is not None for b in track)
-    assert track[5] == track[4]
+    # carried over from its neighbours (smoothing may move it by a pixel of rounding)
+    assert max(abs(a - b) for a, b in zip(track[5], track[4], strict=True)) <= 2
 
 
 def test_track_cache_needs_enough_frames(tmp_path) -> None:  # noqa: ANN001

@@ -130,7 +130,8 @@ def encode_args(
     }
     if threads:
         opts["threads"] = threads
-    args = ffmpeg.output(video.video, audio.audio, str(out_path), **opts).compile(
+    # the first audio stream only: a video file given as the audio may carry several
+    args = ffmpeg.output(video.video, audio["a:0"], str(out_path), **opts).compile(
         cmd=ffmpeg_bin, overwrite_output=False
     )
     meta = []

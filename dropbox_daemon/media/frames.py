@@ -168,15 +168,17 @@ def resample(
     """(picture, how many output frames show it) at `fps`: output frame j, at j/fps seconds,
     shows the last picture whose time is at or before that. Pictures no output frame shows
     (a faster source) are left out; for a constant rate this is resampled_range's result."""
-    j, pending, last = 0, None, 0.0
+    j, pending, last, step = 0, None, 0.0, 1 / src_fps
     for t, item in timed:
         start = math.ceil(t * fps - EPS)
-        if pending is not None and start > j:
-            yield pending, start - j
-            j = start
+        if pending is not None:
+            step = t - last  # the last picture lasts as long as the one before it
+            if start > j:
+                yield pending, start - j
+                j = start
         pending, last = item, t
     if pending is not None:
-        end = math.ceil((last + 1 / src_fps) * fps - EPS)
+        end = math.ceil((last + step) * fps - EPS)
         if end > j:
             yield pending, end - j
 

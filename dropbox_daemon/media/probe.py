@@ -211,8 +211,9 @@ def display_rotation(frame: av.VideoFrame, stream: Any) -> int:
     (phones; a JPEG's EXIF orientation arrives as one too), else the legacy `rotate` tag."""
     ccw = frame.rotation or 0
     if not ccw:
+        tags = {k.lower(): v for k, v in stream.metadata.items()}  # Matroska says ROTATE
         try:
-            return round(float(stream.metadata.get("rotate", 0)) / 90) * 90 % 360
+            return round(float(tags.get("rotate", 0)) / 90) * 90 % 360
         except ValueError:
             return 0
     return round(-ccw / 90) * 90 % 360
