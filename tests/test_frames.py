@@ -51,7 +51,7 @@ def test_resample_follows_timestamps_not_frame_numbers() -> None:
 
     # a phone's variable rate: 25 fps for a second, then 50 fps; the output is 25 fps
     times = [k / 25 for k in range(25)] + [1 + k / 50 for k in range(50)]
-    out = [(item, n) for item, n in resample(iter(zip(times, range(75))), 25, 25)]
+    out = [(item, n) for item, n in resample(iter(zip(times, range(75), strict=True)), 25, 25)]
     shown = [item for item, n in out for _ in range(n)]
     assert len(shown) == 50  # two seconds at 25 fps, not 75 frames' worth
     assert shown[:25] == list(range(25)) and shown[25:] == list(range(25, 75, 2))
@@ -68,7 +68,7 @@ def test_resample_of_a_constant_rate_matches_resampled_range() -> None:
         (10, 25),
     ):
         times = [k / src for k in range(90)]
-        got = [n for _, n in resample(iter(zip(times, range(90))), out, src)]
+        got = [n for _, n in resample(iter(zip(times, range(90), strict=True)), out, src)]
         want = [len(resampled_range(k, src, out)) for k in range(90)]
         assert got == [n for n in want if n], (src, out)
 
