@@ -355,13 +355,10 @@ class Daemon:
         """Claims this instance made that never reached its database (a crash right after the claim)."""
         assert self.store is not None and self.intake is not None
         known = self.store.claim_dirs()
+        stale = self.cfg.daemon.stale_claim_seconds
         for inbox in self.cfg.inbox:
-            for cdir in drops.unfinished_claims(
-                inbox.path, self.farm.instance, self.cfg.daemon.stale_claim_seconds
-            ):
-                if str(cdir) not in known and drops.discard_if_unfinished(
-                    cdir, drops.read_owner(cdir), self.cfg.daemon.stale_claim_seconds
-                ):
+            for cdir, owner in drops.unfinished_claims(inbox.path, self.farm.instance, stale):
+                if str(cdir) not in known and drops.discard_if_unfinished(cdir, owner, stale):
                     logger.warning(
                         "inbox {}: removed claim folder {}: a crash left it empty before the "
                         "drop was moved in; the drop itself waits in the inbox and is taken again",

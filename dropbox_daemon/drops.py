@@ -331,18 +331,31 @@ def own_orphans(inbox: Path, instance: str, known: set[str]) -> list[Claim]:
     return out
 
 
+def drafted_owner(cdir: Path) -> dict[str, Any] | None:
+    """The owner.json a crash left unrenamed (its complete temporary file), or None."""
+    for draft in cdir.glob(f".{OWNER_FILE}.*.tmp"):
+        try:
+            owner = json.loads(draft.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(owner, dict):
+            return owner
+    return None
+
+
 def discard_if_unfinished(cdir: Path, owner: dict[str, Any] | None, min_age: float = 0.0) -> bool:
     """Remove a claim folder a crash left half made: nothing was moved into it yet (the
     daemon died between creating it and renaming the manifest in), so it holds no one's
-    files. `min_age`: for a folder with no owner.json, how old it must be, so that a claim
-    being made this instant is never touched. True when it was removed."""
+    files. `min_age`: for a folder whose owner is unknown, how old it must be, so that a
+    claim being made this instant is never touched. True when it was removed."""
     drop = cdir / DROP_SUBDIR
     try:
         if (owner or {}).get("job_id") or (drop.exists() and any(drop.iterdir())):
             return False
         if owner is None and time.time() - cdir.stat().st_mtime < min_age:
             return False
-        (cdir / OWNER_FILE).unlink(missing_ok=True)
+        for leftover in [cdir / OWNER_FILE, *cdir.glob(f".{OWNER_FILE}.*.tmp")]:
+            leftover.unlink(missing_ok=True)
         if drop.exists():
             drop.rmdir()
         cdir.rmdir()
@@ -351,9 +364,10 @@ def discard_if_unfinished(cdir: Path, owner: dict[str, Any] | None, min_age: flo
     return True
 
 
-def unfinished_claims(inbox: Path, instance: str, min_age: float) -> list[Path]:
-    """Half-made claim folders (see discard_if_unfinished) that this instance made, or that
-    no one can be named for and that are older than `min_age` seconds."""
+def unfinished_claims(inbox: Path, instance: str, min_age: float) -> list[tuple[Path, dict | None]]:
+    """Half-made claim folders (see discard_if_unfinished) with their owner as far as it is
+    known: those this instance made (owner.json, or the draft a crash left of it), and those
+    no one can be named for (to be removed once older than `min_age` seconds)."""
     root = claims_root(inbox)
     try:
         dirs = sorted(p for p in root.iterdir() if p.is_dir())
@@ -361,11 +375,12 @@ def unfinished_claims(inbox: Path, instance: str, min_age: float) -> list[Path]:
         return []
     out = []
     for cdir in dirs:
-        owner = read_owner(cdir)
+        owner = read_owner(cdir) or drafted_owner(cdir)
         if owner is not None and owner.get("instance", owner.get("host")) != instance:
             continue
-        if not (cdir / DROP_SUBDIR).exists() or not any((cdir / DROP_SUBDIR).iterdir()):
-            out.append(cdir)
+        drop = cdir / DROP_SUBDIR
+        if not drop.exists() or not any(drop.iterdir()):
+            out.append((cdir, owner))
     return out
 
 

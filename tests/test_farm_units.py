@@ -117,8 +117,19 @@ def test_a_half_made_claim_is_removed_and_a_real_one_never(tmp_path: Path) -> No
     noted = cdir.with_name("20261125T000002-0000000000")
     (noted / "drop").mkdir(parents=True)
     (noted / "owner.json").write_text(json.dumps({**owner, "job_id": "j"}))
-    assert drops.unfinished_claims(cdir.parent.parent.parent, "dead-one", 60) == [half, bare, noted]
-    assert drops.unfinished_claims(cdir.parent.parent.parent, "someone-else", 60) == [bare]
+    drafted = cdir.with_name("20261125T000003-0000000000")  # killed while writing owner.json
+    (drafted / "drop").mkdir(parents=True)
+    (drafted / ".owner.json.4242.tmp").write_text(json.dumps(owner))
+    inbox = cdir.parent.parent.parent
+    assert [c for c, _ in drops.unfinished_claims(inbox, "dead-one", 60)] == [
+        half,
+        bare,
+        noted,
+        drafted,
+    ]
+    assert [c for c, _ in drops.unfinished_claims(inbox, "someone-else", 60)] == [bare]
+    assert drops.discard_if_unfinished(drafted, drops.drafted_owner(drafted), min_age=60)
+    assert not drafted.exists()
     assert not drops.discard_if_unfinished(bare, None, min_age=60)  # it may be being made now
     assert not drops.discard_if_unfinished(noted, drops.read_owner(noted))  # a job refers to it
     assert drops.discard_if_unfinished(half, drops.read_owner(half)) and not half.exists()

@@ -217,8 +217,12 @@ def test_a_claim_half_made_before_a_crash_is_cleared_and_the_drop_taken(
     (half / "drop").mkdir(parents=True)  # kill -9 between creating the claim and moving in
     owner = {"instance": "solo", "generation": 1, "source": "h.json", "job_folder": False}
     (half / "owner.json").write_text(json.dumps(owner))
+    drafted = half.with_name("20261125T000000-00000000bb")  # killed inside owner.json's write
+    (drafted / "drop").mkdir(parents=True)
+    (drafted / ".owner.json.777.tmp").write_text(json.dumps(owner))
     drop(d.inbox, "h", media.tone.read_bytes(), media.image.read_bytes())
     d.start()
     assert d.wait_state("h", timeout=60)["state"] == "done"
-    assert not half.exists() and "a crash left it empty" in d.log_text()
+    assert not half.exists() and not drafted.exists()
+    assert d.log_text().count("a crash left it empty") == 2
     assert len(list((d.inbox / ".dropbox" / "claimed").iterdir())) == 1
