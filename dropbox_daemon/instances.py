@@ -30,11 +30,14 @@ INSTANCES_DIR = "instances"  # under <inbox>/.dropbox/
 
 
 def boot_id() -> str:
-    """This boot of this machine (Linux); two leases with one boot id come from one kernel."""
+    """This boot of this machine: the kernel's boot id and the machine's own host name (not
+    [daemon] host, a display name; containers on one kernel have their own names and pids).
+    Two leases with one boot id come from one process namespace, where pids can be checked."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        kernel = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return ""
+    return f"{kernel}@{socket.gethostname()}"
 
 
 def process_started(pid: int) -> float | None:
@@ -82,7 +85,7 @@ class Lease:
 
     def same_process_alive(self) -> bool | None:
         """True/False where this machine can tell (same boot), None for another machine's lease."""
-        if not self.boot_id or self.boot_id != boot_id() or self.host != socket.gethostname():
+        if not self.boot_id or self.boot_id != boot_id():
             return None
         started = process_started(self.pid)
         return started is not None and abs(started - self.started_at) < 2.0

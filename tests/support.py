@@ -157,6 +157,7 @@ class DaemonProc:
         self.config.write_text("\n".join(lines) + "\n")
 
     def start(self, env: dict[str, str] | None = None, wait_ready: bool = True) -> DaemonProc:
+        before = self.logfile.stat().st_size if self.logfile.exists() else 0
         log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(self.config)],
@@ -166,8 +167,12 @@ class DaemonProc:
         )
         if not wait_ready:
             return self
+        # this run's lines only: a restart must not pass on the previous run's "worker ready"
         wait_for(
-            lambda: "worker ready" in self.log_text() or self.proc.poll() is not None,
+            lambda: (
+                b"worker ready" in self.logfile.read_bytes()[before:]
+                or self.proc.poll() is not None
+            ),
             60,
             "the daemon to start",
             self,

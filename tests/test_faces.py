@@ -126,3 +126,18 @@ def test_track_cache_needs_enough_frames(tmp_path) -> None:  # noqa: ANN001
     cache.put(key, [(0, 0, 1, 1), None], complete=True)
     assert cache.get(key, 300) is not None  # the whole template: enough for any job
     assert key != cache.key("abc", (64, 64), 30.0, TrackSettings())
+
+
+def test_a_closer_look_names_a_turned_picture_and_a_small_face() -> None:
+    import cv2
+
+    from dropbox_daemon.faces import look_closer
+
+    img = astronaut(256)
+    turned = look_closer(np.ascontiguousarray(np.rot90(img, 1)))  # stored sideways, no flag
+    assert turned.what and "turned 90 degrees clockwise" in turned.what and "upright" in turned.hint
+    wide = cv2.GaussianBlur(cv2.resize(img, (1920, 1080)), (51, 51), 0)
+    wide[300:600, 900:1200] = cv2.resize(img, (300, 300), interpolation=cv2.INTER_AREA)
+    small = look_closer(wide)
+    assert small.what and "% of the picture wide" in small.what and "at least 8%" in small.what
+    assert look_closer(np.full((240, 320, 3), 90, np.uint8)).what is None

@@ -55,6 +55,11 @@ def test_identity_clash_rules() -> None:
     assert clash(other_host, me, 60, now=161.0) is None  # silent past stale: gone
     assert clash(lease("gpu0", pid=parent, state="stopped"), me, 60, now=0.0) is None
     assert boot_id()  # Linux: the kernel's boot id
+    # [daemon] host is a display name: a run killed -9 on this machine under host = "host1"
+    # is known gone by its pid, so a restart right after is not refused (it was, until its
+    # lease went stale)
+    named = lease("gpu0", host="host1", pid=2**22 + 7, renewed_at=100.0)
+    assert clash(named, me, 60, now=101.0) is None
 
 
 def test_register_refuses_a_live_twin_and_names_it(tmp_path: Path) -> None:

@@ -252,6 +252,13 @@ def cases() -> list[Case]:
         Case("phone-rot270", rotated("transpose=clock", 90), text=("turned 270 degrees",)),
         Case("rot180", rotated("hflip,vflip", 180), text=("turned 180 degrees",)),
         Case("rotate-tag", legacy_rotate_tag, text=("turned 90 degrees",)),
+        Case(
+            "sideways-no-flag",  # an editor's export that dropped the rotation: named, not guessed
+            lambda d: h264(d / "export.mp4", "-vf", "transpose=cclock", "-pix_fmt", "yuv420p"),
+            size=None,
+            expect="no_face",
+            text=("looks turned", "90 degrees clockwise", "upright"),
+        ),
         Case("exif-3", exif_photo(3)),
         Case("exif-6", exif_photo(6)),
         Case("exif-8", exif_photo(8)),
