@@ -357,7 +357,7 @@ class Daemon:
         known = self.store.claim_dirs()
         stale = self.cfg.daemon.stale_claim_seconds
         for inbox in self.cfg.inbox:
-            for cdir, owner in drops.unfinished_claims(inbox.path, self.farm.instance, stale):
+            for cdir, owner in drops.unfinished_claims(inbox.path, self.farm.instance):
                 if str(cdir) not in known and drops.discard_if_unfinished(cdir, owner, stale):
                     logger.warning(
                         "inbox {}: removed claim folder {}: a crash left it empty before the "

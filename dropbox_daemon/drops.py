@@ -302,19 +302,27 @@ def claim_from(inbox: Path, cdir: Path, owner: dict[str, Any]) -> Claim | None:
     return Claim(cdir.name, cdir, cand)
 
 
-def claims_of(inbox: Path, instances: set[str] | None) -> list[tuple[Path, dict[str, Any]]]:
-    """(claim folder, owner) of every claim in the inbox, or of those owned by `instances`."""
-    root = claims_root(inbox)
+def claim_folders(inbox: Path) -> list[Path]:
+    """Every folder under the inbox's .dropbox/claimed/, in name (claim time) order."""
     try:
-        dirs = sorted(p for p in root.iterdir() if p.is_dir())
+        return sorted(p for p in claims_root(inbox).iterdir() if p.is_dir())
     except OSError:
         return []
+
+
+def owner_instance(owner: dict[str, Any]) -> str | None:
+    """The instance a claim's owner.json names (older claims name only their host)."""
+    return owner.get("instance", owner.get("host"))
+
+
+def claims_of(inbox: Path, instances: set[str] | None) -> list[tuple[Path, dict[str, Any]]]:
+    """(claim folder, owner) of every claim in the inbox, or of those owned by `instances`."""
     out = []
-    for cdir in dirs:
+    for cdir in claim_folders(inbox):
         owner = read_owner(cdir)
         if owner is None:
             continue
-        if instances is None or owner.get("instance", owner.get("host")) in instances:
+        if instances is None or owner_instance(owner) in instances:
             out.append((cdir, owner))
     return out
 
@@ -364,19 +372,14 @@ def discard_if_unfinished(cdir: Path, owner: dict[str, Any] | None, min_age: flo
     return True
 
 
-def unfinished_claims(inbox: Path, instance: str, min_age: float) -> list[tuple[Path, dict | None]]:
+def unfinished_claims(inbox: Path, instance: str) -> list[tuple[Path, dict | None]]:
     """Half-made claim folders (see discard_if_unfinished) with their owner as far as it is
     known: those this instance made (owner.json, or the draft a crash left of it), and those
-    no one can be named for (to be removed once older than `min_age` seconds)."""
-    root = claims_root(inbox)
-    try:
-        dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    except OSError:
-        return []
+    no one can be named for (discard_if_unfinished waits for those to age)."""
     out = []
-    for cdir in dirs:
+    for cdir in claim_folders(inbox):
         owner = read_owner(cdir) or drafted_owner(cdir)
-        if owner is not None and owner.get("instance", owner.get("host")) != instance:
+        if owner is not None and owner_instance(owner) != instance:
             continue
         drop = cdir / DROP_SUBDIR
         if not drop.exists() or not any(drop.iterdir()):
@@ -410,7 +413,7 @@ def take_over(
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "generation": gen,
-        "taken_from": owner.get("instance", owner.get("host")),
+        "taken_from": owner_instance(owner),
         "taken_at": now,
         "taken_because": why,
     }

@@ -134,9 +134,10 @@ class Finding:
 def look_closer(bgr: np.ndarray, detect_width: int = 480) -> Finding:
     """Search a frame where the track has no face for a face in a turned picture (a template
     stored sideways without a rotation flag), then for faces smaller than the track accepts."""
+    detector = HaarDetector(detect_width)
     for turns, degrees in ((-1, 90), (2, 180), (1, 270)):
         turned = np.ascontiguousarray(np.rot90(bgr, turns))
-        if HaarDetector(detect_width).detect(turned):
+        if detector.detect(turned):
             return Finding(
                 f"the template looks turned: a face is found once the picture is turned "
                 f"{degrees} degrees clockwise, and the file carries no rotation for it",
@@ -147,7 +148,7 @@ def look_closer(bgr: np.ndarray, detect_width: int = 480) -> Finding:
     small = HaarDetector(min(w, 4 * detect_width), min_face=0.0).detect(bgr)
     if small:
         x0, _, x1, _ = small[0]
-        need = HaarDetector().min_face
+        need = detector.min_face
         return Finding(
             f"the only faces are small: the clearest is {(x1 - x0) / w:.1%} of the picture "
             f"wide ({x1 - x0} px of {w}); at least {need:.0%} is needed",

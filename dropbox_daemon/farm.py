@@ -182,7 +182,7 @@ class Farm:
         for inbox, cdir, owner in self.orphans(store.claim_dirs(), outbox, set(self.dead)):
             if len(taken) >= room:
                 break
-            prior = owner.get("instance", owner.get("host"))
+            prior = drops.owner_instance(owner)
             why = (
                 f"taken over from instance {prior} by instance {self.instance}: "
                 f"{self.dead.get(prior, 'it is gone')}"

@@ -126,13 +126,13 @@ def test_a_half_made_claim_is_removed_and_a_real_one_never(tmp_path: Path) -> No
     (drafted / "drop").mkdir(parents=True)
     (drafted / ".owner.json.4242.tmp").write_text(json.dumps(owner))
     inbox = cdir.parent.parent.parent
-    assert [c for c, _ in drops.unfinished_claims(inbox, "dead-one", 60)] == [
+    assert [c for c, _ in drops.unfinished_claims(inbox, "dead-one")] == [
         half,
         bare,
         noted,
         drafted,
     ]
-    assert [c for c, _ in drops.unfinished_claims(inbox, "someone-else", 60)] == [bare]
+    assert [c for c, _ in drops.unfinished_claims(inbox, "someone-else")] == [bare]
     assert drops.discard_if_unfinished(drafted, drops.drafted_owner(drafted), min_age=60)
     assert not drafted.exists()
     assert not drops.discard_if_unfinished(bare, None, min_age=60)  # it may be being made now
