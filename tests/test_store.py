@@ -130,6 +130,21 @@ def test_a_state_change_retried_after_a_failed_commit_is_logged_once(
     assert (tmp_path / "outbox" / "j" / "log.txt").read_text().count("-> queued: run again") == 2
 
 
+def test_start_up_recovery_skips_a_job_a_peer_took_over_since_its_query(
+    store: Store,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    new(store)
+    store.transition("j", "queued")
+    stale = store.take_next("me", {})  # running here when this daemon was killed
+    assert stale is not None and stale.state == "preparing"
+    store.transition("j", "queued", detail="taken over")  # a peer's takeover, meanwhile
+    store.take_next("other", {})
+    monkeypatch.setattr(store, "_query", lambda *_a, **_k: [stale])  # the read before it
+    assert store.recover_interrupted() == []  # was IllegalTransition: the restart crashed
+    assert store.get("j").instance == "other" and store.get("j").state == "preparing"
+
+
 def test_illegal_transitions_are_refused(store: Store) -> None:
     new(store)
     with pytest.raises(IllegalTransition):

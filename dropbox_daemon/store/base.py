@@ -628,7 +628,19 @@ class Store:
             to, changes, detail = self.resume_plan(job, why)
             if to == "done":  # recorded in the outbox, not in the database: straight there
                 job = self.catch_up(job)
-            out.append(self.transition(job.job_id, to, detail=detail, **changes))
+            try:
+                out.append(
+                    self.transition(
+                        job.job_id,
+                        to,
+                        detail=detail,
+                        expect=(job.state,),
+                        fence=job.generation,
+                        **changes,
+                    )
+                )
+            except IllegalTransition:
+                continue  # a farm peer took it over since the query: it is theirs now
         return out
 
     def resume_plan(self, job: Job, why: str) -> tuple[str, dict[str, Any], str]:
