@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ from watchdog.observers.polling import PollingObserver
 
 from dropbox_daemon.config import InboxConfig
 from dropbox_daemon.drops import DROPBOX_DIR
+
+# watchdog's inotify backend warns on stderr (a wall of its internal state) each time a
+# folder moved into the inbox is watched again under the same callback: harmless, since
+# the callback is the same, and noise in the daemon's log at 3 a.m.
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
 
 # watchdog holds every IN_MOVED_FROM for this long to pair it with its IN_MOVED_TO,
 # and its reader thread sleeps out the delay even once the pair is found: with the
