@@ -232,24 +232,57 @@ def pad_box(box: Box, pad: tuple[float, float, float, float], size: tuple[int, i
     )
 
 
+class TrackStream:
+    """The face track built as frames arrive: push() each frame in order, and get back the
+    boxes that are final (index, box), finish() at the end for the rest. A box is final once
+    the frames after it that its gap filling and smoothing look at have been seen
+    (max_gap + smooth/2 frames), so frames can flow on while detection runs: the same boxes
+    as detecting every frame first and filling and smoothing after."""
+
+    def __init__(self, detector: Detector, settings: TrackSettings) -> None:
+        self.detector, self.settings = detector, settings
+        self.raw: list[Box | None] = []
+        self.track: list[Box | None] = []  # the final boxes so far
+        self.previous: Box | None = None
+        self.size: tuple[int, int] = (0, 0)
+        self.reach = settings.max_gap + settings.smooth // 2 + 1  # frames a box depends on
+
+    def push(self, frame: np.ndarray) -> list[tuple[int, Box | None]]:
+        """Detect (around the previous face, the whole frame every REFRESH_EVERY frames)."""
+        i = len(self.raw)
+        self.size = (frame.shape[1], frame.shape[0])
+        near = self.previous if i % REFRESH_EVERY else None
+        box = pick_face(self.detector.detect(frame, near), self.previous)
+        self.raw.append(box)
+        if box is not None:
+            self.previous = box
+        return self._final(len(self.raw) - self.reach)
+
+    def finish(self) -> list[tuple[int, Box | None]]:
+        return self._final(len(self.raw))
+
+    def _final(self, upto: int) -> list[tuple[int, Box | None]]:
+        out = []
+        s = self.settings
+        for i in range(len(self.track), upto):
+            lo, hi = max(0, i - 2 * self.reach), min(len(self.raw), i + self.reach + 1)
+            window = smooth_runs(fill_gaps(self.raw[lo:hi], s.max_gap), s.smooth)
+            box = window[i - lo]
+            box = pad_box(box, s.pad, self.size) if box is not None else None
+            self.track.append(box)
+            out.append((i, box))
+        return out
+
+
 def build_track(
     frames: Iterable[np.ndarray], detector: Detector, settings: TrackSettings
 ) -> list[Box | None]:
     """Detect, follow, fill and smooth: one box or None per frame."""
-    raw: list[Box | None] = []
-    previous: Box | None = None
-    size = None
-    for i, frame in enumerate(frames):
-        size = (frame.shape[1], frame.shape[0])
-        near = previous if i % REFRESH_EVERY else None
-        box = pick_face(detector.detect(frame, near), previous)
-        raw.append(box)
-        if box is not None:
-            previous = box
-    track = smooth_runs(fill_gaps(raw, settings.max_gap), settings.smooth)
-    if size is None:
-        return track
-    return [pad_box(b, settings.pad, size) if b is not None else None for b in track]
+    stream = TrackStream(detector, settings)
+    for frame in frames:
+        stream.push(frame)
+    stream.finish()
+    return stream.track
 
 
 def face_share(track: list[Box | None]) -> float:

@@ -33,139 +33,162 @@ PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 # -- inside the worker process ----------------------------------------------------
 def _serve(conn: Connection, cfg: Config) -> None:
-    from dropbox_daemon import engines, pipeline
+    WorkerLoop(conn, cfg).serve()
 
-    send_lock = threading.Lock()
 
-    def send(msg: dict[str, Any]) -> None:
-        with send_lock:
-            conn.send(msg)
+class WorkerLoop:
+    """The worker's side: engines loaded once, then one job at a time from the daemon's
+    orders (job, cancel, stop), each answered with stage, progress, log and result messages."""
 
-    loaded: dict[str, Any] = {}
-    jobs: list[dict[str, Any]] = []
-    have_job = threading.Condition()
-    cancels: dict[str, threading.Event] = {}
-    stopping = threading.Event()
+    def __init__(self, conn: Connection, cfg: Config) -> None:
+        self.conn, self.cfg = conn, cfg
+        self.send_lock = threading.Lock()
+        self.loaded: dict[str, Any] = {}  # engine name -> warm engine
+        self.loads: dict[str, int] = {}  # engine name -> times loaded
+        self.jobs: list[dict[str, Any]] = []
+        self.have_job = threading.Condition()
+        self.cancels: dict[str, threading.Event] = {}
+        self.stopping = threading.Event()
 
-    def reader() -> None:
+    def send(self, msg: dict[str, Any]) -> None:
+        with self.send_lock:
+            self.conn.send(msg)
+
+    def serve(self) -> None:
+        threading.Thread(target=self.read_orders, name="worker-reader", daemon=True).start()
+        self.preload()
+        while (job := self.next_job()) is not None:
+            try:
+                self.run_job(job)
+            finally:
+                self.cancels.pop(job["job_id"], None)
+
+    def read_orders(self) -> None:
+        """The daemon's orders, queued for the serve loop (a cancel sets the job's event)."""
         while True:
             try:
-                msg = conn.recv()
+                msg = self.conn.recv()
             except (EOFError, OSError):
-                # the daemon is gone: nobody would record this job's result
-                os._exit(1)
-            with have_job:
+                os._exit(1)  # the daemon is gone: nobody would record this job's result
+            with self.have_job:
                 if msg["type"] == "job":
-                    cancels[msg["job"]["job_id"]] = threading.Event()
-                    jobs.append(msg["job"])
-                elif msg["type"] == "cancel":
-                    ev = cancels.get(msg["job_id"])
-                    if ev is not None:
-                        ev.set()
+                    self.cancels[msg["job"]["job_id"]] = threading.Event()
+                    self.jobs.append(msg["job"])
+                elif msg["type"] == "cancel" and msg["job_id"] in self.cancels:
+                    self.cancels[msg["job_id"]].set()
                 elif msg["type"] == "stop":
-                    stopping.set()
-                have_job.notify_all()
+                    self.stopping.set()
+                self.have_job.notify_all()
             if msg["type"] == "stop":
                 return
 
-    threading.Thread(target=reader, name="worker-reader", daemon=True).start()
-    load_errors: dict[str, str] = {}
-    loads: dict[str, int] = {}
+    def next_job(self) -> dict[str, Any] | None:
+        """The next job, waiting for one; None once the daemon said stop and none is left."""
+        with self.have_job:
+            while not self.jobs and not self.stopping.is_set():
+                self.have_job.wait(1.0)
+            return self.jobs.pop(0) if self.jobs else None
 
-    def load(name: str) -> Any:
+    def load(self, name: str) -> Any:
         """Create and load an engine once; later jobs find it warm."""
-        eng = engines.create(name, cfg)
+        from dropbox_daemon import engines
+
+        eng = engines.create(name, self.cfg)
         t = time.monotonic()
         eng.load()
-        loaded[name] = eng
-        loads[name] = loads.get(name, 0) + 1
+        self.loaded[name] = eng
+        self.loads[name] = self.loads.get(name, 0) + 1
         logger.info("engine {} loaded in {:.2f} s on {}", name, time.monotonic() - t, eng.device)
         return eng
 
-    for name in engines.preload(cfg):  # the configured models, before READY
-        try:
-            load(name)
-        except DaemonError as e:
-            load_errors[name] = e.message
-            logger.error("engine {} could not be loaded: {} ({})", name, e.message, e.hint)
-    devices = sorted({e.device for e in loaded.values()}) or ["cpu"]
-    send(
-        {
-            "type": "ready",
-            "pid": os.getpid(),
-            "device": ",".join(devices),
-            "engines": sorted(loaded),
-            "loads": loads,
-            "load_errors": load_errors,
-        }
-    )
-    while True:
-        with have_job:
-            while not jobs and not stopping.is_set():
-                have_job.wait(1.0)
-            if not jobs:
-                return
-            job = jobs.pop(0)
+    def preload(self) -> None:
+        """Load the configured engines, then tell the daemon the worker is ready (and which
+        engines could not be loaded, and why)."""
+        from dropbox_daemon import engines
+
+        load_errors: dict[str, str] = {}
+        for name in engines.preload(self.cfg):
+            try:
+                self.load(name)
+            except DaemonError as e:
+                load_errors[name] = e.message
+                logger.error("engine {} could not be loaded: {} ({})", name, e.message, e.hint)
+        devices = sorted({e.device for e in self.loaded.values()}) or ["cpu"]
+        self.send(
+            {
+                "type": "ready",
+                "pid": os.getpid(),
+                "device": ",".join(devices),
+                "engines": sorted(self.loaded),
+                "loads": self.loads,
+                "load_errors": load_errors,
+            }
+        )
+
+    def engine_for(self, job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
+        """The job's engine, loaded now (and said in the job's log) if no job used it yet."""
+        name = job["engine"]
+        if name not in self.loaded:
+            t = time.monotonic()
+            self.load(name)
+            emit(
+                {"type": "log", "message": f"engine {name} loaded in {time.monotonic() - t:.2f} s"}
+            )
+            emit({"type": "loads", "loads": self.loads})
+        return self.loaded[name]
+
+    def run_job(self, job: dict[str, Any]) -> None:
+        """Render one job and send its result; any error ends the job, never the worker."""
+        from dropbox_daemon import pipeline
+
         job_id = job["job_id"]
 
-        def emit(msg: dict[str, Any], job_id: str = job_id) -> None:
-            send({**msg, "job_id": job_id})
+        def emit(msg: dict[str, Any]) -> None:
+            self.send({**msg, "job_id": job_id})
 
         try:
-            name = job["engine"]
-            if name not in loaded:
-                t = time.monotonic()
-                load(name)
-                emit(
-                    {
-                        "type": "log",
-                        "message": f"engine {name} loaded in {time.monotonic() - t:.2f} s",
-                    }
-                )
-                emit({"type": "loads", "loads": loads})
-            engine = loaded[name]
-            result = pipeline.run(job, cfg, engine, emit, cancels[job_id])
+            engine = self.engine_for(job, emit)
+            result = pipeline.run(job, self.cfg, engine, emit, self.cancels[job_id])
             emit({"type": "result", "outcome": "done", "device": engine.device, **result})
-        except JobCancelled as e:
-            emit({"type": "result", "outcome": "cancelled", "error": e.to_dict()})
-        except RejectedDrop as e:
-            emit({"type": "result", "outcome": "rejected", "error": e.to_dict()})
-        except DaemonError as e:
-            emit({"type": "result", "outcome": "failed", "error": e.to_dict()})
         except Exception as e:  # noqa: BLE001 - any bug ends this job, not the worker
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                emit(
-                    {
-                        "type": "result",
-                        "outcome": "failed",
-                        "error": {
-                            "code": "disk_full",
-                            "stage": "rendering",
-                            "message": f"no space left on the device while rendering ({e.filename or 'a work file'})",
-                            "hint": "free space on the outbox's and the inbox's file systems, then `dropbox-daemon retry` the job",
-                        },
-                    }
-                )
-                continue
-            tb = traceback.format_exc()
-            logger.bind(job_id=job_id, trace_id=job.get("trace_id")).error(
-                "job {} crashed in the worker; it fails and the worker goes on:\n{}", job_id, tb
-            )
-            emit(
-                {
-                    "type": "result",
-                    "outcome": "failed",
-                    "error": {
-                        "code": "internal",
-                        "stage": "rendering",
-                        "message": f"unexpected error: {type(e).__name__}: {e}",
-                        "hint": "this is a bug; the traceback is in the daemon's log",
-                        "traceback": tb[-4000:],
-                    },
-                }
-            )
-        finally:
-            cancels.pop(job_id, None)
+            emit({"type": "result", **outcome_of(e, job)})
+
+
+def outcome_of(e: Exception, job: dict[str, Any]) -> dict[str, Any]:
+    """A job's result message for the error that ended it: cancelled, rejected or failed, with
+    the error's code, stage, message and hint (a bug's traceback goes to the daemon's log)."""
+    if isinstance(e, JobCancelled):
+        return {"outcome": "cancelled", "error": e.to_dict()}
+    if isinstance(e, RejectedDrop):
+        return {"outcome": "rejected", "error": e.to_dict()}
+    if isinstance(e, DaemonError):
+        return {"outcome": "failed", "error": e.to_dict()}
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        where = e.filename or "a work file"
+        return {
+            "outcome": "failed",
+            "error": {
+                "code": "disk_full",
+                "stage": "rendering",
+                "message": f"no space left on the device while rendering ({where})",
+                "hint": "free space on the outbox's and the inbox's file systems, then `dropbox-daemon retry` the job",
+            },
+        }
+    tb = "".join(traceback.format_exception(e))
+    job_id = job["job_id"]
+    logger.bind(job_id=job_id, trace_id=job.get("trace_id")).error(
+        "job {} crashed in the worker; it fails and the worker goes on:\n{}", job_id, tb
+    )
+    return {
+        "outcome": "failed",
+        "error": {
+            "code": "internal",
+            "stage": "rendering",
+            "message": f"unexpected error: {type(e).__name__}: {e}",
+            "hint": "this is a bug; the traceback is in the daemon's log",
+            "traceback": tb[-4000:],
+        },
+    }
 
 
 def _die_with_parent() -> None:

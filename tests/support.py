@@ -3,6 +3,7 @@ and waiting on conditions with a deadline (never a bare sleep)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -181,10 +182,23 @@ class DaemonProc:
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Signal the daemon and wait for it to exit; one that does not is made to print every
+        thread's stack (SIGUSR2, faulthandler) into its log, killed, and the test fails with
+        that log."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR2)
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: b"Thread 0x" in self.logfile.read_bytes(), 5, "a stack dump")
+            self.kill9()
+            raise AssertionError(
+                f"the daemon did not stop within {timeout:.0f} s of signal {sig}\n"
+                + self.log_tail(120)
+            ) from None
 
     def kill9(self) -> None:
         assert self.proc is not None

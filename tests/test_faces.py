@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from support import astronaut
 
 from dropbox_daemon.faces import (
@@ -10,6 +11,7 @@ from dropbox_daemon.faces import (
     HaarDetector,
     TrackCache,
     TrackSettings,
+    TrackStream,
     build_track,
     face_share,
     faceless_ranges,
@@ -73,6 +75,32 @@ def test_build_track_carries_single_missed_frames() -> None:
     frames = [np.zeros((100, 100, 3), np.uint8)] * 9
     track = build_track(frames, Scripted(answers), TrackSettings(pad=(0, 0, 0, 0)))
     assert all(b == face for b in track)
+
+
+def batch_track(raw: list, settings: TrackSettings, size: tuple[int, int]) -> list:
+    """The track as detect-everything-then-fill-and-smooth makes it: the reference."""
+    done = smooth_runs(fill_gaps(raw, settings.max_gap), settings.smooth)
+    return [pad_box(b, settings.pad, size) if b is not None else None for b in done]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_streamed_track_is_the_batch_track_and_each_box_comes_once_in_order(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    settings = TrackSettings(max_gap=int(rng.integers(0, 15)), smooth=int(rng.integers(1, 12)))
+    raw = []
+    for _ in range(n):  # runs of faces that drift, and runs of misses of any length
+        x = int(rng.integers(10, 40))
+        raw.append((x, x + 5, x + 40, x + 48) if rng.random() < 0.6 else None)
+    frames = [np.zeros((100, 120, 3), np.uint8)] * n
+    stream = TrackStream(Scripted([[b] if b else [] for b in raw]), settings)
+    got = []
+    for f in frames:
+        got += stream.push(f)
+        assert all(i < len(raw) - settings.max_gap - settings.smooth // 2 for i, _ in got)
+    got += stream.finish()
+    assert [i for i, _ in got] == list(range(n))
+    assert [b for _, b in got] == batch_track(raw, settings, (120, 100)) == stream.track
 
 
 def test_haar_finds_the_astronaut_and_misses_a_blank_frame() -> None:

@@ -1,0 +1,171 @@
+"""Drops to jobs, the daemon's intake side of each pass: watcher hints and rescans collect
+candidates, a candidate is taken once it has settled, a valid one is claimed while the
+worker has room (highest priority, then oldest), an invalid one at once; an intake that
+failed (a full disk, the database away) is tried again, and claims a crash left behind are
+cleared or resumed at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from dropbox_daemon import drops
+from dropbox_daemon.config import InboxConfig
+from dropbox_daemon.drops import candidate_for
+from dropbox_daemon.farm import best, prevalidate
+from dropbox_daemon.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from dropbox_daemon.daemon import Daemon
+
+
+@dataclass
+class Pending:
+    """A drop seen in an inbox, waiting to settle."""
+
+    candidate: drops.Candidate
+    inbox: InboxConfig
+    fast: bool = False  # its manifest was renamed into place: complete at once
+
+
+class Claiming:
+    """The daemon's intake side (its state is the daemon's; see daemon.py)."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in d.cfg.inbox}
+        self.pending: dict[Path, Pending] = {}
+        self.waiting: list[tuple[InboxConfig, drops.Claim]] = []  # claims whose intake failed
+
+    def collect_hints(self) -> None:
+        """The watcher's hints: a drop's manifest appeared or changed."""
+        for hint in self.d.watcher.drain():
+            inbox = self.d.cfg.inbox_by_name(hint.inbox)
+            cand = candidate_for(inbox.path, hint.path)
+            if cand is not None:
+                p = self.pending.setdefault(cand.manifest, Pending(cand, inbox))
+                p.fast = p.fast or hint.renamed
+
+    def rescan(self) -> None:
+        """Every rescan_seconds: failed intakes again, then every inbox listed (a missed event,
+        a share without events)."""
+        if self.waiting:
+            self.retry_claims()
+        self.d.watcher.check_inboxes()
+        for inbox in self.d.cfg.inbox:
+            for cand in drops.scan(inbox.path):
+                if cand.manifest not in self.d.farm.ready:
+                    self.pending.setdefault(cand.manifest, Pending(cand, inbox))
+
+    def take_settled(self, now: float) -> None:
+        assert self.d.intake is not None
+        for key, p in list(self.pending.items()):
+            if not p.candidate.manifest.exists():
+                self.pending.pop(key)
+                self.settlers[p.inbox.name].forget(p.candidate)
+                continue
+            if not self.settlers[p.inbox.name].ready(p.candidate, now, fast=p.fast):
+                continue
+            self.pending.pop(key)
+            self.settlers[p.inbox.name].forget(p.candidate)
+            ready = prevalidate(p.candidate, p.inbox, self.d.cfg)
+            if ready is None:
+                self.claim(p.inbox, p.candidate, now)  # invalid: answered at once
+            else:
+                self.d.farm.ready[key] = ready
+
+    def pull(self, now: float) -> None:
+        """Claim valid drops while the worker has room: highest priority, then oldest, first."""
+        if not self.d.farm.ready or self.d.flags.stop:
+            return
+        assert self.d.store is not None
+        room = self.d.farm.capacity(self.d.store, running=self.d.current is not None)
+        while room > 0 and self.d.farm.ready:
+            r = best(self.d.farm.ready)
+            assert r is not None
+            self.d.farm.ready.pop(r.candidate.manifest)
+            if self.claim(r.inbox, r.candidate, now):
+                room -= 1
+
+    def claim(self, inbox: InboxConfig, cand: drops.Candidate, now: float) -> bool:
+        """Claim a drop and turn it into a job; False when another daemon was first."""
+        assert self.d.intake is not None
+        try:
+            cl = drops.claim(inbox.path, cand, self.d.farm.instance, now, self.d.cfg.daemon.host)
+        except OSError as e:
+            logger.error("inbox {}: cannot claim {}: {}; will retry", inbox.name, cand.manifest, e)
+            return False
+        if cl is None:
+            return False  # another daemon took it
+        try:
+            self.d.intake.ingest(inbox, cl)
+        except StoreUnavailable as e:
+            self.d.on_store_down(e)
+            self.waiting.append((inbox, cl))  # its files wait in the claim
+        except Exception:  # noqa: BLE001 - one bad drop must not stop the daemon
+            logger.exception(
+                "inbox {}: taking drop {} failed; its files are kept in {} and it is tried "
+                "again at the next rescan",
+                inbox.name,
+                cand.manifest.name,
+                cl.dir,
+            )
+            self.waiting.append((inbox, cl))
+        return True
+
+    def retry_claims(self) -> None:
+        """Drops whose intake failed (a full disk, say): try again; their files wait in the claim."""
+        assert self.d.store is not None and self.d.intake is not None
+        known = self.d.store.claim_dirs()  # first: if the store is away, nothing is dropped
+        todo, self.waiting = self.waiting, []
+        for inbox, cl in todo:
+            if str(cl.dir) in known:
+                continue  # it made it into the store after all
+            try:
+                self.d.intake.ingest(inbox, cl, recovered=True)
+            except Exception:  # noqa: BLE001
+                logger.warning(
+                    "inbox {}: claim {} still cannot be taken; trying again later",
+                    inbox.name,
+                    cl.claim_id,
+                )
+                self.waiting.append((inbox, cl))
+
+    def recover_orphan_claims(self) -> None:
+        """Claims this instance made that never reached its database (a crash right after the claim)."""
+        assert self.d.store is not None and self.d.intake is not None
+        known = self.d.store.claim_dirs()
+        stale = self.d.cfg.daemon.stale_claim_seconds
+        for inbox in self.d.cfg.inbox:
+            for cdir, owner in drops.unfinished_claims(inbox.path, self.d.farm.instance):
+                if str(cdir) not in known and drops.discard_if_unfinished(cdir, owner, stale):
+                    logger.warning(
+                        "inbox {}: removed claim folder {}: a crash left it empty before the "
+                        "drop was moved in; the drop itself waits in the inbox and is taken again",
+                        inbox.name,
+                        cdir.name,
+                    )
+        for inbox, cdir, owner in self.d.farm.orphans(known, self.d.outbox, {self.d.farm.instance}):
+            logger.warning("inbox {}: resuming claim {} left by a crash", inbox.name, cdir.name)
+            cl = drops.claim_from(inbox.path, cdir, owner)
+            if cl is None:
+                continue
+            try:
+                self.d.intake.adopt(inbox, cl, owner, "intake resumed after a restart")
+            except Exception:  # noqa: BLE001
+                logger.exception("inbox {}: claim {} cannot be resumed yet", inbox.name, cdir.name)
+                self.waiting.append((inbox, cl))
+
+    def claim_outranking(self, now: float) -> None:
+        """A drop still in the inbox that outranks every job this daemon holds is claimed now."""
+        assert self.d.store is not None
+        top = best(self.d.farm.ready)
+        if top is None:
+            return
+        queued = self.d.store.queued(limit=1)
+        if not queued or top.priority > queued[0].priority:
+            self.d.farm.ready.pop(top.candidate.manifest)
+            self.claim(top.inbox, top.candidate, now)

@@ -1,0 +1,151 @@
+"""How a job the worker had ends: its result recorded (kept and retried while the database
+cannot take it), re-queued or failed when the worker died or was stopped, cancelled, or
+forgotten when a farm peer took it over; error.json and input/ kept for a re-drop."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from dropbox_daemon import drops
+from dropbox_daemon.store import RUNNING, Job, StoreUnavailable
+
+if TYPE_CHECKING:
+    from dropbox_daemon.daemon import Daemon
+
+
+class Outcomes:
+    """The daemon's record of how jobs end (its state is the daemon's; see daemon.py)."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        self.unrecorded: list[tuple[str, dict[str, Any]]] = []  # results the database refused
+
+    def record(self, job_id: str, msg: dict[str, Any], *, again: bool = False) -> None:
+        """Record a job's outcome; if the database cannot take it now (full disk), keep it and retry."""
+        try:
+            self.on_result(job_id, msg)
+        except (sqlite3.OperationalError, StoreUnavailable) as e:
+            if not again:
+                logger.bind(job_id=job_id).error(
+                    "job {}: cannot record its result ({}); kept in memory and recorded once the "
+                    "store can be written again",
+                    job_id,
+                    e,
+                )
+            self.unrecorded.append((job_id, msg))
+
+    def retry_unrecorded(self) -> None:
+        todo, self.unrecorded = self.unrecorded, []
+        for job_id, msg in todo:
+            self.record(job_id, msg, again=True)
+
+    def on_result(self, job_id: str, msg: dict[str, Any]) -> None:
+        assert self.d.store is not None
+        outcome = msg["outcome"]
+        job = self.d.store.get(job_id)
+        if job is None:
+            return
+        log = logger.bind(job_id=job_id, trace_id=job.trace_id)
+        lost = self.d.farm.lost(job, msg.get("generation"))
+        if lost:
+            self.forget(job, f"its late result ({outcome}) is discarded: {lost}")
+            return
+        if outcome == "done":
+            self.d.store.catch_up(job, "store was unreachable", fence=msg.get("generation"))
+            job = self.d.store.transition(
+                job_id,
+                "done",
+                expect=RUNNING,
+                output=msg["output"],
+                timings={**job.timings, **msg["timings"]},  # keeps the pickup time
+                device=msg.get("device"),
+                fence=msg.get("generation"),
+                detail=f"{msg['output']['name']} in {msg['timings']['total']:.2f} s",
+            )
+            log.info(
+                "job {} done in {:.2f}s: {}",
+                job_id,
+                msg["timings"]["total"],
+                self.d.outbox.job_dir(job_id),
+            )
+            return
+        err = msg["error"]
+        if outcome == "cancelled":
+            self.finish_cancel(job_id, err["message"])
+            return
+        self.keep_for_redrop(job, err)
+        to = "rejected" if outcome == "rejected" else "failed"
+        self.d.store.transition(
+            job_id, to, expect=RUNNING, error=err, detail=f"{err['code']}: {err['message']}"
+        )
+        log.warning(
+            "job {} {} ({}): {} - {}", job_id, to, err["code"], err["message"], err.get("hint", "")
+        )
+
+    def requeue(
+        self, job_id: str, why: str, *, count_attempt: bool, output: list[str] | None = None
+    ) -> None:
+        """Put a running job back in the queue, or fail it past max_attempts; `output`: the
+        worker's last lines when it died or was killed, kept in log.txt and the error."""
+        assert self.d.store is not None
+        if self.d.current is not None and self.d.current.job_id == job_id:
+            self.d.current = None
+        job = self.d.store.get(job_id)
+        if job is None or job.state not in RUNNING:
+            return
+        for line in output or ():
+            self.d.store.log(job, f"worker output: {line}")
+        self.discard_partials(job_id)
+        attempts = job.attempts if count_attempt else max(0, job.attempts - 1)
+        if count_attempt and attempts >= job.max_attempts:
+            err = {
+                "code": "worker_failed",
+                "stage": job.state,
+                "message": f"{why} (attempt {attempts} of {job.max_attempts})",
+                "hint": "look at the daemon's log around this time; `dropbox-daemon retry` runs it again",
+            }
+            if output:
+                err["worker_output"] = output
+            self.keep_for_redrop(job, err)
+            self.d.store.transition(job_id, "failed", error=err, detail=err["message"])
+        else:
+            self.d.store.transition(job_id, "queued", attempts=attempts, detail=f"{why}; re-queued")
+
+    def keep_for_redrop(self, job: Job, err: dict[str, Any]) -> None:
+        """error.json and input/ in the outbox; on a full outbox the drop stays in its claim folder."""
+        claim = Path(job.claim_dir or "") / drops.DROP_SUBDIR
+        try:
+            self.d.outbox.write_error(job.job_id, err)
+            self.d.outbox.save_inputs(job.job_id, claim)
+        except OSError as e:
+            logger.bind(job_id=job.job_id, trace_id=job.trace_id).error(
+                "job {}: cannot write error.json/input/ to the outbox ({}); the drop's files stay in {}",
+                job.job_id,
+                e.strerror or e,
+                claim,
+            )
+
+    def finish_cancel(self, job_id: str, why: str) -> None:
+        assert self.d.store is not None
+        job = self.d.store.get(job_id)
+        if job is None or job.state not in RUNNING:
+            return
+        self.d.store.transition(job_id, "cancelled", detail=why, cancel_requested=0)
+        self.discard_partials(job_id)
+
+    def discard_partials(self, job_id: str) -> None:
+        """Remove the half-written result of a job whose render was stopped."""
+        for leftover in self.d.outbox.job_dir(job_id).glob(".*.partial"):
+            leftover.unlink(missing_ok=True)
+
+    def forget(self, job: Job, why: str) -> None:
+        assert self.d.store is not None
+        logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
+            "job {}: {}; this daemon drops it and writes nothing more for it", job.job_id, why
+        )
+        if not self.d.store.shared:  # a farm's row belongs to the instance that took it over
+            self.d.store.forget(job.job_id)

@@ -1,0 +1,56 @@
+"""The worker's serve loop in this process, over a real pipe: orders in, messages out."""
+
+from __future__ import annotations
+
+import errno
+import multiprocessing as mp
+import threading
+from pathlib import Path
+
+from test_render_steps import make_cfg, make_job
+
+from dropbox_daemon.errors import JobCancelled, RejectedDrop, RenderError
+from dropbox_daemon.worker import WorkerLoop, outcome_of
+
+
+def test_errors_become_outcomes_a_person_can_act_on() -> None:
+    job = {"job_id": "j1"}
+    assert outcome_of(JobCancelled("stopped", stage="rendering"), job)["outcome"] == "cancelled"
+    rejected = outcome_of(RejectedDrop("bad wav", code="audio_invalid", field="audio"), job)
+    assert rejected["outcome"] == "rejected" and rejected["error"]["code"] == "audio_invalid"
+    assert outcome_of(RenderError("no", code="no_face"), job)["error"]["code"] == "no_face"
+    full = outcome_of(OSError(errno.ENOSPC, "No space left", "/out/x.partial"), job)
+    assert full["error"]["code"] == "disk_full" and "/out/x.partial" in full["error"]["message"]
+    bug = outcome_of(ZeroDivisionError("division by zero"), job)["error"]
+    assert bug["code"] == "internal" and "ZeroDivisionError" in bug["traceback"]
+
+
+def test_the_loop_renders_a_job_answers_each_step_and_stops_when_told(
+    tmp_path: Path, media
+) -> None:  # noqa: ANN001
+    daemon_end, worker_end = mp.Pipe(duplex=True)
+    cfg = make_cfg(tmp_path)
+    loop = WorkerLoop(worker_end, cfg)
+    thread = threading.Thread(target=loop.serve, daemon=True)
+    thread.start()
+    ready = daemon_end.recv()  # passthrough is not preloaded: the job loads it (a log line)
+    assert ready["type"] == "ready" and ready["device"] == "cpu"
+    job = {**make_job(tmp_path, media.tone, media.image), "engine": "passthrough"}
+    daemon_end.send({"type": "job", "job": job})
+    daemon_end.send({"type": "stop"})
+    said = []
+    while not said or said[-1]["type"] != "result":
+        assert daemon_end.poll(60), said
+        said.append(daemon_end.recv())
+    kinds = [m["type"] for m in said]
+    assert (
+        kinds[0] == "log"
+        and "inputs" in kinds
+        and "stage" in kinds
+        and all(m["job_id"] == "j1" for m in said)
+    )
+    assert said[-1]["outcome"] == "done", said[-1]
+    assert (tmp_path / "outbox" / "j1" / "result.mp4").exists()
+    thread.join(10)
+    assert not thread.is_alive()  # stop: the loop ends once no job is left
+    assert loop.cancels == {}
