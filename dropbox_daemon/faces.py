@@ -201,22 +201,21 @@ def fill_gaps(raw: list[Box | None], max_gap: int) -> list[Box | None]:
 
 def smooth_runs(boxes: list[Box | None], window: int) -> list[Box | None]:
     """Centred moving average of each coordinate within every run of consecutive boxes."""
-    out: list[Box | None] = list(boxes)
-    i, n = 0, len(boxes)
+    return [smooth_at(boxes, k, window) for k in range(len(boxes))]
+
+
+def smooth_at(boxes: list[Box | None], k: int, window: int) -> Box | None:
+    """smooth_runs at one index: the mean of the boxes within `window`//2 of k on each side
+    that are in k's run of consecutive boxes (None where k has no box)."""
+    if boxes[k] is None:
+        return None
     half = window // 2
-    while i < n:
-        if boxes[i] is None:
-            i += 1
-            continue
-        j = i
-        while j < n and boxes[j] is not None:
-            j += 1
-        run = np.array(boxes[i:j], float)
-        for k in range(j - i):
-            lo, hi = max(0, k - half), min(j - i, k + half + 1)
-            out[i + k] = tuple(int(round(v)) for v in run[lo:hi].mean(axis=0))  # type: ignore[assignment]
-        i = j
-    return out
+    lo, hi = k, k + 1
+    while lo > max(0, k - half) and boxes[lo - 1] is not None:
+        lo -= 1
+    while hi < min(len(boxes), k + half + 1) and boxes[hi] is not None:
+        hi += 1
+    return tuple(int(round(v)) for v in np.array(boxes[lo:hi], float).mean(axis=0))  # type: ignore[return-value]
 
 
 def pad_box(box: Box, pad: tuple[float, float, float, float], size: tuple[int, int]) -> Box:
@@ -265,9 +264,10 @@ class TrackStream:
         out = []
         s = self.settings
         for i in range(len(self.track), upto):
-            lo, hi = max(0, i - 2 * self.reach), min(len(self.raw), i + self.reach + 1)
-            window = smooth_runs(fill_gaps(self.raw[lo:hi], s.max_gap), s.smooth)
-            box = window[i - lo]
+            # a box depends on the raw boxes up to `reach` frames on either side of it: gaps
+            # filled up to max_gap + 1 frames away, for the boxes within smooth/2 of it
+            lo, hi = max(0, i - self.reach), min(len(self.raw), i + self.reach + 1)
+            box = smooth_at(fill_gaps(self.raw[lo:hi], s.max_gap), i - lo, s.smooth)
             box = pad_box(box, s.pad, self.size) if box is not None else None
             self.track.append(box)
             out.append((i, box))

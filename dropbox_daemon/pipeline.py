@@ -62,7 +62,7 @@ def run(
         stale.unlink(missing_ok=True)
     args = encoder_args(plan, found, cfg, emit)
     chain = StageChain(
-        source, boxes, engine, features, render_context(job, found, opts, emit, cancel, plan),
+        source, boxes, engine, features, render_context(job, found, plan.opts, emit, cancel, plan),
         plan.overlays,
     )  # fmt: skip
     try:

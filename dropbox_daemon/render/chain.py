@@ -1,7 +1,8 @@
 """Step 4: the stage chain. Template decoding, face detection (when the track is not cached),
 the engine, compositing and the encoder each run in a thread of their own, handing frames
 over through small queues (stages.py), so the stages overlap, memory stays flat, and the
-encoder is never starved by a stage that could have run ahead. Progress is reported every PROGRESS_EVERY seconds; a cancel stops it."""
+encoder is never starved by a stage that could have run ahead. Progress is reported every
+PROGRESS_EVERY seconds; a cancel stops it."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ crash in a decoder on hostile media takes down only the worker)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from dropbox_daemon.media.probe import (
     sha256_file,
 )
 
-Emit = Any  # Callable[[dict[str, Any]], None]
+Emit = Callable[[dict[str, Any]], None]  # stage changes, progress, inputs and log lines
 
 
 @dataclass(frozen=True)

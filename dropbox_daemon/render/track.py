@@ -46,18 +46,19 @@ class FaceBoxes:
         settings = track_settings(cfg)
         self.cache = faces.TrackCache(cfg.daemon.state_dir / "faces")
         self.key = self.cache.key(f"{sha}:{source.view.key()}", source.size, source.fps, settings)
-        self.stream = faces.TrackStream(faces.HaarDetector(cfg.faces.detect_width), settings)
-        self.seconds = 0.0  # spent detecting (or reading the cache)
         t = time.perf_counter()
         image = source.info.kind == "image"
         self.known: Track | None = self.cache.get(self.key, 1 if image else needed)
+        self.seconds = time.perf_counter() - t  # spent reading the cache, then detecting
         if self.known is not None:
             self._log(f"cache hit {self.key[:12]} ({len(self.known)} frames), detection skipped")
             self._check(self.known)
-        elif image:  # one picture: its face is found before anything else starts
-            self.stream.push(next(iter(source.template_frames(1))))
-            self.known = self._seen_through(complete=True)
-        self.seconds += time.perf_counter() - t
+        else:  # the detector is loaded only when there is something to detect
+            detector = faces.HaarDetector(cfg.faces.detect_width)
+            self.stream = faces.TrackStream(detector, settings)
+            if image:  # one picture: its face is found before anything else starts
+                self._push(next(iter(source.template_frames(1))))
+                self.known = self._seen_through(complete=True)
 
     @property
     def streaming(self) -> bool:
@@ -78,14 +79,17 @@ class FaceBoxes:
                 self._seen_through(complete=True)
             last = src
             if seeing:
-                t = time.perf_counter()
-                self.stream.push(frame)
-                self.seconds += time.perf_counter() - t
+                self._push(frame)
             pending.append((i, src, frame))
             yield from self._ready(pending)
         if seeing:
             self._seen_through(complete=False)
         yield from self._ready(pending)
+
+    def _push(self, frame: np.ndarray) -> None:
+        t = time.perf_counter()
+        self.stream.push(frame)
+        self.seconds += time.perf_counter() - t
 
     def _ready(self, pending: deque[tuple[int, int, np.ndarray]]) -> Iterator[FaceFrame]:
         track = self.stream.track
