@@ -128,6 +128,9 @@ class MediaConfig(_Strict):
     video_encoder: Literal["auto", "libx264", "h264_nvenc"] = "auto"
     # what shows through the transparent pixels of a template (RGBA PNG, WebP, GIF, ProRes 4444)
     background: str = Field(default="#000000", pattern=r"^#[0-9a-fA-F]{6}$")
+    # The template prep cache: decoded template frames kept under state_dir/templates so that
+    # the next job on the same template skips decoding; least recently used go first; 0: off.
+    template_cache_bytes: int = Field(default=4 << 30, ge=0)
 
 
 class FacesConfig(_Strict):

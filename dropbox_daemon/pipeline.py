@@ -21,6 +21,7 @@ import numpy as np
 from dropbox_daemon.config import Config
 from dropbox_daemon.engines.base import AudioFeatures, Engine
 from dropbox_daemon.media.audio import load_mono16k
+from dropbox_daemon.media.frame_store import FrameStore
 from dropbox_daemon.media.frames import TemplateFrames, View
 from dropbox_daemon.render.chain import StageChain
 from dropbox_daemon.render.inputs import Emit, Inputs, engine_source, prepare_inputs
@@ -46,7 +47,7 @@ def run(
     opts = options_for(job, cfg)
     found = engine_source(found, engine, render_context(job, found, opts, emit, cancel), cfg.limits)
     plan = plan_output(job, found, cfg, emit)
-    source = template_source(found, plan, job, cfg)
+    source = template_source(found, plan, job, cfg, emit)
     features = AudioFeatures(
         load_mono16k(found.audio_path) if engine.needs_faces else np.zeros(0, np.float32),
         plan.fps,
@@ -83,9 +84,13 @@ def run(
     }
 
 
-def template_source(found: Inputs, plan: Plan, job: dict[str, Any], cfg: Config) -> TemplateFrames:
+def template_source(
+    found: Inputs, plan: Plan, job: dict[str, Any], cfg: Config, emit: Emit
+) -> TemplateFrames:
     """The template's frames at the output size and rate, shown as a player shows them
-    (rotation, pixel aspect, deinterlaced, transparency over [media] background)."""
+    (rotation, pixel aspect, deinterlaced, transparency over [media] background); a video's
+    decoded frames are kept in the template cache for the next job on the same template."""
+    view = View.of(found.visual, cfg.media.background)
     return TemplateFrames(
         found.template_path,
         found.visual,
@@ -94,5 +99,8 @@ def template_source(found: Inputs, plan: Plan, job: dict[str, Any], cfg: Config)
         plan.n_frames,
         Path(job["claim_dir"]) / "loop-cache.raw",
         cfg.limits.max_loop_cache_bytes,
-        View.of(found.visual, cfg.media.background),
+        view,
+        store=FrameStore(cfg.daemon.state_dir / "templates", cfg.media.template_cache_bytes),
+        store_key=FrameStore.key(found.template_sha, repr(view), plan.size, plan.fps),
+        note=lambda message: emit({"type": "log", "message": message}),
     )

@@ -130,7 +130,7 @@ def planned(tmp_path: Path, media, template: Path, **sections: dict):  # noqa: A
     said = Said()
     found = inputs.prepare_inputs(job, cfg, said)
     p = plan.plan_output(job, found, cfg, said)
-    return cfg, job, found, p, template_source(found, p, job, cfg), said
+    return cfg, job, found, p, template_source(found, p, job, cfg, said), said
 
 
 def test_the_face_track_is_detected_as_frames_flow_then_read_from_the_cache(

@@ -2,15 +2,18 @@
 
 A video template shorter than the audio plays forwards, then backwards, then
 forwards again (never a jump cut); an image is held. Frames stream: the first
-pass comes straight from the decoder, later passes from a raw-frame cache file
-in the job's work folder, so memory does not grow with the job's length.
+pass comes straight from the decoder, later passes from a raw-frame file, so
+memory does not grow with the job's length. That file is the template cache's
+entry where it fits its budget (frame_store.py: the next job on the template
+reads its frames back instead of decoding), else a loop cache in the job's work
+folder.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +22,7 @@ import av
 import numpy as np
 
 from dropbox_daemon.errors import RenderError
+from dropbox_daemon.media.frame_store import FrameStore
 from dropbox_daemon.media.probe import VisualInfo
 
 EPS = 1e-9
@@ -200,6 +204,9 @@ class TemplateFrames:
         cache_path: Path,
         max_cache_bytes: int,
         view: View | None = None,
+        store: FrameStore | None = None,
+        store_key: str = "",
+        note: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.path, self.info, self.size, self.fps, self.n_out = path, info, size, fps, n_out
         self.view = view or View.of(info)
@@ -207,6 +214,8 @@ class TemplateFrames:
         self.max_cache_bytes = max_cache_bytes
         self.frame_bytes = size[0] * size[1] * 3
         self.source_frames = 0  # frames of the template at the output rate, once known
+        self.store, self.store_key, self.note = store, store_key, note  # the template cache
+        self.from_store = False  # the frames were read back from the template cache
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         if self.info.kind == "image":
@@ -255,53 +264,99 @@ class TemplateFrames:
             )
 
     def _video(self) -> Iterator[tuple[int, np.ndarray]]:
+        if self.store is not None:
+            entry = self.store.find(self.store_key, self.n_out, self.frame_bytes)
+            if entry is not None:
+                self.note(
+                    f"template frames: cache hit {self.store_key[:12]} ({entry.frames} frames"
+                    f"{'' if entry.complete else ', part of the template'}), decoding skipped"
+                )
+                self.from_store = True
+                with open(entry.path, "rb") as f:
+                    yield from self._replay(f.fileno(), entry.frames, entry.complete, 0)
+                return
+        yield from self._decode_once()
+
+    def _decode_once(self) -> Iterator[tuple[int, np.ndarray]]:
+        """The first pass from the decoder, kept in a raw file where it is needed to loop or a
+        later job can use it; later passes read back from that file."""
         estimate = None
         if self.info.frames and self.info.fps:
             estimate = math.ceil(self.info.frames * self.fps / self.info.fps)
         loops = estimate is None or estimate < self.n_out + 2
         if loops and estimate:
             self._check_cache_size(estimate)
-        i = 0
-        with open(self.cache_path, "w+b") if loops else open(os.devnull, "wb") as cache:
-            for arr in self._decode():
-                if loops:
-                    cache.write(arr.data)
-                yield i, arr
-                i += 1
+        keep = self.store is not None and self.store.fits(
+            min(estimate or self.n_out, self.n_out) * self.frame_bytes
+        )
+        path = self.store.temp_path(self.store_key) if keep else self.cache_path
+        i, ended = 0, False
+        with open(path, "w+b") if (keep or loops) else open(os.devnull, "wb") as cache:
+            try:
+                for arr in self._decode():
+                    if keep or loops:
+                        cache.write(arr.data)
+                    yield i, arr
+                    i += 1
+                    if i >= self.n_out:
+                        break
+                else:
+                    ended = True
+                if i == 0:
+                    raise RenderError(
+                        "the template has no frame to show",
+                        code="template_invalid",
+                        stage="rendering",
+                        hint="check that the template plays",
+                    )
+                cache.flush()
+                if keep:
+                    self._keep(path, i, complete=ended)
                 if i >= self.n_out:
                     return
-            self.source_frames = i
-            if i == 0:
-                raise RenderError(
-                    "the template has no frame to show",
-                    code="template_invalid",
-                    stage="rendering",
-                    hint="check that the template plays",
-                )
-            if not loops:
-                # The container overstated its length: decode again into the cache.
-                self._check_cache_size(i)
-                cache = open(self.cache_path, "w+b")  # noqa: SIM115 - closed below
-                for arr in self._decode():
-                    cache.write(arr.data)
-            cache.flush()
-            fd = cache.fileno()
-            h, w = self.size[1], self.size[0]
-            try:
-                for j in range(i, self.n_out):
-                    idx = pingpong_index(j, self.source_frames)
-                    buf = np.empty((h, w, 3), np.uint8)
-                    got = os.preadv(fd, [buf], idx * self.frame_bytes)
-                    if got != self.frame_bytes:
-                        raise RenderError(
-                            f"loop cache read {got} of {self.frame_bytes} bytes at frame {idx}",
-                            code="io_error",
-                            stage="rendering",
-                            hint="check the disk of the inbox",
-                        )
-                    buf.flags.writeable = False
-                    yield idx, buf
+                self.source_frames = i
+                if not (keep or loops):  # the container overstated its length: cache it now
+                    self._check_cache_size(i)
+                    cache = open(self.cache_path, "w+b")  # noqa: SIM115 - closed below
+                    path = self.cache_path
+                    for arr in self._decode():
+                        cache.write(arr.data)
+                    cache.flush()
+                yield from self._replay(cache.fileno(), i, True, i)
             finally:
-                if not loops:
-                    cache.close()
-                self.cache_path.unlink(missing_ok=True)
+                cache.close()
+                path.unlink(missing_ok=True)  # a kept file was renamed away already
+
+    def _keep(self, temp: Path, frames: int, *, complete: bool) -> None:
+        """Hand the decoded frames to the template cache (the open file stays readable)."""
+        assert self.store is not None
+        try:
+            if self.store.commit(self.store_key, temp, frames, complete=complete):
+                self.note(
+                    f"template frames: cached {self.store_key[:12]} ({frames} frames, "
+                    f"{frames * self.frame_bytes >> 20} MiB)"
+                )
+        except OSError as e:  # a full or read-only state disk costs the next job a decode
+            self.note(f"template frames: not cached ({e}); the next job decodes again")
+
+    def _replay(
+        self, fd: int, frames: int, complete: bool, start: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Output frames from `start` on, read back from a raw file of `frames` frames
+        (played back and forth where it is the whole template)."""
+        if complete:
+            self.source_frames = frames
+        h, w = self.size[1], self.size[0]
+        for j in range(start, self.n_out):
+            idx = pingpong_index(j, frames) if complete else j
+            buf = np.empty((h, w, 3), np.uint8)
+            got = os.preadv(fd, [buf], idx * self.frame_bytes)
+            if got != self.frame_bytes:
+                raise RenderError(
+                    f"frame cache read {got} of {self.frame_bytes} bytes at frame {idx}",
+                    code="io_error",
+                    stage="rendering",
+                    hint="check the disk of the state folder and the inbox",
+                )
+            buf.flags.writeable = False
+            yield idx, buf

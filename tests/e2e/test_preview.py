@@ -105,13 +105,22 @@ def test_video_template_loops_back_and_forth_without_a_jump(daemon, media) -> No
     assert jump > 3 * elsewhere.max(), (jump, elsewhere.max())
 
 
-def test_second_job_on_a_template_skips_detection(daemon, media) -> None:  # noqa: ANN001
+def test_second_job_on_a_template_skips_detection_and_decoding(daemon, media) -> None:  # noqa: ANN001
     files = {"audio.wav": media.tone, "t.mp4": media.face_video}
     first = run_job(daemon, files, "c1", engine="preview", files={"template": "t.mp4"})
     second = run_job(daemon, files, "c2", engine="preview", files={"template": "t.mp4"})
     assert first["state"] == second["state"] == "done"
-    assert "cache miss" in (daemon.outbox / "c1" / "log.txt").read_text()
-    assert "cache hit" in (daemon.outbox / "c2" / "log.txt").read_text()
+    log1, log2 = ((daemon.outbox / j / "log.txt").read_text() for j in ("c1", "c2"))
+    assert "face track: cache miss" in log1 and "template frames: cached" in log1, log1
+    assert "face track: cache hit" in log2, log2
+    assert "template frames: cache hit" in log2 and "decoding skipped" in log2, log2
+    assert len(list((daemon.state / "templates").glob("*.raw"))) == 1
+    a, b = (frames_of(daemon.outbox / j / "result.mp4") for j in ("c1", "c2"))
+    assert len(a) == len(b) and max(np.abs(x - y).mean() for x, y in zip(a, b)) < 0.5
+    assert second["timings"]["busy_decode"] < first["timings"]["busy_decode"] / 2, (
+        first["timings"],
+        second["timings"],
+    )
     assert second["timings"]["faces"] < first["timings"]["faces"] / 5, (
         first["timings"],
         second["timings"],
