@@ -51,6 +51,7 @@ class TreePeak:
     def __init__(self, pid: int, every: float = 0.05) -> None:
         self.pid, self.every = pid, every
         self.peaks: dict[int, float] = {}
+        self.names: dict[int, str] = {}  # pid -> what it is (its command line, shortened)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -61,11 +62,39 @@ class TreePeak:
                 mb = vm_hwm_mb(p)
                 if mb is not None:
                     self.peaks[p] = max(self.peaks.get(p, 0.0), mb)
+                    if p not in self.names:
+                        self.names[p] = process_name(p)
 
     def peak_mb(self) -> float:
         self.stop.set()
         self.thread.join()
         return sum(self.peaks.values())
+
+    def by_process(self) -> dict[str, float]:
+        """Each kind of process's own peak (MB), summed over processes of that kind."""
+        out: dict[str, float] = {}
+        for p, mb in self.peaks.items():
+            name = self.names.get(p, "?")
+            out[name] = out.get(name, 0.0) + mb
+        return out
+
+
+def process_name(pid: int) -> str:
+    """daemon, worker, ffmpeg or the program's name, from /proc/<pid>/cmdline."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    text = b" ".join(argv).decode(errors="replace")
+    if "ffmpeg" in Path(argv[0].decode(errors="replace")).name:
+        return "ffmpeg"
+    if "resource_tracker" in text:
+        return "multiprocessing resource tracker"
+    if "spawn_main" in text or "worker" in text:
+        return "worker"
+    if "dropbox" in text:
+        return "daemon"
+    return Path(argv[0].decode(errors="replace")).name or "?"
 
 
 def start_daemon(root: Path, engine: str, sections: dict[str, dict[str, Any]]) -> DaemonProc:
@@ -105,5 +134,6 @@ def drop_and_wait(d: DaemonProc, job_id: str, audio: Path, template: Path) -> di
         "timings": task["timings"],
         "output": task["output"],
         "tree_peak_mb": tree.peak_mb(),
+        "peak_by_process": tree.by_process(),
         "log": (d.outbox / job_id / "log.txt").read_text(),
     }

@@ -212,6 +212,11 @@ def report(  # noqa: PLR0913
         f"{k[5:]} {v:.1f} s" for k, v in m["timings"].items() if k.startswith("busy_")
     )
     fps32 = statistics.median(models["fp32"])
+    first_decode = median_of(first)["timings"].get("busy_decode", 0.0)
+    by_process = ", ".join(
+        f"{name} {mb:.0f} MB"
+        for name, mb in sorted(m["peak_by_process"].items(), key=lambda kv: -kv[1])
+    )
     lines = [
         "## wav2lip engine on this CPU (bench/wav2lip.py)",
         "",
@@ -239,7 +244,10 @@ def report(  # noqa: PLR0913
         f"Each figure: the median of {REPEATS} rounds (original, ours first, ours again, in turn), "
         "with the range; this VM's speed drifts by tens of percent from one minute to the next.",
         f"Where the cached job's time goes (busy seconds per stage, median run; stages overlap on "
-        f"{os.cpu_count()} cores): {shares}. The model alone needs {frames / fps32:.1f} s of that.",
+        f"{os.cpu_count()} cores): {shares}. The model alone needs {frames / fps32:.1f} s of that. "
+        f"The first job decodes the template ({first_decode:.1f} s busy) and keeps its frames in the "
+        f"template cache; the next job reads them back ({m['timings'].get('busy_decode', 0):.1f} s).",
+        f"Peak memory by process (cached job, 14 s): {by_process}.",
     ]
     return "\n".join(lines)
 

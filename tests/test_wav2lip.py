@@ -51,6 +51,16 @@ def test_published_format_loads_with_and_without_module_prefix(checkpoint, tmp_p
         torch.equal(a, b)
         for a, b in zip(ref.state_dict().values(), net.state_dict().values(), strict=True)
     )
+    assert not any(t.is_meta for t in ref.state_dict().values())  # every weight was put in
+    half = tmp_path / "half.pth"  # saved in half precision: loaded as the fp32 it computes in
+    torch.save(
+        {"state_dict": {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}}, half
+    )
+    ref16 = load_reference(half)
+    assert all(p.dtype == torch.float32 for p in ref16.parameters())
+    with torch.inference_mode():
+        mel, faces = to_torch(*real_inputs(2, seed=3))
+        assert (ref16(mel, faces) - ref(mel, faces)).abs().max() < 0.05
 
 
 def test_auto_precision_follows_the_cpu_flags(checkpoint) -> None:  # noqa: ANN001

@@ -116,7 +116,8 @@ def test_second_job_on_a_template_skips_detection_and_decoding(daemon, media) ->
     assert "template frames: cache hit" in log2 and "decoding skipped" in log2, log2
     assert len(list((daemon.state / "templates").glob("*.raw"))) == 1
     a, b = (frames_of(daemon.outbox / j / "result.mp4") for j in ("c1", "c2"))
-    assert len(a) == len(b) and max(np.abs(x - y).mean() for x, y in zip(a, b)) < 0.5
+    assert len(a) == len(b)
+    assert max(np.abs(x - y).mean() for x, y in zip(a, b, strict=True)) < 0.5
     assert second["timings"]["busy_decode"] < first["timings"]["busy_decode"] / 2, (
         first["timings"],
         second["timings"],
