@@ -23,10 +23,15 @@ from support import FFMPEG, make_tone  # noqa: E402
 from w2l_fixture import calibrated_net, real_inputs, save_published  # noqa: E402
 
 from dropbox_daemon.config import ModelsConfig  # noqa: E402
-from dropbox_daemon.engines.wav2lip import EXACT_FACE_BLOCKS, FastWav2Lip, cpu_has_bf16  # noqa: E402
+from dropbox_daemon.engines.wav2lip import (  # noqa: E402
+    CPU_BATCH,
+    EXACT_FACE_BLOCKS,
+    FastWav2Lip,
+    cpu_has_bf16,
+)
 from dropbox_daemon.engines.wav2lip_net import Wav2LipNet  # noqa: E402
 
-BATCH = ModelsConfig().batch_size  # the default the engine runs with
+BATCH = ModelsConfig().batch_size or CPU_BATCH[torch.float32]  # what the engine runs in fp32
 REPEATS = 3
 REFERENCE = {
     "e2e_fps": 9.3,
@@ -90,13 +95,14 @@ def conv_peak(dtype: torch.dtype) -> float:
 
 def model_fps(path: Path, precision: str) -> float:
     model = FastWav2Lip(path, precision=precision)
-    mel, faces = real_inputs(BATCH, seed=3)
+    batch = ModelsConfig().batch_size or CPU_BATCH[model.dtype]  # as the engine runs it
+    mel, faces = real_inputs(batch, seed=3)
     for _ in range(2):
         model(mel, faces)
     t, n = time.perf_counter(), 6
     for _ in range(n):
         model(mel, faces)
-    return n * BATCH / (time.perf_counter() - t)
+    return n * batch / (time.perf_counter() - t)
 
 
 def original_box(template: Path) -> tuple[int, int, int, int]:

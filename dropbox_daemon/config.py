@@ -252,7 +252,8 @@ class ModelsConfig(_Strict):
     )
     # auto: fp16 on CUDA, bf16 where the CPU has AVX512-BF16/AMX, else fp32 (the worker logs the choice)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    batch_size: int = Field(default=16, ge=1, le=1024)  # frames per model call on the CPU
+    # frames per model call on the CPU; 0: CPU_BATCH by precision (engines/wav2lip.py)
+    batch_size: int = Field(default=0, ge=0, le=1024)
     cuda_batch_size: int = Field(default=128, ge=1, le=4096)  # upper bound; fitted to free memory
 
 
