@@ -15,6 +15,7 @@ from dropbox_daemon.config import Config
 from dropbox_daemon.drops import claims_root
 from dropbox_daemon.errors import DaemonError
 from dropbox_daemon.media.encode import ffmpeg_binary, video_encoder
+from dropbox_daemon.media.frame_store import FrameStore
 from dropbox_daemon.watcher import mount_of, watch_mode
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dropbox-daemon.service"
@@ -261,6 +262,34 @@ def check_disk(cfg: Config) -> list[Check]:
     return out
 
 
+def check_template_cache(cfg: Config) -> list[Check]:
+    """How full the template prep cache is, and whether its budget fits the state disk."""
+    budget = cfg.media.template_cache_bytes
+    store = FrameStore(cfg.daemon.state_dir / "templates", budget)
+    if budget == 0:
+        return [Check("template cache", "ok", "off ([media] template_cache_bytes = 0)")]
+    entries = store.entries()
+    used = sum(n for _, _, n in entries)
+    detail = (
+        f"{len(entries)} template(s), {used / 2**20:.0f} MiB of {budget / 2**20:.0f} MiB "
+        f"at {store.folder}"
+    )
+    try:
+        room = shutil.disk_usage(cfg.daemon.state_dir).free + used
+    except OSError:
+        return [Check("template cache", "ok", detail)]
+    if budget > room - cfg.health.disk_warn_bytes:
+        return [
+            Check(
+                "template cache",
+                "warn",
+                f"{detail}; filled, it would leave the state disk under [health] disk_warn_bytes",
+                f"lower [media] template_cache_bytes below {max(0, room - cfg.health.disk_warn_bytes) >> 20} MiB",
+            )
+        ]
+    return [Check("template cache", "ok", detail)]
+
+
 def check_inotify(cfg: Config) -> list[Check]:
     try:
         watches = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
@@ -322,7 +351,7 @@ def run_checks(cfg: Config) -> list[Check]:
     checks = check_folders(cfg) + check_claims(cfg)
     torch_checks, gpu = check_torch(cfg)
     checks += check_ffmpeg(cfg, gpu) + torch_checks + check_weights(cfg)
-    checks += check_disk(cfg) + check_inotify(cfg) + check_unit(cfg)
+    checks += check_disk(cfg) + check_template_cache(cfg) + check_inotify(cfg) + check_unit(cfg)
     return checks
 
 

@@ -192,6 +192,17 @@ def test_doctor_good_setup_exits_zero(daemon_factory) -> None:  # noqa: ANN001
         checks["encoder libx264"]["status"] == "ok"
         and checks["claims in inbox default"]["status"] == "ok"
     )
+    assert checks["template cache"]["detail"].startswith("0 template(s), 0 MiB of 4096 MiB")
+
+
+def test_doctor_warns_when_the_template_cache_could_fill_the_disk(daemon_factory) -> None:  # noqa: ANN001
+    d = daemon_factory(sections={"media": {"template_cache_bytes": 1 << 50}})  # a petabyte
+    d.outbox.mkdir()
+    d.state.mkdir()
+    rc, checks = doctor(d)
+    cache = checks["template cache"]
+    assert rc == 0 and cache["status"] == "warn", cache
+    assert "lower [media] template_cache_bytes below" in cache["fix"]
 
 
 def test_doctor_fails_on_missing_weights_and_encoder(daemon_factory, tmp_path) -> None:  # noqa: ANN001
