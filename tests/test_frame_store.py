@@ -5,6 +5,7 @@ that stops half way leaves nothing behind."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -121,3 +122,48 @@ def test_without_room_the_loop_cache_still_loops(tmp_path, media, budget: int) -
     assert src.source_frames == 25 and len(decoded) == 60
     assert decoded[25][0] == 23 and decoded[25][1] == decoded[23][1]
     assert store.entries() == [] and not (tmp_path / "loop-cache.raw").exists()
+
+
+@pytest.mark.parametrize("n_out", [60, 20])  # loops (needs its frames back) / does not
+def test_a_full_state_disk_costs_the_cache_not_the_job(tmp_path, media, monkeypatch, n_out) -> None:  # noqa: ANN001
+    store = FrameStore(tmp_path / "templates", 1 << 30)
+    full = tmp_path / "full.tmp"
+    full.symlink_to("/dev/full")  # every write: ENOSPC, as on a full disk
+    monkeypatch.setattr(store, "temp_path", lambda key: full)
+    notes: list[str] = []
+    src, frames = frames_of(media.video, store, n_out, tmp_path, notes)
+    plain, expected = frames_of(media.video, FrameStore(tmp_path / "off", 0), n_out, tmp_path)
+    assert frames == expected and len(frames) == n_out
+    assert any("not cached" in n and "No space left" in n for n in notes), notes
+    assert store.entries() == [] and not full.exists() and Path("/dev/full").exists()
+    assert not (tmp_path / "loop-cache.raw").exists()
+
+
+def test_no_entry_is_started_without_room_on_the_state_disk(tmp_path, media, monkeypatch) -> None:  # noqa: ANN001
+    import dropbox_daemon.media.frame_store as fs
+
+    store = FrameStore(tmp_path / "templates", 1 << 40)
+    free = fs.shutil.disk_usage(tmp_path).free
+    assert store.room_for(10 * FRAME_BYTES)
+    monkeypatch.setattr(fs, "KEEP_FREE", free)  # the disk is as good as full
+    assert not store.room_for(10 * FRAME_BYTES)
+    src, frames = frames_of(media.video, store, 60, tmp_path)
+    assert len(frames) == 60 and store.entries() == []
+
+
+def test_what_a_killed_job_left_half_written_is_removed(tmp_path) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    store = FrameStore(tmp_path / "templates", 1 << 30)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    dead_pid = int(gone.stdout)  # a process that has ended
+    store.folder.mkdir(parents=True)
+    left = store.folder / f".abc.{dead_pid}.tmp"
+    left.write_bytes(b"half a frame")
+    mine = store.folder / f".def.{os.getpid()}.tmp"  # a job of this process, still writing
+    mine.write_bytes(b"...")
+    store.temp_path("xyz")
+    assert not left.exists() and mine.exists()

@@ -13,11 +13,14 @@ from w2l_fixture import calibrated_net, real_inputs, save_published, to_torch
 
 from dropbox_daemon.engines.base import AudioFeatures, FaceFrame, RenderContext
 from dropbox_daemon.engines.wav2lip import (
+    EXACT_FROM,
+    FACE,
     FastWav2Lip,
     Wav2LipEngine,
     choose_dtype,
     cpu_has_bf16,
     describe_precision,
+    lower_face_mask,
 )
 from dropbox_daemon.engines.wav2lip_net import load_reference, read_state_dict
 from dropbox_daemon.errors import EngineError
@@ -93,6 +96,22 @@ def test_fast_model_matches_the_reference_in_fp32(checkpoint) -> None:  # noqa: 
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no AVX512-BF16/AMX")
+def test_lower_face_only_is_the_whole_network_where_it_is_pasted(checkpoint) -> None:  # noqa: ANN001
+    _, path = checkpoint
+    whole = FastWav2Lip(path, precision="fp32")
+    lower = FastWav2Lip(path, precision="fp32", lower_only=True)
+    mel, faces = real_inputs(6, seed=4)
+    a, b = whole(mel, faces), lower(mel, faces)
+    assert np.abs(a[:, EXACT_FROM:] - b[:, EXACT_FROM:]).max() < 1e-6  # the rows generated
+    assert np.array_equal(b[:, :EXACT_FROM], faces[:, :EXACT_FROM, 3:])  # the template's own
+    # and the paste-back never reads above EXACT_FROM: the mask's first row > 0, mapped back
+    # into the 96-row face, less the cubic resize's reach of 2 rows, at every box size
+    for h in (40, 96, 97, 150, 333, 720):
+        mask = lower_face_mask(h, h)
+        first = int(np.argmax(mask.max(axis=1) > 0))
+        assert (first + 0.5) * FACE / h - 0.5 - 2 >= EXACT_FROM, (h, first)
+
+
 def test_bf16_stays_within_35_db_of_fp32(checkpoint) -> None:  # noqa: ANN001
     _, path = checkpoint
     ref_model = FastWav2Lip(path, precision="fp32")

@@ -120,11 +120,29 @@ class Pending:
         return self.out if isinstance(self.out, np.ndarray) else self.out.float().numpy()
 
 
-class FastWav2Lip:
-    """The inference model: folded, channels_last, on its device and precision."""
+# The engine pastes back the lower face only (lower_face_mask: nothing above 0.4 of its
+# height, row 38.4 of the model's 96, and the cubic resize back reads two rows further up).
+# So the last two decoder blocks and the output block, at 48x48 and 96x96 (half the model's
+# time), run on the rows from LOWER_CROP of their 24x24 input down. Every 3x3 convolution
+# after the crop sees zero padding at the cut instead of the rows above it, one row more each
+# (the transposed convolutions scatter downwards and add none; each doubles what came
+# before): the output differs from the full network's down to row 4 * LOWER_CROP + 6 = 30 and
+# is bit for bit the same from row 31 (measured; tests/test_wav2lip.py). EXACT_FROM keeps 3
+# rows of margin; the rows above it are the template's own face, what the mask keeps there.
+LOWER_CROP = 6  # rows of the 24x24 decoder maps dropped before blocks 5, 6 and the output
+EXACT_FROM = 4 * LOWER_CROP + 10  # 34: the first output row used; the paste-back reads from 36
+CROP_BLOCK = 5  # the first decoder block that runs on the crop
 
-    def __init__(self, path: Path, *, device: str = "cpu", precision: str = "auto") -> None:
+
+class FastWav2Lip:
+    """The inference model: folded, channels_last, on its device and precision. With
+    `lower_only`, rows above EXACT_FROM are not generated but copied from the input face."""
+
+    def __init__(
+        self, path: Path, *, device: str = "cpu", precision: str = "auto", lower_only: bool = False
+    ) -> None:
         self.device = device
+        self.lower_only = lower_only
         self.dtype = choose_dtype(precision, device)
         net = fold_batchnorm(load_reference(path)).to(device, memory_format=torch.channels_last)
         for i, block in enumerate(net.face_encoder_blocks):
@@ -181,9 +199,18 @@ class FastWav2Lip:
         for i, block in enumerate(net.face_encoder_blocks):
             f = block(f if i < EXACT_FACE_BLOCKS else f.to(low))
             skips.append(f.to(low))
-        for block in net.face_decoder_blocks:
-            x = torch.cat((block(x), skips.pop()), dim=1)
-        return net.output_block(x)
+        top = 0  # rows of the current resolution cut off above (lower_only)
+        for i, block in enumerate(net.face_decoder_blocks):
+            if self.lower_only and i == CROP_BLOCK:
+                x, top = x[:, :, LOWER_CROP:], LOWER_CROP
+            y = block(x)
+            top *= y.shape[2] // x.shape[2]  # an upsampling block doubles the rows cut off
+            x = torch.cat((y, skips.pop()[:, :, top:]), dim=1)
+        out = net.output_block(x)
+        if not self.lower_only:
+            return out
+        face = faces[:, 3:, :EXACT_FROM].to(out.dtype)  # the unmasked face: the template's own
+        return torch.cat((face, out[:, :, EXACT_FROM - top :]), dim=2)
 
 
 def model_inputs(crops: list[np.ndarray]) -> np.ndarray:
@@ -223,7 +250,9 @@ class Wav2LipEngine(Engine):
             )
         torch.set_num_threads(os.cpu_count() or 1)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = FastWav2Lip(self.weights, device=device, precision=self.precision)
+        self.model = FastWav2Lip(
+            self.weights, device=device, precision=self.precision, lower_only=True
+        )
         logger.info(describe_precision(self.precision, device, self.model.dtype))
         self.device = f"{device}/{DTYPE_NAMES[self.model.dtype]}"
         if self.batch == 0:
@@ -290,7 +319,7 @@ class Wav2LipEngine(Engine):
             x0, y0, x1, y1 = ff.box
             face = np.clip(next(pred) * 255.0 + 0.5, 0, 255).astype(np.uint8)
             pixels = cv2.resize(face, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
-            yield Patch(ff.box, pixels, _lower_face_mask(x1 - x0, y1 - y0))
+            yield Patch(ff.box, pixels, lower_face_mask(x1 - x0, y1 - y0))
 
     def _submit(self, mel: np.ndarray, faces: np.ndarray) -> Pending:
         """Start the model, splitting the batch in halves for as long as the GPU runs out of memory."""
@@ -309,7 +338,7 @@ class Wav2LipEngine(Engine):
             )
 
 
-def _lower_face_mask(w: int, h: int) -> np.ndarray:
+def lower_face_mask(w: int, h: int) -> np.ndarray:
     """Blend the generated lower face only: the eyes and brow stay the template's own, sharp."""
     m = feathered_box(w, h).copy()
     ramp = np.clip((np.arange(h) - 0.4 * h) / (0.15 * h), 0, 1).astype(np.float32)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 from loguru import logger
 
 from dropbox_daemon.outbox import atomic_write_json
+
+KEEP_FREE = 1 << 30  # bytes of the state disk the template cache never writes into
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,28 @@ class FrameStore:
     def fits(self, nbytes: int) -> bool:
         return 0 < nbytes <= self.budget
 
+    def room_for(self, nbytes: int) -> bool:
+        """Whether a new entry of `nbytes` may be written: it fits the budget, and the state
+        disk keeps KEEP_FREE free besides (the cache never fills the disk jobs write to)."""
+        if not self.fits(nbytes):
+            return False
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(self.folder).free
+        except OSError:
+            return False
+        return free - nbytes >= KEEP_FREE
+
     def temp_path(self, key: str) -> Path:
+        """Where this process writes `key`'s entry until it is whole; files that a killed
+        worker left half written are removed here."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        for left in self.folder.glob(".*.tmp"):
+            if not _alive(left.suffixes[-2].lstrip(".") if len(left.suffixes) > 1 else ""):
+                left.unlink(missing_ok=True)
+                logger.info(
+                    "template cache: removed {}, left half written by a killed job", left.name
+                )
         return self.folder / f".{key}.{os.getpid()}.tmp"
 
     def commit(self, key: str, temp: Path, frames: int, *, complete: bool) -> Path | None:
@@ -138,3 +161,16 @@ def _used_now(meta: Path) -> None:
         os.utime(meta, ns=(now, now))
     except OSError:
         pass
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process of that id (a temp file's writer) still runs on this host."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process: alive
+        return True
+    return True

@@ -11,12 +11,13 @@ folder.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import av
 import numpy as np
@@ -286,7 +287,7 @@ class TemplateFrames:
         loops = estimate is None or estimate < self.n_out + 2
         if loops and estimate:
             self._check_cache_size(estimate)
-        keep = self.store is not None and self.store.fits(
+        keep = self.store is not None and self.store.room_for(
             min(estimate or self.n_out, self.n_out) * self.frame_bytes
         )
         path = self.store.temp_path(self.store_key) if keep else self.cache_path
@@ -295,7 +296,15 @@ class TemplateFrames:
             try:
                 for arr in self._decode():
                     if keep or loops:
-                        cache.write(arr.data)
+                        try:
+                            cache.write(arr.data)
+                        except OSError as e:  # the state disk filled up: this job goes on
+                            if not keep:
+                                raise
+                            cache, path = self._stop_keeping(cache, path, i, loops, e)
+                            keep = False
+                            if loops:
+                                cache.write(arr.data)
                     yield i, arr
                     i += 1
                     if i >= self.n_out:
@@ -326,6 +335,27 @@ class TemplateFrames:
             finally:
                 cache.close()
                 path.unlink(missing_ok=True)  # a kept file was renamed away already
+
+    def _stop_keeping(
+        self, cache: BinaryIO, temp: Path, frames: int, loops: bool, why: OSError
+    ) -> tuple[BinaryIO, Path]:
+        """A write to the template cache failed: drop that file; where the job still needs its
+        frames to loop, the ones written so far go on in the job's own loop cache."""
+        self.note(f"template frames: not cached ({why}); this job goes on without it")
+        out: BinaryIO = open(self.cache_path if loops else os.devnull, "w+b")  # noqa: SIM115
+        try:
+            done, nbytes = 0, frames * self.frame_bytes  # whole frames, written before the failure
+            while loops and done < nbytes:
+                chunk = os.pread(cache.fileno(), min(nbytes - done, 1 << 24), done)
+                if not chunk:
+                    break
+                out.write(chunk)
+                done += len(chunk)
+        finally:
+            with contextlib.suppress(OSError):  # its unwritten rest cannot be flushed
+                cache.close()
+            temp.unlink(missing_ok=True)
+        return out, self.cache_path
 
     def _keep(self, temp: Path, frames: int, *, complete: bool) -> None:
         """Hand the decoded frames to the template cache (the open file stays readable)."""
