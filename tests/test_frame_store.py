@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,10 @@ def test_without_room_the_loop_cache_still_loops(tmp_path, media, budget: int) -
     assert store.entries() == [] and not (tmp_path / "loop-cache.raw").exists()
 
 
+@pytest.mark.skipif(
+    not (os.path.exists("/dev/full") and stat.S_ISCHR(os.stat("/dev/full").st_mode)),
+    reason="this system has no /dev/full device to stand for a full disk",
+)
 @pytest.mark.parametrize("n_out", [60, 20])  # loops (needs its frames back) / does not
 def test_a_full_state_disk_costs_the_cache_not_the_job(tmp_path, media, monkeypatch, n_out) -> None:  # noqa: ANN001
     store = FrameStore(tmp_path / "templates", 1 << 30)
