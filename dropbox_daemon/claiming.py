@@ -124,6 +124,14 @@ class Claiming:
         for inbox, cl in todo:
             if str(cl.dir) in known:
                 continue  # it made it into the store after all
+            if not cl.dir.is_dir():
+                logger.warning(
+                    "inbox {}: claim {} is gone (taken over by another instance, or removed) "
+                    "while its intake waited here; nothing is left to take",
+                    inbox.name,
+                    cl.claim_id,
+                )
+                continue
             try:
                 self.d.intake.ingest(inbox, cl, recovered=True)
             except Exception:  # noqa: BLE001

@@ -268,11 +268,9 @@ def check_template_cache(cfg: Config) -> list[Check]:
     store = FrameStore(cfg.daemon.state_dir / "templates", budget)
     if budget == 0:
         return [Check("template cache", "ok", "off ([media] template_cache_bytes = 0)")]
-    entries = store.entries()
-    used = sum(n for _, _, n in entries)
+    count, used = store.usage()
     detail = (
-        f"{len(entries)} template(s), {used / 2**20:.0f} MiB of {budget / 2**20:.0f} MiB "
-        f"at {store.folder}"
+        f"{count} template(s), {used / 2**20:.0f} MiB of {budget / 2**20:.0f} MiB at {store.folder}"
     )
     try:
         room = shutil.disk_usage(cfg.daemon.state_dir).free + used

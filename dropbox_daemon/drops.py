@@ -392,6 +392,17 @@ def base_claim_id(name: str) -> str:
     return name.split(".g", 1)[0]
 
 
+def claim_generation(name: str) -> int:
+    """A claim folder's generation: 1 for the first claim, n for `<id>.gn` after takeovers."""
+    _base, sep, gen = name.partition(".g")
+    return int(gen) if sep and gen.isdigit() else 1
+
+
+def same_claim(recorded: str | None, folder: Path) -> bool:
+    """Whether a job's recorded claim folder is `folder` or another generation of it."""
+    return bool(recorded) and base_claim_id(Path(recorded or "").name) == base_claim_id(folder.name)
+
+
 def take_over(
     cdir: Path, owner: dict[str, Any], instance: str, now: float, why: str
 ) -> Path | None:

@@ -27,7 +27,7 @@ from dropbox_daemon.instances import FolderLeases, Lease, StoreLeases
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.manifest import parse
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import TERMINAL, Job, JobExists, Store, claim_held
+from dropbox_daemon.store import TERMINAL, Job, Store, claim_held
 
 
 @dataclass(frozen=True)
@@ -208,42 +208,12 @@ class Farm:
                     )
                 continue
             logger.warning("inbox {}: claim {} {}", inbox.name, cdir.name, why)
-            known = store.get(owner["job_id"]) if store.shared and owner.get("job_id") else None
-            if known is not None and same_claim(known.claim_dir, new):
-                job = self._follow_folder(store, known.job_id, new, why)  # recorded meanwhile
-            else:
-                try:
-                    job = intake.adopt(inbox, cl, drops.read_owner(new) or owner, why)
-                except JobExists:
-                    job = self._follow_folder(store, owner.get("job_id"), new, why)
+            # a peer judged dead may record the drop meanwhile: the record then follows the
+            # claim folder (intake.follow_claim)
+            job = intake.adopt(inbox, cl, drops.read_owner(new) or owner, why)
             if job is not None:
                 taken.append(job)
         return taken
-
-    def _follow_folder(self, store: Store, job_id: str | None, new: Path, why: str) -> Job | None:
-        """The peer recorded the job in the farm's database after this daemon read the claim
-        list, and its claim folder is this daemon's now: the record follows the folder (the
-        fence), else it names a folder that is gone and every daemon that takes the job
-        drops it again, for ever. A holder that started it meanwhile is fenced off by the
-        new generation."""
-        current = store.get(job_id) if job_id else None
-        if current is None or current.terminal:
-            return None
-        logger.bind(job_id=current.job_id, trace_id=current.trace_id).warning(
-            "job {}: recorded by instance {} while its claim was being taken over; the record "
-            "now names the claim {} of instance {}",
-            current.job_id,
-            current.instance,
-            new.name,
-            self.instance,
-        )
-        return store.update(
-            current.job_id,
-            log=f"{why}; the record follows the claim folder",
-            claim_dir=str(new),
-            instance=self.instance,
-            generation=current.generation + 1,
-        )
 
     def lost(self, job: Job, generation: int | None = None) -> str | None:
         """Why this daemon no longer holds `job` (taken over), or None. `generation`: the one
@@ -262,13 +232,6 @@ class Farm:
             owner = drops.read_owner(cdir) or {}
             holder = f"instance {owner.get('instance', '?')}"
         return f"its claim was taken over by {holder} while this daemon was silent"
-
-
-def same_claim(recorded: str | None, folder: Path) -> bool:
-    """Whether a job's recorded claim folder is `folder` or an earlier generation of it."""
-    return bool(recorded) and drops.base_claim_id(Path(recorded or "").name) == drops.base_claim_id(
-        folder.name
-    )
 
 
 def instances_view(cfg: Config, store: Store | None) -> list[dict]:

@@ -15,13 +15,92 @@ from loguru import logger
 
 from dropbox_daemon import engines
 from dropbox_daemon.config import Config, InboxConfig
-from dropbox_daemon.drops import Claim, base_claim_id, move_job_folder, move_named, note_job
-from dropbox_daemon.errors import RejectedDrop
+from dropbox_daemon.drops import (
+    Claim,
+    base_claim_id,
+    claim_generation,
+    move_job_folder,
+    move_named,
+    note_job,
+    same_claim,
+)
+from dropbox_daemon.errors import IllegalTransition, RejectedDrop
 from dropbox_daemon.manifest import Manifest, parse, salvage_job_id
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store import RUNNING, TERMINAL, Job, JobExists, Store
 
 MAX_DUPLICATES = 10_000
+
+
+def follow_claim(store: Store, prior: Job, cl: Claim, instance: str, why: str) -> Job:
+    """`prior` records this very drop under another generation of its claim folder: a peer
+    wrote it while the claim changed hands (a slow daemon judged dead, a takeover).
+
+    The newest claim folder wins. This daemon's, when newer: the record follows it, else
+    a record naming a folder that is gone sends the job round the farm for ever. Older:
+    the drop is the other instance's now, and this daemon's intake of it ends.
+    """
+    log = logger.bind(job_id=prior.job_id, trace_id=prior.trace_id)
+    for _ in range(5):  # each miss means the record moved on meanwhile: look again
+        theirs = Path(prior.claim_dir or "").name
+        if prior.terminal or claim_generation(cl.dir.name) <= claim_generation(theirs):
+            if theirs != cl.dir.name:
+                log.info(
+                    "job {}: its claim {} is instance {}'s now; this daemon leaves it ({})",
+                    prior.job_id,
+                    theirs,
+                    prior.instance,
+                    prior.state,
+                )
+            return prior
+        after = _take_record(store, prior, str(cl.dir), instance, why)
+        if after is not None:
+            log.warning(
+                "job {}: recorded by instance {} while its claim was being taken over; the "
+                "record now names claim {} of instance {} ({})",
+                prior.job_id,
+                prior.instance,
+                cl.dir.name,
+                instance,
+                after.state,
+            )
+            return after
+        prior = store.get(prior.job_id) or prior
+    raise IllegalTransition(f"job {prior.job_id!r} kept changing while its claim was taken over")
+
+
+def taken_meanwhile(store: Store, cl: Claim, job_id: str, instance: str, why: str) -> Job | None:
+    """The job as it stands after follow_claim, where the database records `job_id` from
+    another generation of this same claim; None where it does not (a different drop)."""
+    prior = store.get(job_id)
+    if prior is None or not same_claim(prior.claim_dir, cl.dir):
+        return None
+    return follow_claim(store, prior, cl, instance, why)
+
+
+def _take_record(store: Store, prior: Job, claim_dir: str, instance: str, why: str) -> Job | None:
+    """The record moved to `instance`'s claim folder under a new generation (which fences off
+    the former holder's writes), changed only if it is still as read; a job the former holder
+    had in intake or in a render is queued again, attempt kept. None: it changed meanwhile."""
+    changes = {"claim_dir": claim_dir, "instance": instance, "generation": prior.generation + 1}
+    if prior.state not in ("received", *RUNNING):
+        note = f"{why}; the record follows the claim folder"
+        return store.update(prior.job_id, log=note, fence=prior.generation, **changes)
+    to, extra, detail = store.resume_plan(prior, why)
+    try:
+        if to == "done":
+            prior = store.catch_up(prior, why, fence=prior.generation)
+        return store.transition(
+            prior.job_id,
+            to,
+            detail=f"{detail}; the record follows the claim folder",
+            expect=(prior.state,),
+            fence=prior.generation,
+            **extra,
+            **changes,
+        )
+    except IllegalTransition:
+        return None
 
 
 def generated_id(stem: str, claim_id: str) -> str:
@@ -112,7 +191,13 @@ class Intake:
                 "generation": int(task.get("generation") or 0) + 1,
             }
         )
-        job = self.store.create(job, detail=why, replace=not self.store.shared)
+        try:
+            job = self.store.create(job, detail=why, replace=not self.store.shared)
+        except JobExists:  # a peer recorded it after this daemon read the claim list
+            taken = taken_meanwhile(self.store, cl, job_id, self.cfg.instance_id, why)
+            if taken is None:
+                raise
+            return taken
         if was_running and attempts >= job.max_attempts:
             err = {
                 "code": "interrupted",
@@ -174,11 +259,25 @@ class Intake:
         except JobExists:
             # the farm's database has this id (its outbox folder was gone): not run again
             return self._existing(inbox, cl, m, job_id)
-        return self.store.transition(
-            job.job_id, "queued", detail=f"engine {job.engine}, priority {job.priority}"
-        )
+        try:
+            return self.store.transition(
+                job.job_id,
+                "queued",
+                detail=f"engine {job.engine}, priority {job.priority}",
+                fence=job.generation,
+            )
+        except IllegalTransition:  # taken over during this intake?
+            why = f"claim {cl.claim_id} changed hands during intake"
+            taken = taken_meanwhile(self.store, cl, job_id, self.cfg.instance_id, why)
+            if taken is None:
+                raise
+            return taken
 
     def _existing(self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str) -> Job:
+        why = f"claim {cl.claim_id} changed hands during intake"
+        taken = taken_meanwhile(self.store, cl, job_id, self.cfg.instance_id, why)
+        if taken is not None:  # the same drop, recorded by a peer: not a duplicate of itself
+            return taken
         prior = self.store.get(job_id)
         rerun = (
             prior is not None

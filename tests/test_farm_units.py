@@ -140,3 +140,116 @@ def test_a_half_made_claim_is_removed_and_a_real_one_never(tmp_path: Path) -> No
     assert drops.discard_if_unfinished(half, drops.read_owner(half)) and not half.exists()
     assert drops.discard_if_unfinished(bare, None, min_age=0) and not bare.exists()
     assert cdir.exists() and noted.exists()
+
+
+# -- a record written while its claim changes hands ------------------------------------
+class Peer:
+    """One daemon's intake on the farm's database (real PostgreSQL), the shared inbox and
+    the shared outbox: what farm.take_over and claiming drive, called step by step."""
+
+    def __init__(self, name: str, root: Path, url: str) -> None:
+        from dropbox_daemon import config
+        from dropbox_daemon.intake import Intake
+        from dropbox_daemon.outbox import Outbox
+        from dropbox_daemon.store.postgres import PostgresStore
+
+        data = {
+            "daemon": {
+                "instance": name,
+                "state_dir": str(root / f"state-{name}"),
+                "outbox": str(root / "outbox"),
+            },
+            "store": {"url": url},
+            "inbox": [{"name": "default", "path": str(root / "inbox"), "engine": "passthrough"}],
+        }
+        self.cfg = config.from_dict(data, source=root / "config.toml", env={})
+        self.inbox = self.cfg.inbox[0]
+        self.outbox = Outbox(root / "outbox")
+        self.store = PostgresStore(url, self.outbox, instance=name)
+        self.intake = Intake(self.cfg, self.store, self.outbox)
+
+    def take_over(self, cdir: Path) -> drops.Claim:
+        """The folder sweep's fence: the claim renamed to this daemon's generation."""
+        new = drops.take_over(cdir, drops.read_owner(cdir) or {}, self.cfg.instance_id, 2.0, "t")
+        assert new is not None
+        cl = drops.claim_from(self.inbox.path, new, drops.read_owner(new) or {})
+        assert cl is not None
+        return cl
+
+
+def peers(tmp_path: Path, url: str, media) -> tuple[Peer, Peer, drops.Claim]:  # noqa: ANN001
+    """Instances a (slow, judged dead) and b on one farm, and a's claim on a valid drop."""
+    import shutil
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(media.tone, inbox / "a.wav")
+    shutil.copy(media.image, inbox / "t.png")
+    (inbox / "r1.json").write_text(
+        json.dumps({"job_id": "r1", "audio": "a.wav", "template": "t.png"})
+    )
+    a, b = Peer("a", tmp_path, url), Peer("b", tmp_path, url)
+    cl = drops.claim(inbox, drops.Candidate(inbox / "r1.json", inbox, False), "a", 1.0)
+    assert cl is not None
+    return a, b, cl
+
+
+@pytest.mark.parametrize("moment", ["before_create", "before_queue", "queued", "rendering"])
+def test_a_record_written_while_its_claim_was_taken_over_follows_the_claim(
+    tmp_path: Path,
+    pg_url: str,
+    media,
+    moment: str,  # noqa: ANN001
+) -> None:
+    """The farm takeover race (found by a fresh-clone run): b renames a's claim folder to its
+    next generation and adopts the drop at each moment of a's intake or render. Whatever the
+    order, the farm ends with one record of the drop, queued, naming b's folder, which
+    exists; never a duplicate of itself, never a record of a folder that is gone."""
+    a, b, cl = peers(tmp_path, pg_url, media)
+    taken: list[drops.Claim] = []
+
+    def b_takes_over() -> None:
+        taken.append(b.take_over(cl.dir))
+        b.intake.adopt(b.inbox, taken[0], drops.read_owner(taken[0].dir) or {}, "a is silent")
+
+    real = {"create": a.store.create, "transition": a.store.transition}
+    hook = {"before_create": "create", "before_queue": "transition"}.get(moment)
+    if hook:
+
+        def then_real(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+            if not taken:
+                b_takes_over()
+            return real[hook](*args, **kw)
+
+        setattr(a.store, hook, then_real)
+    a.intake.ingest(a.inbox, cl)
+    if moment == "rendering":
+        job = a.store.take_next("a", {})
+        assert job is not None and job.job_id == "r1"
+        a.store.transition("r1", "rendering", fence=job.generation)
+    if not taken:
+        b_takes_over()
+    job = b.store.get("r1")
+    assert job is not None and job.state == "queued", job
+    assert job.claim_dir == str(taken[0].dir) and Path(job.claim_dir).is_dir()
+    assert job.instance == "b"
+    assert job.attempts == (1 if moment == "rendering" else 0)
+    assert sum(b.store.counts().values()) == 1  # no duplicate of itself
+    assert sorted(p.name for p in a.outbox.root.iterdir() if p.is_dir()) == ["r1"]
+    assert json.loads((a.outbox.root / "r1" / "task.json").read_text())["claim"] == (
+        taken[0].dir.name
+    )
+    # a wakes up: its writes under the generation it held are refused
+    assert a.store.update("r1", fence=job.generation - 1, progress=0.5) is None
+    a.store.close()
+    b.store.close()
+
+
+def test_claim_generation_reads_the_folder_name() -> None:
+    assert drops.claim_generation("20261126T0300-abc") == 1
+    assert drops.claim_generation("20261126T0300-abc.g2") == 2
+    assert drops.claim_generation("20261126T0300-abc.g17") == 17
+    assert drops.claim_generation("20261126T0300-abc.gx") == 1
+    assert drops.same_claim("/i/.dropbox/c1.g3", Path("/j/c1.g4"))
+    assert not drops.same_claim("/i/.dropbox/c1.g3", Path("/j/c2"))
+    assert not drops.same_claim(None, Path("/j/c1"))

@@ -82,7 +82,7 @@ def test_the_budget_drops_the_template_used_longest_ago(tmp_path) -> None:  # no
     put("c")
     assert [k for _, k, _ in store.entries()] != [] and store.find("b", 1, FRAME_BYTES) is None
     assert store.find("a", 1, FRAME_BYTES) is not None and store.find("c", 1, FRAME_BYTES)
-    assert store.used_bytes() <= store.budget
+    assert store.usage()[1] <= store.budget
     big = store.temp_path("d")
     big.write_bytes(bytes(3 * 10 * FRAME_BYTES))
     assert store.commit("d", big, 30, complete=True) is None  # larger than the whole budget
@@ -141,6 +141,47 @@ def test_a_full_state_disk_costs_the_cache_not_the_job(tmp_path, media, monkeypa
     assert frames == expected and len(frames) == n_out
     assert any("not cached" in n and "No space left" in n for n in notes), notes
     assert store.entries() == [] and not full.exists() and Path("/dev/full").exists()
+    assert not (tmp_path / "loop-cache.raw").exists()
+
+
+@pytest.mark.parametrize("n_out", [60, 20])  # loops (needs its frames back) / does not
+def test_a_disk_that_fills_half_way_keeps_the_frames_written_so_far(
+    tmp_path,
+    media,
+    monkeypatch,
+    n_out,  # noqa: ANN001
+) -> None:
+    """The cache file takes 10 frames, then the disk is full: the job goes on, and a looping
+    one plays back those 10 frames from its own loop cache, copied there, with the rest."""
+    import errno
+    import io
+
+    import dropbox_daemon.media.frames as frames_module
+
+    class FillsUp(io.BufferedRandom):
+        written = 0
+
+        def write(self, b) -> int:  # noqa: ANN001
+            nbytes = memoryview(b).nbytes
+            if self.written + nbytes > 10 * FRAME_BYTES:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.written += nbytes
+            return super().write(b)
+
+    store = FrameStore(tmp_path / "templates", 1 << 30)
+
+    def opens(path, mode="r", *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if Path(path).parent == store.folder and mode == "w+b":
+            return FillsUp(io.FileIO(path, "w+"))
+        return open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(frames_module, "open", opens, raising=False)
+    notes: list[str] = []
+    src, frames = frames_of(media.video, store, n_out, tmp_path, notes)
+    plain, expected = frames_of(media.video, FrameStore(tmp_path / "off", 0), n_out, tmp_path)
+    assert frames == expected and len(frames) == n_out
+    assert any("not cached" in n and "No space left" in n for n in notes), notes
+    assert store.entries() == [] and not list(store.folder.glob(".*.tmp"))
     assert not (tmp_path / "loop-cache.raw").exists()
 
 

@@ -130,8 +130,10 @@ class FrameStore:
             out.append((used, meta.stem, nbytes))
         return sorted(out)
 
-    def used_bytes(self) -> int:
-        return sum(n for _, _, n in self.entries())
+    def usage(self) -> tuple[int, int]:
+        """(entries, bytes) held now."""
+        entries = self.entries()
+        return len(entries), sum(n for _, _, n in entries)
 
     def _make_room(self, nbytes: int, keep: str) -> None:
         entries = [e for e in self.entries() if e[1] != keep]
