@@ -69,6 +69,19 @@ def test_sine_on_a_bin_gives_the_hand_computed_band_value() -> None:
     assert mid.max() > 2.5 and mid.min() == -4.0
 
 
+@pytest.mark.parametrize("seconds", [0.01, 4.99, 5.0, 12.3])
+def test_the_stft_in_chunks_is_the_stft_in_one_call(monkeypatch, seconds) -> None:  # noqa: ANN001
+    """Chunked so that a long track's transform does not hold it all in complex128 at once:
+    every frame is transformed on its own, so the result is the same to the bit."""
+    rng = np.random.default_rng(7)
+    y = (rng.standard_normal(int(16000 * seconds)) * 0.3).astype(np.float32)
+    chunked = A.stft_magnitude(y)
+    monkeypatch.setattr(A, "STFT_CHUNK", 1 << 30)
+    whole = A.stft_magnitude(y)
+    assert chunked.shape == whole.shape == (401, 1 + max(len(y), 401) // 200)
+    assert chunked.dtype == np.float32 and np.array_equal(chunked, whole)
+
+
 def test_mel_windows_per_video_frame() -> None:
     assert [A.mel_window_start(i, 25) for i in range(7)] == [0, 3, 6, 9, 12, 16, 19]
     assert [A.mel_window_start(i, 30) for i in range(5)] == [0, 2, 5, 8, 10]

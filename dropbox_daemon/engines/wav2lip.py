@@ -26,9 +26,10 @@ from dropbox_daemon.errors import EngineError
 
 FACE = 96  # the model's face crop, pixels
 # Frames per model call on the CPU where [models] batch_size is 0, by the precision it runs:
-# fp32 is as fast at 8 as at 16 and holds half the activations (the worker's peak: about
-# 770 MB against 940 MB on a 720p job); bf16 is 8% faster at 16 (docs/benchmarks.md).
-CPU_BATCH = {torch.float32: 8, torch.bfloat16: 16}
+# fp32 runs as fast at 4 as at 8 or 16 on an AVX2 host (model alone, 3 alternating rounds:
+# 13.9-14.8 frames/s at 4, 13.8-14.4 at 8) and holds the fewest activations (the worker's
+# peak on a 720p job: 700 MB at 4, 800 at 8, 940 at 16); bf16 is 8% faster at 16.
+CPU_BATCH = {torch.float32: 4, torch.bfloat16: 16}
 
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
