@@ -26,9 +26,11 @@ from dropbox_daemon.errors import EngineError
 
 FACE = 96  # the model's face crop, pixels
 # Frames per model call on the CPU where [models] batch_size is 0, by the precision it runs:
-# fp32 runs as fast at 4 as at 8 or 16 on an AVX2 host (model alone, 3 alternating rounds:
-# 13.9-14.8 frames/s at 4, 13.8-14.4 at 8) and holds the fewest activations (the worker's
-# peak on a 720p job: 700 MB at 4, 800 at 8, 940 at 16); bf16 is 8% faster at 16.
+# fp32 at 4 holds the fewest activations (the worker's peak on a 720p job: 700 MB at 4, 800
+# at 8, 940 at 16), which keeps the process tree under 1 GB. The model alone is as fast at
+# 4 as at 8 (13.9-14.8 against 13.8-14.4 frames/s, AVX2 host); within a job, with the other
+# stages on the same two cores, 8 was up to 10% faster (docs/benchmarks.md). bf16: 8%
+# faster at 16.
 CPU_BATCH = {torch.float32: 4, torch.bfloat16: 16}
 
 
