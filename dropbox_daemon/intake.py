@@ -274,11 +274,11 @@ class Intake:
             return taken
 
     def _existing(self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str) -> Job:
-        why = f"claim {cl.claim_id} changed hands during intake"
-        taken = taken_meanwhile(self.store, cl, job_id, self.cfg.instance_id, why)
-        if taken is not None:  # the same drop, recorded by a peer: not a duplicate of itself
-            return taken
         prior = self.store.get(job_id)
+        if prior is not None and same_claim(prior.claim_dir, cl.dir):
+            # the same drop, recorded by a peer: not a duplicate of itself
+            why = f"claim {cl.claim_id} changed hands during intake"
+            return follow_claim(self.store, prior, cl, self.cfg.instance_id, why)
         rerun = (
             prior is not None
             and prior.terminal
