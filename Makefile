@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-gpu bench-farm soak clean
+.PHONY: demo test test-avx2 lint bench bench-gpu bench-farm soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the suite as an AVX2-only host runs it: torch's kernels capped at AVX2, so wav2lip's
+# automatic precision is fp32 (README "Tests and figures"); TESTS narrows it
+TESTS ?=
+test-avx2: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest -q -rs $(TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dropbox_daemon tests bench

@@ -3,6 +3,9 @@ fast model (BatchNorm folded, channels_last; bf16 held to 35 dB PSNR) with the u
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from dropbox_daemon.engines.wav2lip import (
     FastWav2Lip,
     Wav2LipEngine,
     choose_dtype,
+    cpu_flags,
     cpu_has_bf16,
     describe_precision,
     lower_face_mask,
@@ -70,18 +74,51 @@ def test_auto_precision_follows_the_cpu_flags(checkpoint) -> None:  # noqa: ANN0
     want = torch.bfloat16 if cpu_has_bf16() else torch.float32
     assert FastWav2Lip(checkpoint[1]).dtype == want
     assert FastWav2Lip(checkpoint[1], precision="fp32").dtype == torch.float32
-    # the whole matrix, device by device (CUDA's rows need no GPU to decide)
-    assert choose_dtype("auto", "cuda") == torch.float16
-    assert choose_dtype("bf16", "cuda") == torch.bfloat16
-    assert choose_dtype("fp32", "cuda") == torch.float32
-    assert (
-        choose_dtype("fp16", "cpu") == torch.float32
-    )  # fp16 is CUDA's; the CPU says so and runs fp32
-    assert choose_dtype("bf16", "cpu") == torch.bfloat16
     line = describe_precision("auto", "cpu", want)
     assert line.startswith(
         f"wav2lip runs {'bf16' if want == torch.bfloat16 else 'fp32'} on cpu (CPU flags"
     )
+
+
+@pytest.mark.parametrize("cpu_bf16", [False, True], ids=["avx2-cpu", "bf16-cpu"])
+def test_the_precision_matrix_for_both_cpu_classes(cpu_bf16: bool) -> None:
+    """Every row of the choice, for a CPU with and without bf16, whichever this one is."""
+    for device, precision, want in [
+        ("cuda", "auto", torch.float16),
+        ("cuda", "fp16", torch.float16),
+        ("cuda", "bf16", torch.bfloat16),
+        ("cuda", "fp32", torch.float32),
+        ("cpu", "auto", torch.bfloat16 if cpu_bf16 else torch.float32),
+        ("cpu", "bf16", torch.bfloat16),  # forced: runs (slowly, with a warning) anywhere
+        ("cpu", "fp16", torch.float32),  # fp16 is CUDA's; the CPU says so and runs fp32
+        ("cpu", "fp32", torch.float32),
+    ]:
+        assert choose_dtype(precision, device, cpu_bf16=cpu_bf16) == want, (device, precision)
+
+
+def test_a_cap_on_onednn_below_bf16_chooses_fp32_and_says_why(checkpoint) -> None:  # noqa: ANN001
+    """ONEDNN_MAX_CPU_ISA=AVX2 is how an AVX2-only host is emulated here (make test-avx2) and
+    how an operator keeps oneDNN off AVX-512: auto then runs fp32, and the log line says why."""
+    code = (
+        "import sys, torch\n"
+        "from dropbox_daemon.engines.wav2lip import FastWav2Lip, describe_precision\n"
+        "m = FastWav2Lip(sys.argv[1])\n"
+        "print(describe_precision('auto', 'cpu', m.dtype))\n"
+        "print(m.net.output_block[1].weight.dtype)\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(checkpoint[1])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0].startswith("wav2lip runs fp32 on cpu (CPU flags"), out
+    assert out[1] == "torch.float32", out
+    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        assert "oneDNN is capped below them (ONEDNN_MAX_CPU_ISA=AVX2)" in out[0], out
 
 
 def test_fast_model_matches_the_reference_in_fp32(checkpoint) -> None:  # noqa: ANN001
@@ -95,15 +132,24 @@ def test_fast_model_matches_the_reference_in_fp32(checkpoint) -> None:  # noqa: 
         assert np.abs(got - ref).max() <= 1e-4
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no AVX512-BF16/AMX")
-def test_lower_face_only_is_the_whole_network_where_it_is_pasted(checkpoint) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lower_face_only_is_the_whole_network_where_it_is_pasted(checkpoint, precision) -> None:  # noqa: ANN001
+    """The lower-face network runs on every CPU, in both precisions (bf16 where it is slow too).
+    faces is (B, 96, 96, 6) by rows, columns, channels; channels 3-5 are the unmasked face."""
     _, path = checkpoint
-    whole = FastWav2Lip(path, precision="fp32")
-    lower = FastWav2Lip(path, precision="fp32", lower_only=True)
+    whole = FastWav2Lip(path, precision=precision)
+    lower = FastWav2Lip(path, precision=precision, lower_only=True)
     mel, faces = real_inputs(6, seed=4)
+    # the engine feeds the same frame twice (masked, whole); here the masked copy is another
+    # frame, so that the rows copied can only come from channels 3-5
+    faces[..., :3] = faces[::-1, ..., :3]
     a, b = whole(mel, faces), lower(mel, faces)
-    assert np.abs(a[:, EXACT_FROM:] - b[:, EXACT_FROM:]).max() < 1e-6  # the rows generated
-    assert np.array_equal(b[:, :EXACT_FROM], faces[:, :EXACT_FROM, 3:])  # the template's own
+    assert b.shape == a.shape == (6, FACE, FACE, 3) and b.dtype == np.float32
+    # the rows generated: fp32 bit for bit up to summation order; bf16 within its rounding
+    tolerance = 1e-6 if precision == "fp32" else 2e-2
+    assert np.abs(a[:, EXACT_FROM:] - b[:, EXACT_FROM:]).max() < tolerance
+    assert np.array_equal(b[:, :EXACT_FROM], faces[:, :EXACT_FROM, :, 3:])  # the template's own
+    assert not np.array_equal(b[:, :EXACT_FROM], faces[:, :EXACT_FROM, :, :3])  # nor 0-2
     # and the paste-back never reads above EXACT_FROM: the mask's first row > 0, mapped back
     # into the 96-row face, less the cubic resize's reach of 2 rows, at every box size
     for h in (40, 96, 97, 150, 333, 720):

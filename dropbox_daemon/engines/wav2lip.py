@@ -55,8 +55,28 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def onednn_may_use_bf16() -> bool:
+    """Whether oneDNN, torch's CPU convolutions, runs bf16 kernels here. It follows
+    ONEDNN_MAX_CPU_ISA: an operator who caps it (AVX2, say) gets the fp32 choice, and the
+    tests emulate an AVX2-only host on a bf16 one the same way (`make test-avx2`)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def cpu_has_bf16() -> bool:
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    """bf16 that runs at speed: the CPU has AVX512-BF16/AMX and oneDNN may use them."""
+    return bool(cpu_flags() & BF16_FLAGS) and onednn_may_use_bf16()
+
+
+def cpu_reason() -> str:
+    """The CPU flags behind the automatic choice, as an operator comparing hosts reads them."""
+    flags = ", ".join(sorted(cpu_flags())) or "no AVX512-BF16/AMX/VNNI"
+    if cpu_flags() & BF16_FLAGS and not onednn_may_use_bf16():
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "unset")
+        return f"CPU flags: {flags}, but oneDNN is capped below them (ONEDNN_MAX_CPU_ISA={cap})"
+    return f"CPU flags: {flags}"
 
 
 def describe_precision(precision: str, device: str, dtype: torch.dtype) -> str:
@@ -67,7 +87,7 @@ def describe_precision(precision: str, device: str, dtype: torch.dtype) -> str:
         if precision != "auto"
         else "CUDA"
         if device == "cuda"
-        else f"CPU flags: {', '.join(sorted(cpu_flags())) or 'no AVX512-BF16/AMX/VNNI'}"
+        else cpu_reason()
     )
     if dtype == torch.float32:
         return f"wav2lip runs fp32 on {device} ({why})"
@@ -77,15 +97,18 @@ def describe_precision(precision: str, device: str, dtype: torch.dtype) -> str:
     )
 
 
-def choose_dtype(precision: str, device: str) -> torch.dtype:
+def choose_dtype(precision: str, device: str, *, cpu_bf16: bool | None = None) -> torch.dtype:
     """The reduced precision of the bulk of the network: fp16 on CUDA, bf16 where the CPU
-    has AVX512-BF16/AMX, fp32 otherwise; `precision` in the config forces it."""
+    has AVX512-BF16/AMX, fp32 otherwise; `precision` in the config forces it. `cpu_bf16`
+    stands for the CPU's answer (None: ask this one), so both CPU classes are tested anywhere."""
+    if cpu_bf16 is None:
+        cpu_bf16 = cpu_has_bf16()
     if precision == "fp32":
         return torch.float32
     if device == "cuda":
         return torch.float16 if precision in ("auto", "fp16") else torch.bfloat16
     if precision == "bf16":
-        if not cpu_has_bf16():
+        if not cpu_bf16:
             logger.warning(
                 "precision bf16 forced on a CPU without AVX512-BF16/AMX: it will be slow"
             )
@@ -93,7 +116,7 @@ def choose_dtype(precision: str, device: str) -> torch.dtype:
     if precision == "fp16":
         logger.warning("precision fp16 is for CUDA; the CPU runs fp32")
         return torch.float32
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    return torch.bfloat16 if cpu_bf16 else torch.float32
 
 
 # The audio encoder and the first face-encoder blocks stay fp32 in every precision: their
@@ -212,8 +235,10 @@ class FastWav2Lip:
         out = net.output_block(x)
         if not self.lower_only:
             return out
-        face = faces[:, 3:, :EXACT_FROM].to(out.dtype)  # the unmasked face: the template's own
-        return torch.cat((face, out[:, :, EXACT_FROM - top :]), dim=2)
+        # channels 3-5 are the unmasked face (model_inputs): its rows above EXACT_FROM are the
+        # template's own, kept in fp32 (in bf16 or fp16 they would come back rounded)
+        face = faces[:, 3:, :EXACT_FROM].float()
+        return torch.cat((face, out[:, :, EXACT_FROM - top :].float()), dim=2)
 
 
 def model_inputs(crops: list[np.ndarray]) -> np.ndarray:

@@ -9,7 +9,10 @@ import time
 
 import av
 import psutil
+import torch
 from support import put_file, put_manifest, wait_for
+
+from dropbox_daemon.engines.wav2lip import CPU_BATCH, cpu_has_bf16
 
 
 def drop(d, media, job_id: str, engine: str | None = None, audio=None, template=None) -> None:  # noqa: ANN001
@@ -49,7 +52,11 @@ def test_wav2lip_renders_and_loads_the_model_once(daemon_factory, media) -> None
     for n in range(10):
         task = d.wait_state(f"w{n}", timeout=120)
         assert task["state"] == "done" and task["engine"] == "wav2lip", task
-    assert task["device"].startswith("cpu")
+    # the precision and batch of this CPU's class (make test-avx2 caps a bf16 host to fp32)
+    precision = "bf16" if cpu_has_bf16() else "fp32"
+    assert task["device"] == f"cpu/{precision}", task["device"]
+    batch = CPU_BATCH[torch.bfloat16 if precision == "bf16" else torch.float32]
+    assert f"wav2lip batch {batch} on the CPU in {precision}" in d.log_text()
     with av.open(str(d.outbox / "w9" / "result.mp4")) as c:
         assert c.streams.video[0].frames == task["output"]["frames"] == 50
     assert d.log_text().count("engine wav2lip loaded") == 1  # at start, before READY
