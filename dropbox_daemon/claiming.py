@@ -6,6 +6,7 @@ cleared or resumed at start-up."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from dropbox_daemon import drops
+from dropbox_daemon.boundary import shown
 from dropbox_daemon.config import InboxConfig
 from dropbox_daemon.drops import candidate_for
 from dropbox_daemon.farm import best, prevalidate
@@ -20,6 +22,8 @@ from dropbox_daemon.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from dropbox_daemon.daemon import Daemon
+
+MAX_INTAKE_TRIES = 3  # a claim whose intake raised this often is answered, not retried for ever
 
 
 @dataclass
@@ -39,11 +43,14 @@ class Claiming:
         self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in d.cfg.inbox}
         self.pending: dict[Path, Pending] = {}
         self.waiting: list[tuple[InboxConfig, drops.Claim]] = []  # claims whose intake failed
+        self.tries: dict[str, int] = {}  # claim folder -> failed intakes so far
 
     def collect_hints(self) -> None:
         """The watcher's hints: a drop's manifest appeared or changed."""
         for hint in self.d.watcher.drain():
             inbox = self.d.cfg.inbox_by_name(hint.inbox)
+            if hint.path.parent == inbox.path:
+                self.d.watcher.follow(inbox.name, hint.path)  # a job folder being filled?
             cand = candidate_for(inbox.path, hint.path)
             if cand is not None:
                 p = self.pending.setdefault(cand.manifest, Pending(cand, inbox))
@@ -55,6 +62,7 @@ class Claiming:
         if self.waiting:
             self.retry_claims()
         self.d.watcher.check_inboxes()
+        self.d.watcher.forget_gone()
         for inbox in self.d.cfg.inbox:
             for cand in drops.scan(inbox.path):
                 if cand.manifest not in self.d.farm.ready:
@@ -63,7 +71,7 @@ class Claiming:
     def take_settled(self, now: float) -> None:
         assert self.d.intake is not None
         for key, p in list(self.pending.items()):
-            if not p.candidate.manifest.exists():
+            if not os.path.lexists(p.candidate.manifest):
                 self.pending.pop(key)
                 self.settlers[p.inbox.name].forget(p.candidate)
                 continue
@@ -105,16 +113,55 @@ class Claiming:
         except StoreUnavailable as e:
             self.d.on_store_down(e)
             self.waiting.append((inbox, cl))  # its files wait in the claim
-        except Exception:  # noqa: BLE001 - one bad drop must not stop the daemon
-            logger.exception(
-                "inbox {}: taking drop {} failed; its files are kept in {} and it is tried "
-                "again at the next rescan",
+        except Exception as e:  # noqa: BLE001 - one bad drop must not stop the daemon
+            self.intake_failed(inbox, cl, e)
+        return True
+
+    def intake_failed(self, inbox: InboxConfig, cl: drops.Claim, e: Exception) -> None:
+        """An intake that raised (not the store being away): tried again at the next rescans,
+        MAX_INTAKE_TRIES in all, then answered: rejected `intake_failed`, or where even that
+        cannot be written, its claim folder moved to .dropbox/quarantine/ with the reason."""
+        key = str(cl.dir)
+        n = self.tries[key] = self.tries.get(key, 0) + 1
+        if n < MAX_INTAKE_TRIES:
+            logger.opt(exception=e).warning(
+                "inbox {}: taking claim {} failed (try {} of {}); its files are kept in {} "
+                "and it is tried again at the next rescan",
                 inbox.name,
-                cand.manifest.name,
+                cl.claim_id,
+                n,
+                MAX_INTAKE_TRIES,
                 cl.dir,
             )
             self.waiting.append((inbox, cl))
-        return True
+            return
+        self.tries.pop(key, None)
+        why = f"{type(e).__name__}: {shown(str(e))[:300]}"
+        assert self.d.intake is not None
+        try:
+            job = self.d.intake.reject_untakeable(inbox, cl, why, n)
+            self.d.view.intake_rejected += 1
+            logger.opt(exception=e).error(
+                "inbox {}: claim {} failed {} times; answered as job {} (rejected, intake_failed)",
+                inbox.name,
+                cl.claim_id,
+                n,
+                job.job_id,
+            )
+        except StoreUnavailable as down:
+            self.d.on_store_down(down)
+            self.waiting.append((inbox, cl))
+        except Exception as again:  # noqa: BLE001
+            where = drops.quarantine(inbox.path, cl, f"{why}; and its rejection: {again}")
+            self.d.view.quarantined += 1
+            logger.opt(exception=again).error(
+                "inbox {}: claim {} cannot be taken nor answered ({}); moved to {} with "
+                "reason.txt; look at it, fix the drop and drop it again",
+                inbox.name,
+                cl.claim_id,
+                why,
+                where,
+            )
 
     def retry_claims(self) -> None:
         """Drops whose intake failed (a full disk, say): try again; their files wait in the claim."""
@@ -134,13 +181,12 @@ class Claiming:
                 continue
             try:
                 self.d.intake.ingest(inbox, cl, recovered=True)
-            except Exception:  # noqa: BLE001
-                logger.warning(
-                    "inbox {}: claim {} still cannot be taken; trying again later",
-                    inbox.name,
-                    cl.claim_id,
-                )
+                self.tries.pop(str(cl.dir), None)
+            except StoreUnavailable as e:
+                self.d.on_store_down(e)
                 self.waiting.append((inbox, cl))
+            except Exception as e:  # noqa: BLE001
+                self.intake_failed(inbox, cl, e)
 
     def recover_orphan_claims(self) -> None:
         """Claims this instance made that never reached its database (a crash right after the claim)."""
@@ -163,9 +209,11 @@ class Claiming:
                 continue
             try:
                 self.d.intake.adopt(inbox, cl, owner, "intake resumed after a restart")
-            except Exception:  # noqa: BLE001
-                logger.exception("inbox {}: claim {} cannot be resumed yet", inbox.name, cdir.name)
+            except StoreUnavailable:
+                logger.warning("inbox {}: claim {} waits for the store", inbox.name, cdir.name)
                 self.waiting.append((inbox, cl))
+            except Exception as e:  # noqa: BLE001
+                self.intake_failed(inbox, cl, e)
 
     def claim_outranking(self, now: float) -> None:
         """A drop still in the inbox that outranks every job this daemon holds is claimed now."""

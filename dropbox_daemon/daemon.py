@@ -47,12 +47,17 @@ class Flags:
     signals: list[int] = field(default_factory=list)
 
 
+UMASK = 0o027  # files 0640, folders 0750: the daemon's user and group only
+
+
 class Daemon:
     """Owns the store, the watcher and the worker; run() is the service."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.outbox = Outbox(cfg.daemon.outbox)
+        # input/ of a rejected or failed job holds copies of what passed the limits
+        biggest = max(cfg.limits.max_audio_bytes, cfg.limits.max_template_bytes)
+        self.outbox = Outbox(cfg.daemon.outbox, max_input_file=biggest)
         self.store: Store | None = None
         self.intake: Intake | None = None
         self.wake = threading.Event()
@@ -80,11 +85,13 @@ class Daemon:
     def start(self) -> None:
         """Open the store, recover, start watching and the worker."""
         d = self.cfg.daemon
+        # what the daemon creates is its user's and group's to read, no one else's (0640/0750)
+        os.umask(UMASK)
         for p in (d.state_dir, d.outbox, self.cfg.daemon_dir):
             p.mkdir(parents=True, exist_ok=True)
         self._lock_state_dir()
         for inbox in self.cfg.inbox:
-            drops.claims_root(inbox.path).mkdir(parents=True, exist_ok=True)
+            drops.make_dropbox(inbox.path)
         self.store = open_store(self.cfg, self.outbox)
         self.farm.register(time.time(), self.store)
         self.view.instance = self.farm.instance

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import time
@@ -19,7 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dropbox_daemon.manifest import JOB_FOLDER_MANIFESTS, is_manifest_name
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dropbox_daemon.boundary import (
+    DIR_MODE,
+    MAX_ENTRIES,
+    NOTED,
+    Refused,
+    is_real_dir,
+    is_regular,
+    kind,
+    lstat,
+    make_private_dir,
+    move_file,
+    name_problem,
+    read_bounded,
+    relative_problem,
+    shown,
+    walk,
+    writable_by_others,
+)
+from dropbox_daemon.manifest import JOB_FOLDER_MANIFESTS, is_manifest_name, job_id_problem
 from dropbox_daemon.outbox import atomic_write_json
 
 DROPBOX_DIR = ".dropbox"
@@ -42,6 +64,21 @@ def claims_root(inbox: Path) -> Path:
     return inbox / DROPBOX_DIR / CLAIMED_DIR
 
 
+def make_dropbox(inbox: Path) -> None:
+    """Create <inbox>/.dropbox/ and claimed/ so that only the daemons' user can write them
+    (0750); where an existing one is writable by others, say so (doctor fails on it)."""
+    make_private_dir(claims_root(inbox))
+    loose = writable_by_others([inbox / DROPBOX_DIR, claims_root(inbox)])
+    if loose:
+        logger.error(
+            "inbox {}: {} can be written by other users, who could then forge claims and "
+            "leases; run: chmod go-w {}",
+            inbox,
+            ", ".join(loose),
+            inbox / DROPBOX_DIR,
+        )
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A manifest that may be a drop: `manifest` inside `base_dir` (the inbox or a job folder)."""
@@ -55,6 +92,22 @@ class Candidate:
         return self.base_dir.name if self.job_folder else self.manifest.stem
 
 
+MAX_INBOX_ENTRIES = 100_000  # entries of one inbox looked at in one scan
+
+
+def _unusable(path: Path, st: os.stat_result | None, *, manifest: bool) -> str | None:
+    """Why an inbox entry that looks like a drop is not one (None when it may be)."""
+    if why := name_problem(path.name):
+        return f"has a name that {why}"
+    if st is None:
+        return None  # gone: nothing to say
+    if manifest and not stat.S_ISREG(st.st_mode):
+        return f"is {kind(st)}, not a manifest file"
+    if not manifest and not stat.S_ISDIR(st.st_mode):
+        return f"is {kind(st)}, not a job folder"
+    return None
+
+
 def candidate_for(inbox: Path, path: Path) -> Candidate | None:
     """The drop a path inside the inbox belongs to, if any (used for watcher hints)."""
     try:
@@ -64,42 +117,74 @@ def candidate_for(inbox: Path, path: Path) -> Candidate | None:
     parts = rel.parts
     if not parts or any(is_ignored_name(p) for p in parts[:2]):
         return None
-    if len(parts) == 1:
-        if is_manifest_name(parts[0]):
-            return Candidate(inbox / parts[0], inbox, False)
-        folder = inbox / parts[0]
-    else:
-        folder = inbox / parts[0]
-    return folder_candidate(folder)
+    first = inbox / parts[0]
+    st = lstat(first)
+    if st is None:
+        return None
+    if len(parts) == 1 and is_manifest_name(parts[0]) and not stat.S_ISDIR(st.st_mode):
+        if why := _unusable(first, st, manifest=True):
+            NOTED.once(first, why)
+            return None
+        return Candidate(first, inbox, False)
+    return folder_candidate(first, st)
 
 
-def folder_candidate(folder: Path) -> Candidate | None:
+def folder_candidate(folder: Path, st: os.stat_result | None = None) -> Candidate | None:
+    """The job folder's drop: a real folder (not a link) holding job.json or job.toml as a
+    regular file; None otherwise, logged once where it looks like a drop and is not one."""
+    st = st if st is not None else lstat(folder)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        if st is not None and stat.S_ISLNK(st.st_mode) and _has_manifest(folder):
+            NOTED.once(folder, "is a symbolic link to a folder, not a job folder")
+        return None
+    if why := name_problem(folder.name):
+        if _has_manifest(folder):
+            NOTED.once(folder, f"is a job folder whose name {why}")
+        return None
     for name in JOB_FOLDER_MANIFESTS:
         m = folder / name
-        if m.is_file():
-            return Candidate(m, folder, True)
+        mst = lstat(m)
+        if mst is None:
+            continue
+        if not stat.S_ISREG(mst.st_mode):
+            NOTED.once(m, f"is {kind(mst)}, not a manifest file")
+            return None
+        return Candidate(m, folder, True)
     return None
+
+
+def _has_manifest(folder: Path) -> bool:
+    return any(os.path.lexists(folder / n) for n in JOB_FOLDER_MANIFESTS)
 
 
 def scan(inbox: Path) -> list[Candidate]:
     """Every drop visible in the inbox now, oldest first (by manifest mtime)."""
     found: list[tuple[float, Candidate]] = []
     try:
-        entries = list(os.scandir(inbox))
+        with os.scandir(inbox) as it:
+            entries = [e for _, e in zip(range(MAX_INBOX_ENTRIES), it, strict=False)]
     except OSError:
         return []
     for entry in entries:
         if is_ignored_name(entry.name):
             continue
+        path = Path(entry.path)
         try:
-            if entry.is_file(follow_symlinks=False) and is_manifest_name(entry.name):
-                found.append((entry.stat().st_mtime, Candidate(Path(entry.path), inbox, False)))
-            elif entry.is_dir(follow_symlinks=False):
-                c = folder_candidate(Path(entry.path))
-                if c is not None:
-                    found.append((c.manifest.stat().st_mtime, c))
+            st = entry.stat(follow_symlinks=False)
         except OSError:
             continue  # vanished while we looked: another daemon claimed it
+        if stat.S_ISDIR(st.st_mode) or not is_manifest_name(entry.name):
+            c = folder_candidate(path, st)
+            if c is None:
+                continue
+            mst = lstat(c.manifest)
+            if mst is not None:
+                found.append((mst.st_mtime, c))
+            continue
+        if why := _unusable(path, st, manifest=True):
+            NOTED.once(path, why)
+            continue
+        found.append((st.st_mtime, Candidate(path, inbox, False)))
     found.sort(key=lambda t: t[0])
     return [c for _, c in found]
 
@@ -107,7 +192,7 @@ def scan(inbox: Path) -> list[Candidate]:
 def _named_files(c: Candidate) -> list[Path]:
     """The media a manifest names, read leniently (only to watch them settle)."""
     try:
-        raw = c.manifest.read_bytes()[:1_000_000]
+        raw = read_bounded(c.manifest, 1_000_000)
         text = raw.decode("utf-8", "replace")
         if c.manifest.name.lower().endswith(".toml"):
             import tomllib
@@ -123,30 +208,33 @@ def _named_files(c: Candidate) -> list[Path]:
     out = data.get("output")
     if isinstance(out, dict):
         names.append(out.get("watermark"))
-    paths = []
-    for n in names:
-        if isinstance(n, str) and n and "\x00" not in n and not os.path.isabs(n):
-            paths.append(c.base_dir / n)
-    return paths
+    return [c.base_dir / n for n in names if isinstance(n, str) and relative_problem(n) is None]
 
 
 def signature(c: Candidate) -> tuple:
-    """(name, size, mtime) of the manifest and what it names; a job folder: all its files."""
+    """(name, size, mtime) of the manifest and what it names; a job folder: all its files.
+    A job folder too deep or too wide to walk settles on its manifest and that fact alone
+    (intake then answers it); nothing here follows a link or opens more than the manifest."""
     if c.job_folder:
-        paths = []
-        for root, dirs, files in os.walk(c.base_dir):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            paths.extend(Path(root) / f for f in files)
-    else:
-        paths = [c.manifest, *_named_files(c)]
-    sig = []
-    for p in sorted(paths):
         try:
-            st = os.lstat(p)
-            sig.append((str(p), st.st_size, st.st_mtime_ns))
-        except OSError:
-            sig.append((str(p), -1, -1))
-    return tuple(sig)
+            entries = walk(c.base_dir)
+        except Refused as e:
+            st = lstat(c.manifest)
+            return ((f"(refused: {e.code})", 0, 0), (str(c.manifest), *_size_mtime(st)))
+        sig = [
+            (e.rel, e.st.st_size, e.st.st_mtime_ns)
+            for e in entries
+            if not e.is_dir and not any(p.startswith(".") for p in e.rel.split("/"))
+        ]
+        return tuple(sig)
+    out = []
+    for p in sorted([c.manifest, *_named_files(c)]):
+        out.append((str(p), *_size_mtime(lstat(p))))
+    return tuple(out)
+
+
+def _size_mtime(st: os.stat_result | None) -> tuple[int, int]:
+    return (st.st_size, st.st_mtime_ns) if st is not None else (-1, -1)
 
 
 @dataclass
@@ -200,7 +288,9 @@ def claim(inbox: Path, c: Candidate, instance: str, now: float, host: str = "") 
     """Rename the manifest into a fresh claim folder; None when another daemon was first."""
     cid = new_claim_id(now)
     cdir = claims_root(inbox) / cid
-    (cdir / DROP_SUBDIR).mkdir(parents=True)
+    make_private_dir(claims_root(inbox))  # removed by someone while the daemon ran?
+    cdir.mkdir(mode=DIR_MODE)
+    (cdir / DROP_SUBDIR).mkdir(mode=DIR_MODE)
     owner = {
         "instance": instance,
         "host": host or socket.gethostname(),
@@ -222,19 +312,25 @@ def claim(inbox: Path, c: Candidate, instance: str, now: float, host: str = "") 
     return cl
 
 
-def _move(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(src, dst)
-
-
 def move_job_folder(cl: Claim) -> list[str]:
-    """Move everything in a claimed job folder beside its manifest; returns what moved."""
+    """Move everything in a claimed job folder beside its manifest (each entry renamed whole,
+    a link as the link itself: nothing is followed or read); returns what moved."""
     moved = []
     folder = cl.candidate.base_dir
-    for entry in sorted(os.listdir(folder)):
+    if not is_real_dir(folder):
+        return moved  # swapped for a link since it was seen: nothing in it is the drop's
+    try:
+        with os.scandir(folder) as it:
+            names = sorted(e.name for _, e in zip(range(MAX_ENTRIES + 1), it, strict=False))
+    except OSError:
+        return moved
+    for entry in names:
         if os.path.lexists(cl.drop_dir / entry):
             continue  # moved before a crash, or a name clash: the original stays put
-        _move(folder / entry, cl.drop_dir / entry)
+        try:
+            os.rename(folder / entry, cl.drop_dir / entry)
+        except OSError:
+            continue  # gone meanwhile
         moved.append(entry)
     try:
         folder.rmdir()
@@ -243,42 +339,84 @@ def move_job_folder(cl: Claim) -> list[str]:
     return moved
 
 
-def move_named(cl: Claim, names: list[str], inbox: Path) -> dict[str, Path]:
-    """Move the named files of a loose manifest beside it; name -> new path.
-
-    A name that leads outside the manifest's folder (absolute, '..') is never
-    touched. A symlink is resolved and its target moved when that target lies
-    inside the inbox; a link leading out is moved as the link itself.
-    """
+def move_named(cl: Claim, names: list[str]) -> tuple[dict[str, Path], dict[str, str]]:
+    """Move the files a loose manifest names beside it: (name -> new path, name -> why it
+    stayed). Only a name that passes relative_problem (inside the manifest's folder, no
+    hidden part, so never .dropbox/) and is a regular file of one link moves; a link is
+    never followed. The same check holds for a valid drop and a rejected one."""
     out: dict[str, Path] = {}
+    left: dict[str, str] = {}
     base = cl.candidate.base_dir
-    root = inbox.resolve()
     for name in names:
-        pure = PurePosixPath(name)
-        if not name or pure.is_absolute() or ".." in pure.parts or "\x00" in name:
+        if why := relative_problem(name):
+            left[name] = why
             continue
-        src = base.joinpath(*pure.parts)
-        dst = cl.drop_dir.joinpath(*pure.parts)
-        if not os.path.lexists(src) or os.path.lexists(dst):
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        src, dst = base.joinpath(*parts), cl.drop_dir.joinpath(*parts)
+        if not os.path.lexists(src) and is_regular(dst):
+            out[name] = dst  # moved before a crash
             continue
-        real = src.resolve()
-        if src.is_symlink() and real.is_relative_to(root) and real.is_file():
-            src = real
-        st = os.lstat(src)
-        if stat.S_ISDIR(st.st_mode):
+        if any(not is_real_dir(base.joinpath(*parts[:i])) for i in range(1, len(parts))):
+            left[name] = "is inside something that is not a folder (a link?)"
             continue
-        _move(src, dst)
+        if why := move_file(src, dst):
+            left[name] = why
+            continue
         out[name] = dst
-    return out
+    return out, left
+
+
+class OwnerRecord(BaseModel):
+    """owner.json as the daemons write it. It lies on the share, so it is parsed against
+    this schema before anything in it is used: a path, an instance or a job id from it
+    cannot point adoption or the outbox anywhere else."""
+
+    model_config = ConfigDict(extra="allow")
+
+    instance: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,128}$")
+    host: str | None = Field(default=None, max_length=256)
+    pid: int | None = None
+    claimed_at: float | None = None
+    generation: int = Field(default=1, ge=1, le=1_000_000)
+    source: str | None = Field(default=None, max_length=4096)
+    job_folder: bool = False
+    job_id: str | None = None
+    priority: int = Field(default=0, ge=-10, le=10)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str | None) -> str | None:
+        if v is not None and (why := relative_problem(v)):
+            raise ValueError(f"source {why}")
+        if v is not None and len(PurePosixPath(v).parts) > 2:
+            raise ValueError("source is deeper than a job folder's manifest")
+        return v
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id(cls, v: str | None) -> str | None:
+        if v is not None and (why := job_id_problem(v, answers=True)):
+            raise ValueError(f"job_id {why}")
+        return v
 
 
 def read_owner(cdir: Path) -> dict[str, Any] | None:
-    """The claim's owner.json (instance, generation, job_id once known), or None."""
+    """The claim's owner.json (instance, generation, job_id once known), checked against
+    OwnerRecord; None when there is none, or it is not one (logged once)."""
+    path = cdir / OWNER_FILE
     try:
-        owner = json.loads((cdir / OWNER_FILE).read_text())
-    except (OSError, ValueError):
+        raw = read_bounded(path, OWNER_MAX_BYTES)
+        if len(raw) > OWNER_MAX_BYTES:
+            raise ValueError(f"over {OWNER_MAX_BYTES} bytes")
+        data = json.loads(raw)
+        return OwnerRecord.model_validate(data).model_dump(exclude_none=True)
+    except Refused as e:
+        if e.code != "unreadable" or lstat(path) is not None:
+            NOTED.once(path, f"{e.why}; the claim is set aside")
         return None
-    return owner if isinstance(owner, dict) else None
+    except (ValueError, ValidationError, RecursionError) as e:
+        NOTED.once(path, f"is not a claim's owner record ({str(e).splitlines()[0][:200]})")
+        return None
 
 
 def note_job(cdir: Path, job_id: str, priority: int = 0) -> None:
@@ -295,19 +433,35 @@ def claim_from(inbox: Path, cdir: Path, owner: dict[str, Any]) -> Claim | None:
         manifest = [p for p in drop.iterdir() if is_manifest_name(p.name)]
     except OSError:
         return None
-    if not manifest or "source" not in owner:
+    if not manifest or "source" not in owner or relative_problem(owner["source"]):
         return None
-    src = inbox / owner["source"]
+    src = inbox.joinpath(*PurePosixPath(owner["source"]).parts)
     cand = Candidate(src, src.parent, bool(owner.get("job_folder")))
     return Claim(cdir.name, cdir, cand)
 
 
+CLAIM_NAME = re.compile(r"\d{8}T\d{6}-[0-9a-f]{10}(\.g[1-9]\d{0,6})?")
+OWNER_MAX_BYTES = 64 * 1024
+
+
 def claim_folders(inbox: Path) -> list[Path]:
-    """Every folder under the inbox's .dropbox/claimed/, in name (claim time) order."""
+    """Every claim folder under the inbox's .dropbox/claimed/, in name (claim time) order:
+    real folders named as daemons name them; anything else there is logged once, left alone."""
+    out = []
     try:
-        return sorted(p for p in claims_root(inbox).iterdir() if p.is_dir())
+        with os.scandir(claims_root(inbox)) as it:
+            entries = [e for _, e in zip(range(MAX_INBOX_ENTRIES), it, strict=False)]
     except OSError:
         return []
+    for e in entries:
+        path = Path(e.path)
+        if not CLAIM_NAME.fullmatch(e.name):
+            NOTED.once(path, "is not a claim folder (its name is not one a daemon gives)")
+        elif not e.is_dir(follow_symlinks=False):
+            NOTED.once(path, "is not a folder (a link?), so it is no claim")
+        else:
+            out.append(path)
+    return sorted(out)
 
 
 def owner_instance(owner: dict[str, Any]) -> str | None:
@@ -343,11 +497,11 @@ def drafted_owner(cdir: Path) -> dict[str, Any] | None:
     """The owner.json a crash left unrenamed (its complete temporary file), or None."""
     for draft in cdir.glob(f".{OWNER_FILE}.*.tmp"):
         try:
-            owner = json.loads(draft.read_text())
-        except (OSError, ValueError):
+            return OwnerRecord.model_validate_json(read_bounded(draft, OWNER_MAX_BYTES)).model_dump(
+                exclude_none=True
+            )
+        except (Refused, ValueError, ValidationError):
             continue
-        if isinstance(owner, dict):
-            return owner
     return None
 
 
@@ -385,6 +539,24 @@ def unfinished_claims(inbox: Path, instance: str) -> list[tuple[Path, dict | Non
         if not drop.exists() or not any(drop.iterdir()):
             out.append((cdir, owner))
     return out
+
+
+QUARANTINE_DIR = "quarantine"
+REASON_FILE = "reason.txt"
+
+
+def quarantine(inbox: Path, cl: Claim, reason: str) -> Path:
+    """Set a claim that can be neither taken nor answered aside, whole, in
+    <inbox>/.dropbox/quarantine/, with reason.txt; nothing in it is deleted."""
+    root = inbox / DROPBOX_DIR / QUARANTINE_DIR
+    make_private_dir(root)
+    dest = root / cl.dir.name
+    os.rename(cl.dir, dest)
+    atomic_write_json(
+        dest / REASON_FILE,
+        {"claim": cl.dir.name, "source": shown(str(cl.candidate.manifest)), "reason": reason},
+    )
+    return dest
 
 
 def base_claim_id(name: str) -> str:

@@ -53,7 +53,7 @@ def prevalidate(cand: drops.Candidate, inbox: InboxConfig, cfg: Config) -> Ready
     """A valid drop as Ready; None when it is invalid (it is then claimed and answered at once)."""
     try:
         m, _ = parse(cand.manifest, cand.base_dir, inbox.path, cfg.limits, cand.manifest)
-        mtime = cand.manifest.stat().st_mtime
+        mtime = cand.manifest.lstat().st_mtime
     except (RejectedDrop, OSError):
         return None
     return Ready(cand, inbox, m.priority, mtime)

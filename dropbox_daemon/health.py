@@ -88,6 +88,12 @@ class Metrics:
         )
         self.disk_free = Gauge("dropbox_disk_free_bytes", "Free space", ["path"], registry=r)
         self.status = Gauge("dropbox_health_status", "0 ok, 1 degraded, 2 failing", registry=r)
+        self.intake_given_up = Gauge(
+            "dropbox_intake_given_up",
+            "Claims whose intake kept failing, since start: rejected (intake_failed) or quarantined",
+            ["outcome"],
+            registry=r,
+        )
 
     def on_change(self, job: Job, from_state: str | None) -> None:
         """Count a job's state change (called by the store after each transition)."""
@@ -126,6 +132,8 @@ class DaemonView:
     instance: str = ""
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)  # instance -> its lease
     store_error: str | None = None  # why the store cannot be reached now
+    intake_rejected: int = 0  # claims answered intake_failed after MAX_INTAKE_TRIES
+    quarantined: int = 0  # claims that could not even be answered, set aside
 
 
 def disk_free(path: Path) -> int | None:
@@ -215,6 +223,8 @@ def build(
         if free is not None:
             metrics.disk_free.labels(name).set(free)
     metrics.status.set(STATUS_LEVEL[status])
+    metrics.intake_given_up.labels("rejected").set(view.intake_rejected)
+    metrics.intake_given_up.labels("quarantined").set(view.quarantined)
     return {
         "status": status,
         "reasons": reasons,
@@ -248,6 +258,7 @@ def build(
             "memory_bytes": _process_memory(view.worker_pid),
             "restarts": view.worker_restarts,
         },
+        "intake": {"rejected_after_tries": view.intake_rejected, "quarantined": view.quarantined},
         "queue": {k: v for k, v in counts.items() if k in ("received", "queued", *RUNNING)},
         "queue_by_inbox": by_inbox,
         "jobs_by_state": counts,

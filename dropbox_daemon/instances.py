@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,10 @@ from typing import Any
 
 import psutil
 from loguru import logger
+from pydantic import TypeAdapter, ValidationError
 
 from dropbox_daemon import __version__
+from dropbox_daemon.boundary import NOTED, Refused, read_bounded
 from dropbox_daemon.errors import ConfigError
 
 INSTANCES_DIR = "instances"  # under <inbox>/.dropbox/
@@ -79,9 +82,16 @@ class Lease:
         )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Lease:
+    def from_dict(cls, d: Any) -> Lease:
+        """A lease from its JSON form, checked field by field (ValueError when it is not one):
+        lease files lie on the share, and anyone who can write there can write one."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a lease is an object of fields, not a {type(d).__name__}")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            return LEASE_SCHEMA.validate_python({k: v for k, v in d.items() if k in known})
+        except ValidationError as e:
+            raise ValueError(str(e).splitlines()[0]) from e
 
     def same_process_alive(self) -> bool | None:
         """True/False where this machine can tell (same boot), None for another machine's lease."""
@@ -89,6 +99,12 @@ class Lease:
             return None
         started = process_started(self.pid)
         return started is not None and abs(started - self.started_at) < 2.0
+
+
+LEASE_SCHEMA = TypeAdapter(Lease)
+STOPPED_CONFIRM_SECONDS = 5.0  # a peer's "stopped" that stood this long (observer's clock)
+LEASE_MAX_BYTES = 64 * 1024
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def clash(other: Lease, me: Lease, stale_seconds: float, now: float) -> str | None:
@@ -105,6 +121,31 @@ def clash(other: Lease, me: Lease, stale_seconds: float, now: float) -> str | No
         f"instance {other.instance!r} is already running: pid {other.pid} on host {other.host} "
         f"(state folder {other.state_dir}, lease renewed {max(0.0, age):.1f} s ago)"
     )
+
+
+def read_lease(path: Path) -> Lease | None:
+    """The lease in a file of .dropbox/instances/, or None: gone, torn by a writer without
+    rename, or not a lease (set aside with one log line: a stranger's file must not stop a
+    start nor, named for another instance, speak for it)."""
+    try:
+        raw = read_bounded(path, LEASE_MAX_BYTES)
+    except Refused as e:
+        if e.code != "unreadable":
+            NOTED.once(path, f"{e.why}; it is no lease", "it is set aside")
+        return None
+    try:
+        if len(raw) > LEASE_MAX_BYTES:
+            raise ValueError(f"over {LEASE_MAX_BYTES} bytes")
+        lease = Lease.from_dict(json.loads(raw))
+    except RecursionError:
+        lease = None
+    except ValueError as e:  # daemons write leases by rename: a torn or wrong one is a stranger's
+        NOTED.once(path, f"is not a lease ({str(e)[:200]})", "it is set aside")
+        return None
+    if lease is None or path.stem != lease.instance or not INSTANCE_NAME.fullmatch(path.stem):
+        NOTED.once(path, "is not named for the instance it describes", "it is set aside")
+        return None
+    return lease
 
 
 def write_lease(path: Path, lease: dict[str, Any]) -> None:
@@ -166,10 +207,9 @@ class FolderLeases:
             except OSError:
                 continue
             for path in names:
-                try:
-                    lease = Lease.from_dict(json.loads(path.read_text()))
-                except (OSError, ValueError, TypeError):
-                    continue  # torn by a writer without rename, or removed meanwhile
+                lease = read_lease(path)
+                if lease is None:
+                    continue
                 prior = out.get(lease.instance)
                 if prior is None or lease.renewed_at > prior.renewed_at:
                     out[lease.instance] = lease
@@ -224,10 +264,13 @@ class FolderLeases:
         for inst, lease in leases.items():
             if inst == self.me.instance:
                 continue
-            if lease.state == "stopped":
-                out[inst] = "it stopped"
-                continue
             silent = self.silent_for(inst, mono)
+            if lease.state == "stopped":
+                # a stop is believed once it stood for a few seconds: a live daemon rewrites
+                # its lease within lease_every (2 s), so a forged "stopped" cannot take its jobs
+                if silent >= min(self.stale_seconds, STOPPED_CONFIRM_SECONDS):
+                    out[inst] = "it stopped"
+                continue
             if silent >= self.stale_seconds:
                 out[inst] = f"its lease has not been renewed for {silent:.0f} s"
         return out

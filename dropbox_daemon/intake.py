@@ -14,6 +14,7 @@ from pathlib import Path
 from loguru import logger
 
 from dropbox_daemon import engines
+from dropbox_daemon.boundary import MAX_DEPTH, MAX_ENTRIES, Refused, shown, walk
 from dropbox_daemon.config import Config, InboxConfig
 from dropbox_daemon.drops import (
     Claim,
@@ -134,6 +135,33 @@ def _raw_callback_url(path: Path, cfg: Config) -> str | None:
     return value if ok else None
 
 
+def check_tree(folder: Path) -> None:
+    """RejectedDrop where a job folder is too deep or too wide to be a drop."""
+    try:
+        walk(folder)
+    except Refused as e:
+        if e.code == "not_a_folder":
+            return  # moved into the claim already, or gone: the manifest check answers
+        raise RejectedDrop(
+            f"the job folder {e.why}",
+            code=e.code,
+            field="(folder)",
+            hint=f"a job folder holds a manifest and its media: at most {MAX_DEPTH} levels "
+            f"and {MAX_ENTRIES} entries",
+        ) from e
+
+
+def with_leftovers(err: RejectedDrop, left: dict[str, str], not_copied: list[str]) -> dict:
+    """error.json of a rejection, naming what of the drop stayed in the inbox (and why) and
+    what input/ holds no copy of."""
+    out = err.to_dict()
+    if left:
+        out["left_in_inbox"] = {shown(k): v for k, v in left.items()}
+    if not_copied:
+        out["not_copied"] = not_copied
+    return out
+
+
 class Intake:
     """Turns claims into jobs in the store."""
 
@@ -149,13 +177,25 @@ class Intake:
         base = cl.drop_dir if recovered else cl.candidate.base_dir
         root = cl.drop_dir if recovered else inbox.path
         try:
+            if cl.candidate.job_folder:
+                check_tree(cl.drop_dir if recovered else cl.candidate.base_dir)
             manifest, _media = parse(
                 cl.manifest, base, root, self.cfg.limits, cl.candidate.manifest
             )
         except RejectedDrop as e:
             return self._reject(inbox, cl, e, recovered=recovered)
         if not recovered:
-            self._move_media(cl, manifest.media().values())
+            left = self._move_media(cl, manifest.media().values())
+            if left:  # swapped or changed between the check and the move
+                field = next(f for f, v in manifest.media().items() if v in left)
+                name = manifest.media()[field]
+                err = RejectedDrop(
+                    f"{field}: {name!r} {left[name]}",
+                    code="file_changed",
+                    field=field,
+                    hint="drop the files again, and do not change them once the manifest is in",
+                )
+                return self._reject(inbox, cl, err, recovered=recovered)
         job_id = manifest.job_id or generated_id(cl.candidate.stem, cl.claim_id)
         # a recovered intake may find the outbox folder it reserved itself before failing
         if self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id)):
@@ -213,20 +253,30 @@ class Intake:
             detail=f"was {task.get('state')} there (attempt {attempts} of {job.max_attempts})",
         )
 
+    def reject_untakeable(self, inbox: InboxConfig, cl: Claim, why: str, tries: int) -> Job:
+        """Answer a claim whose intake kept failing: rejected `intake_failed`, with why."""
+        err = RejectedDrop(
+            f"the drop could not be taken in ({tries} tries): {why}",
+            code="intake_failed",
+            field="(drop)",
+            hint="the daemon's log names the claim and the error; fix the drop (input/ holds "
+            "it) and drop it again",
+        )
+        return self._reject(inbox, cl, err, recovered=True)
+
     def _reserved_earlier(self, job_id: str) -> bool:
         """Its outbox folder is this drop's own, reserved by an intake that failed before the
         job was recorded (a full disk, the database away)."""
         task = self.outbox.read_task(job_id)
         return not self.store.exists(job_id) and (task is None or task.get("state") == "received")
 
-    def _move_media(self, cl: Claim, names) -> None:  # noqa: ANN001
-        """Move the drop's files beside its claimed manifest (what is already there stays)."""
+    def _move_media(self, cl: Claim, names) -> dict[str, str]:  # noqa: ANN001
+        """Move the drop's files beside its claimed manifest (what is already there stays);
+        the names a loose manifest gives that stayed where they were, with why."""
         if cl.candidate.job_folder:
-            if not cl.candidate.base_dir.is_dir():
-                return
             move_job_folder(cl)
-        else:
-            move_named(cl, list(names), cl.candidate.base_dir)
+            return {}
+        return move_named(cl, list(names))[1]
 
     def _base_job(self, inbox: InboxConfig, cl: Claim, job_id: str, m: Manifest | None) -> Job:
         return Job(
@@ -247,7 +297,7 @@ class Intake:
 
     def _queue_new(self, inbox: InboxConfig, cl: Claim, m: Manifest, job_id: str) -> Job:
         try:  # from the manifest's last write (a rename keeps it) to now
-            pickup = {"pickup": round(max(0.0, time.time() - cl.manifest.stat().st_mtime), 4)}
+            pickup = {"pickup": round(max(0.0, time.time() - cl.manifest.lstat().st_mtime), 4)}
         except OSError:
             pickup = {}
         try:
@@ -346,8 +396,8 @@ class Intake:
         )
 
     def _reject(self, inbox: InboxConfig, cl: Claim, err: RejectedDrop, *, recovered: bool) -> Job:
-        if not recovered:
-            self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
+        # only the files that pass the same checks as a valid drop's move; the rest stay
+        left = self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
         job_id = salvage_job_id(cl.manifest, self.cfg.limits)
         reserved = job_id is not None and (
             self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id))
@@ -358,12 +408,12 @@ class Intake:
                 # a re-drop that is still wrong: answer in the same folder
                 note_job(cl.dir, job_id)
                 self.outbox.clear_previous_run(job_id)
-                self.outbox.save_inputs(job_id, cl.drop_dir)
-                self.outbox.write_error(job_id, err.to_dict())
+                error = with_leftovers(err, left, self.outbox.save_inputs(job_id, cl.drop_dir))
+                self.outbox.write_error(job_id, error)
                 return self.store.update(  # type: ignore[return-value]
                     job_id,
                     claim_dir=str(cl.dir),
-                    error=err.to_dict(),
+                    error=error,
                     finished_at=time.time(),
                     log=f"rejected again: {err.message}",
                 )
@@ -376,11 +426,11 @@ class Intake:
             ),
             detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} (claim {cl.claim_id})",
         )
-        self.outbox.save_inputs(job_id, cl.drop_dir)
-        self.outbox.write_error(job_id, err.to_dict())
+        error = with_leftovers(err, left, self.outbox.save_inputs(job_id, cl.drop_dir))
+        self.outbox.write_error(job_id, error)
         logger.bind(job_id=job_id, trace_id=job.trace_id).warning(
             "inbox {}: drop {} rejected ({}): {}", inbox.name, job_id, err.code, err.message
         )
         return self.store.transition(
-            job_id, "rejected", detail=f"{err.code}: {err.message}", error=err.to_dict()
+            job_id, "rejected", detail=f"{err.code}: {err.message}", error=error
         )

@@ -22,6 +22,18 @@ PRIORITY = {
 }
 
 
+CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def escape_controls(record: Any) -> None:
+    """loguru patcher: control characters in a message (a file name from the share, say)
+    are shown escaped, so that a name cannot forge a log line or a journald priority."""
+    record["message"] = record["message"].translate(CONTROLS)
+    job = record["extra"].get("job_id")
+    if isinstance(job, str):
+        record["extra"]["job_id"] = job.translate(CONTROLS)
+
+
 def _job_part(record: Any) -> str:
     extra = record["extra"]
     return f" [job={extra['job_id']}]" if "job_id" in extra else ""
@@ -31,7 +43,7 @@ def setup(cfg: Config, *, to_file: bool = True) -> None:
     """Configure loguru for the daemon process."""
     logger.remove()
     # every record names the instance (daemon.jsonl; journald has the unit's name already)
-    logger.configure(extra={"instance": cfg.instance_id})
+    logger.configure(extra={"instance": cfg.instance_id}, patcher=escape_controls)
     level = cfg.daemon.log.level
     under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
 

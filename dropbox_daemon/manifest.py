@@ -17,26 +17,48 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dropbox_daemon.boundary import Refused, kind, read_bounded, relative_problem
 from dropbox_daemon.config import LimitsConfig
 from dropbox_daemon.errors import RejectedDrop
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.mp4$")
+# matched whole (fullmatch): `$` alone lets "victim\n" through, a second folder that lists as the first
+JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ANSWER_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\.dup-[0-9]{1,6}")  # a duplicate's answer
+OUTPUT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.mp4")
 MANIFEST_SUFFIXES = (".json", ".toml")
 JOB_FOLDER_MANIFESTS = ("job.json", "job.toml")
 ENGINES = ("auto", "wav2lip", "preview", "passthrough", "http")
 MEDIA_FIELDS = ("audio", "template", "output.watermark")
 
 
-def job_id_problem(value: str) -> str | None:
-    """Why `value` cannot be a job id (None when it can)."""
-    if not JOB_ID_RE.match(value):
+def job_id_problem(value: str, *, answers: bool = False) -> str | None:
+    """Why `value` cannot be a job id (None when it can); `answers`: the daemon's own
+    `<id>.dup-<n>` answers to a repeated drop are ids too (in owner.json, say)."""
+    if answers and ANSWER_ID_RE.fullmatch(value):
+        return None
+    if not JOB_ID_RE.fullmatch(value):
         return "must be 1-64 characters of A-Z a-z 0-9 . _ -"
     if value.startswith((".", "_")):
         return "must not start with '.' or '_' (reserved for hidden and daemon folders)"
     if ".dup-" in value:
         return "must not contain '.dup-' (reserved for duplicate answers)"
     return None
+
+
+MAX_META_DEPTH = 32  # levels of [meta]: echoed into task.json and callbacks, so kept shallow
+
+
+def nesting(value: Any, limit: int = MAX_META_DEPTH + 1) -> int:
+    """How deeply lists and objects nest in `value` (counted up to `limit`), without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth < limit:
+                todo.extend((x, depth) for x in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 class _Strict(BaseModel):
@@ -54,7 +76,7 @@ class OutputOptions(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not OUTPUT_NAME_RE.match(v):
+        if v is not None and not OUTPUT_NAME_RE.fullmatch(v):
             raise ValueError("must be a plain file name ending in .mp4, e.g. result.mp4")
         return v
 
@@ -76,6 +98,13 @@ class Manifest(_Strict):
     def _job_id(cls, v: str | None) -> str | None:
         if v is not None and (why := job_id_problem(v)):
             raise ValueError(why)
+        return v
+
+    @field_validator("meta")
+    @classmethod
+    def _meta(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if (depth := nesting(v)) > MAX_META_DEPTH:
+            raise ValueError(f"is nested {depth} levels deep; at most {MAX_META_DEPTH} are kept")
         return v
 
     @field_validator("callback_url")
@@ -149,27 +178,29 @@ def _rejection_from(err: ValidationError) -> RejectedDrop:
 
 def read_raw(path: Path, limits: LimitsConfig) -> dict[str, Any]:
     """Read and decode a manifest file into a mapping; RejectedDrop on any problem."""
-    try:
-        st = path.stat()
-    except OSError as e:
+    try:  # never through a link, never blocking on a FIFO, never more than the limit
+        raw = read_bounded(path, limits.max_manifest_bytes)
+    except Refused as e:
         raise RejectedDrop(
-            f"manifest cannot be read: {e.strerror}", code="manifest_unreadable", field="(file)"
+            f"manifest {e.why}",
+            code="manifest_unreadable" if e.code == "unreadable" else "not_a_file",
+            field="(file)",
+            hint="drop the manifest as a plain file (not a link, pipe or device)",
         ) from e
-    if st.st_size > limits.max_manifest_bytes:
+    if len(raw) > limits.max_manifest_bytes:
         raise RejectedDrop(
-            f"manifest is {st.st_size} bytes, over the limit of {limits.max_manifest_bytes}",
+            f"manifest is over the limit of {limits.max_manifest_bytes} bytes",
             code="manifest_too_large",
             field="(file)",
             hint="a manifest holds a few fields; media go in files beside it",
         )
-    if st.st_size == 0:
+    if not raw:
         raise RejectedDrop(
             "manifest file is empty",
             code="empty_manifest",
             field="(file)",
             hint="write the manifest under a temporary name and rename it when complete",
         )
-    raw = path.read_bytes()[: limits.max_manifest_bytes + 1]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -255,6 +286,13 @@ def check_media_path(
             field=field,
             hint="rename the file to its final name before dropping the manifest",
         )
+    if why := relative_problem(value):
+        raise RejectedDrop(
+            f"{field}: {value!r} {why}",
+            code="invalid_path",
+            field=field,
+            hint="name the file as it is called beside the manifest, in plain text",
+        )
     candidate = base_dir.joinpath(*pure.parts)
     if not os.path.lexists(candidate):
         raise RejectedDrop(
@@ -263,19 +301,11 @@ def check_media_path(
             field=field,
             hint="drop the media first and the manifest last, or fix the name (case matters)",
         )
-    root = inbox_root.resolve()
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(root) or resolved.is_relative_to(root / ".dropbox"):
-        raise RejectedDrop(
-            f"{field}: {value!r} is a link that leads out of the inbox",
-            code="path_escape",
-            field=field,
-            hint="copy the file into the inbox instead of linking to it",
-        )
-    st = os.lstat(resolved)
+    _refuse_links(value, field, base_dir, pure.parts, inbox_root)
+    st = os.lstat(candidate)
     if not stat.S_ISREG(st.st_mode):
         raise RejectedDrop(
-            f"{field}: {value!r} is not a regular file",
+            f"{field}: {value!r} is {kind(st)}, not a regular file",
             code="not_a_file",
             field=field,
             hint="name an audio or image/video file",
@@ -302,6 +332,33 @@ def check_media_path(
             hint="shorten or compress it, or raise [limits] in config.toml",
         )
     return candidate
+
+
+def _refuse_links(
+    value: str, field: str, base_dir: Path, parts: tuple[str, ...], inbox_root: Path
+) -> None:
+    """RejectedDrop where any part of the path is a symbolic link: a link is never followed,
+    whether it leads out of the inbox (path_escape) or to another drop's file (symlink)."""
+    for i in range(1, len(parts) + 1):
+        here = base_dir.joinpath(*parts[:i])
+        if not os.path.islink(here):
+            continue
+        root = inbox_root.resolve()
+        real = here.resolve()
+        if not real.is_relative_to(root) or real.is_relative_to(root / ".dropbox"):
+            raise RejectedDrop(
+                f"{field}: {value!r} is a link that leads out of the inbox",
+                code="path_escape",
+                field=field,
+                hint="copy the file into the inbox instead of linking to it",
+            )
+        raise RejectedDrop(
+            f"{field}: {value!r} is a symbolic link; links are never followed (the file it "
+            "points to may be another drop's)",
+            code="symlink",
+            field=field,
+            hint="put the file itself beside the manifest",
+        )
 
 
 def resolve_media(

@@ -7,12 +7,13 @@ outbox never sees a torn file; log.txt lines are single appends.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from dropbox_daemon.boundary import copy_tree
 
 TASK_JSON = "task.json"
 ERROR_JSON = "error.json"
@@ -88,29 +89,12 @@ def last_line(path: Path, window: int = 8192) -> str:
     return lines[-1]
 
 
-def copy_tree_keep(src: Path, dst: Path) -> None:
-    """Put a copy of `src` (file or folder) at `dst`: hard links where possible, links kept as links."""
-    if src.is_symlink():
-        os.symlink(os.readlink(src), dst)
-        return
-    if src.is_dir():
-        dst.mkdir(parents=True, exist_ok=True)
-        for child in src.iterdir():
-            copy_tree_keep(child, dst / child.name)
-        return
-    try:
-        os.link(src, dst)
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-        shutil.copy2(src, dst, follow_symlinks=False)
-
-
 class Outbox:
     """The outbox folder: one sub-folder per job, plus _daemon/."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_input_file: int | None = None) -> None:
         self.root = root
+        self.max_input_file = max_input_file  # bytes: a larger file is not copied to input/
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / job_id
@@ -171,13 +155,9 @@ class Outbox:
         if (d / INPUT_DIR).is_dir():
             shutil.rmtree(d / INPUT_DIR)
 
-    def save_inputs(self, job_id: str, source_dir: Path) -> None:
-        """Copy a drop's files (as dropped) into outbox/<job_id>/input/ for a re-drop."""
-        dst = self.ensure(job_id) / INPUT_DIR
-        dst.mkdir(exist_ok=True)
-        if not source_dir.is_dir():
-            return
-        for child in source_dir.iterdir():
-            target = dst / child.name
-            if not os.path.lexists(target):
-                copy_tree_keep(child, target)
+    def save_inputs(self, job_id: str, source_dir: Path) -> list[str]:
+        """Copy a drop's files (as dropped) into outbox/<job_id>/input/ for a re-drop: copies
+        (reflinks where the file system has them), not hard links, so that `mv input/*
+        inbox/` is a valid drop again. Links, FIFOs and devices are not copied: returned as
+        'name (why)', for error.json."""
+        return copy_tree(source_dir, self.ensure(job_id) / INPUT_DIR, self.max_input_file)

@@ -7,15 +7,15 @@ any more (a replaced run, a crash before intake) go once they are as old.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 
 from loguru import logger
 
+from dropbox_daemon.boundary import is_real_dir, remove_tree
 from dropbox_daemon.config import Config
-from dropbox_daemon.drops import OWNER_FILE, claims_root
+from dropbox_daemon.drops import claim_folders, claims_root, read_owner
 from dropbox_daemon.store import Job, Store
 
 DAY = 86400.0
@@ -43,8 +43,8 @@ def remove_job_files(job: Job, cfg: Config) -> list[str]:
     if job.claim_dir:
         claim = Path(job.claim_dir)
         roots = [claims_root(i.path) for i in cfg.inbox]
-        if claim.is_dir() and any(_inside(claim, r) for r in roots):
-            shutil.rmtree(claim, ignore_errors=True)
+        if is_real_dir(claim) and any(_inside(claim, r) for r in roots):
+            remove_tree(claim)  # a writer's drop may be a tree of any depth
             removed.append(str(claim))
     return removed
 
@@ -76,21 +76,23 @@ def purge(store: Store, cfg: Config, now: float | None = None) -> list[str]:
 
 def sweep_claims(store: Store, cfg: Config, inbox: Path, limit: float) -> list[Path]:
     """Claim folders of this host that no job refers to and that are older than `limit`."""
-    root = claims_root(inbox)
-    if not root.is_dir():
+    folders = claim_folders(inbox)  # real claim folders only; owner.json checked as data
+    if not folders:
         return []
     known = store.claim_dirs()
     removed = []
-    for cdir in root.iterdir():
+    for cdir in folders:
         if str(cdir) in known:
             continue
+        owner = read_owner(cdir)
         try:
-            owner = json.loads((cdir / OWNER_FILE).read_text())
-            if owner.get("host") != cfg.daemon.host or cdir.stat().st_mtime >= limit:
+            if owner is None or owner.get("host") != cfg.daemon.host:
                 continue
-        except (OSError, ValueError):
+            if cdir.lstat().st_mtime >= limit:
+                continue
+        except OSError:
             continue
-        shutil.rmtree(cdir, ignore_errors=True)
+        remove_tree(cdir)
         removed.append(cdir)
         logger.info("retention: removed claim folder {} that no job refers to", cdir)
     return removed

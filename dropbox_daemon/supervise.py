@@ -4,6 +4,7 @@ hang, a cancel it does not honour), starting a fresh one when it is gone."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,8 @@ class Current:
     """The job the worker has now."""
 
     job_id: str
-    started: float
-    last_heard: float
+    started: float  # these four on the monotonic clock: a clock step neither kills a
+    last_heard: float  # healthy render nor hides a hung one
     generation: int = 0
     cancel_sent_at: float | None = None
     last_written: float = 0.0
@@ -68,7 +69,8 @@ class Supervisor:
             )
             return
         self.d.worker.state = "busy"
-        self.d.current = Current(job.job_id, now, now, generation=job.generation)
+        mono = time.monotonic()
+        self.d.current = Current(job.job_id, mono, mono, generation=job.generation)
         logger.bind(job_id=job.job_id, trace_id=job.trace_id).info(
             "job {} started (engine {}, inbox {}, attempt {})",
             job.job_id,
@@ -103,14 +105,15 @@ class Supervisor:
         cur = self.d.current
         if cur is not None:
             limit = self.d.cfg.daemon.job_timeout_seconds
-            if now - cur.started > limit:
+            mono = time.monotonic()
+            if mono - cur.started > limit:
                 self.kill_worker_for(cur.job_id, f"the job passed its time limit of {limit:.0f} s")
-            elif now - cur.last_heard > self.d.cfg.daemon.hang_seconds:
+            elif mono - cur.last_heard > self.d.cfg.daemon.hang_seconds:
                 self.kill_worker_for(
                     cur.job_id,
                     f"the worker sent nothing for {self.d.cfg.daemon.hang_seconds:.0f} s (hung)",
                 )
-            elif cur.cancel_sent_at is not None and now - cur.cancel_sent_at > CANCEL_GRACE:
+            elif cur.cancel_sent_at is not None and mono - cur.cancel_sent_at > CANCEL_GRACE:
                 self.d.worker.kill()
                 self.d.worker.state = "dead"
                 self.d.current = None
@@ -146,13 +149,13 @@ class Supervisor:
         job_id = msg.get("job_id")
         if cur is None or job_id != cur.job_id:
             return  # a late message about a job already settled
-        cur.last_heard = now
+        cur.last_heard = time.monotonic()
         try:
             if kind == "stage":
                 self.d.store.transition(job_id, msg["stage"], expect=RUNNING, fence=cur.generation)
             elif kind == "progress":
-                if now - cur.last_written >= PROGRESS_WRITE_EVERY:
-                    cur.last_written = now
+                if cur.last_heard - cur.last_written >= PROGRESS_WRITE_EVERY:
+                    cur.last_written = cur.last_heard
                     self.d.store.update(
                         job_id, progress=round(msg["progress"], 4), fence=cur.generation
                     )
@@ -182,5 +185,5 @@ class Supervisor:
         job = self.d.store.get(cur.job_id)
         if job is not None and job.cancel_requested:
             self.d.worker.send({"type": "cancel", "job_id": cur.job_id})
-            cur.cancel_sent_at = now
+            cur.cancel_sent_at = time.monotonic()
             self.d.store.log(job, "cancel requested; stopping the render")

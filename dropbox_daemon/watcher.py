@@ -3,10 +3,16 @@
 Events are hints, never the truth: the daemon rescans every inbox on a timer
 as well. Inboxes on network file systems (NFS, SMB/CIFS, FUSE, ...) get the
 polling observer, since inotify never sees what other hosts write there.
+
+Nothing is watched recursively: the inbox itself, and each job folder in it (a real
+folder, not a link; at most MAX_FOLDER_WATCHES) one level deep. A writer's tree a
+thousand levels deep or ten thousand folders wide costs no inotify watches and cannot
+crash the observer's walk, and .dropbox/ is not watched at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import warnings
@@ -22,10 +28,11 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
+from dropbox_daemon.boundary import is_real_dir
 from dropbox_daemon.config import InboxConfig
 from dropbox_daemon.drops import DROPBOX_DIR
 
@@ -86,6 +93,9 @@ def mount_of(path: Path, mounts_file: str = "/proc/mounts") -> tuple[str, str]:
     return best
 
 
+MAX_FOLDER_WATCHES = 64  # job folders watched one level deep (a thread each); the rest: rescans
+
+
 def is_network_fs(fstype: str) -> bool:
     return fstype in NETWORK_FS or fstype.startswith("fuse")
 
@@ -130,6 +140,8 @@ class Watcher:
         self.poll_seconds = poll_seconds
         self.hints: queue.SimpleQueue[Hint] = queue.SimpleQueue()
         self.observers: dict[str, BaseObserver] = {}
+        self.handlers: dict[str, _Handler] = {}
+        self.folders: dict[Path, tuple[str, ObservedWatch]] = {}  # job folder -> its watch
         self.present: dict[str, bool] = {}
         self.modes: dict[str, str] = {}
 
@@ -150,10 +162,9 @@ class Watcher:
         obs: BaseObserver = (
             PollingObserver(timeout=self.poll_seconds) if mode == "poll" else Observer()
         )
+        handler = _Handler(inbox.name, self.hints, self.wake)
         try:
-            obs.schedule(
-                _Handler(inbox.name, self.hints, self.wake), str(inbox.path), recursive=True
-            )
+            obs.schedule(handler, str(inbox.path), recursive=False)
             obs.start()
         except OSError as e:
             logger.warning(
@@ -166,7 +177,30 @@ class Watcher:
             self.modes[inbox.name] = "rescan"
             return
         self.observers[inbox.name] = obs
+        self.handlers[inbox.name] = handler
         logger.info("inbox {}: watching {} with {} ({})", inbox.name, inbox.path, mode, why)
+
+    def follow(self, inbox: str, folder: Path) -> None:
+        """Watch a job folder of `inbox` one level deep (its job.json renamed into place)."""
+        obs = self.observers.get(inbox)
+        if obs is None or folder in self.folders or len(self.folders) >= MAX_FOLDER_WATCHES:
+            return
+        if not is_real_dir(folder):
+            return
+        try:
+            self.folders[folder] = (inbox, obs.schedule(self.handlers[inbox], str(folder)))
+        except OSError:
+            pass  # gone meanwhile, or no watches left: the rescans find it
+
+    def forget_gone(self) -> None:
+        """Stop watching job folders that were claimed or removed."""
+        for folder, (inbox, watch) in list(self.folders.items()):
+            if not is_real_dir(folder):
+                self.folders.pop(folder)
+                obs = self.observers.get(inbox)
+                if obs is not None:
+                    with contextlib.suppress(KeyError, OSError):
+                        obs.unschedule(watch)
 
     def check_inboxes(self) -> None:
         """Notice an inbox that vanished (an unmounted share) or came back, and re-watch it."""
@@ -183,6 +217,9 @@ class Watcher:
                 obs = self.observers.pop(inbox.name, None)
                 if obs is not None:
                     obs.stop()
+                for folder, (name, _watch) in list(self.folders.items()):
+                    if name == inbox.name:
+                        self.folders.pop(folder)
             elif present and not was:
                 logger.warning("inbox {}: {} is back; watching it again", inbox.name, inbox.path)
                 self._watch(inbox)

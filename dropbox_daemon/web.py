@@ -28,7 +28,7 @@ from dropbox_daemon.outbox import LOG_TXT, POSTER, Outbox
 from dropbox_daemon.store import STATES, Store, open_store
 
 PAGE = Path(__file__).parent / "assets" / "index.html"
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")  # matched whole
 MAX_LIMIT = 500
 CHUNK = 1 << 16
 
@@ -148,7 +148,7 @@ class Web:
         }
 
     def job(self, job_id: str) -> tuple[int, Any]:
-        job = self.store().get(job_id) if JOB_ID.match(job_id) else None
+        job = self.store().get(job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None:
             return 404, {"error": f"no job {job_id!r}"}
         return 200, job.record()

@@ -27,6 +27,7 @@ from loguru import logger
 
 from dropbox_daemon.config import Config
 from dropbox_daemon.errors import DaemonError, JobCancelled, RejectedDrop
+from dropbox_daemon.logs import escape_controls
 
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
@@ -228,6 +229,7 @@ def worker_main(conn: Connection, cfg: Config, output: Connection | None = None)
         output.close()
     faulthandler.enable()  # a crash in native code leaves a Python traceback in those lines
     logger.remove()
+    logger.configure(patcher=escape_controls)
     logger.add(sys.stderr, level=cfg.daemon.log.level, format=_worker_format)
     try:
         _serve(conn, cfg)

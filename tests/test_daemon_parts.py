@@ -105,7 +105,8 @@ def test_a_job_past_its_time_limit_is_requeued_then_failed_with_the_workers_outp
         now = time.time()
         daemon.supervisor.dispatch(now)
         assert isinstance(daemon.current, Current) and daemon.current.job_id == "slow"
-        daemon.supervisor.handle_worker(now + 101.0)  # past job_timeout_seconds
+        daemon.current.started -= 101.0  # started 101 s ago (monotonic): past job_timeout_seconds
+        daemon.supervisor.handle_worker(now)
         job = daemon.store.get("slow")  # type: ignore[union-attr]
         assert daemon.current is None and job.attempts == attempt
         if attempt == 1:
@@ -120,6 +121,34 @@ def test_a_job_past_its_time_limit_is_requeued_then_failed_with_the_workers_outp
     assert job.state == "failed" and job.error["code"] == "worker_failed"
     assert "passed its time limit of 100 s (attempt 2 of 2)" in job.error["message"]
     assert (daemon.outbox.job_dir("slow") / "input" / "a.wav").exists()  # kept for a re-drop
+
+
+def test_a_wall_clock_step_does_not_kill_a_healthy_render(daemon: Daemon, media) -> None:  # noqa: ANN001
+    """Time limits run on the monotonic clock: the wall clock stepped 3 hours on (NTP, an
+    operator) is not 3 hours of render, nor of silence from the worker."""
+    put_drop(daemon.cfg.inbox[0].path, media, "stepped")
+    daemon.claiming.rescan()
+    daemon.claiming.take_settled(0.0)
+    daemon.claiming.take_settled(10.0)
+    daemon.claiming.pull(10.0)
+    wait_for(
+        lambda: daemon.supervisor.handle_worker(time.time()) or daemon.worker.state == "idle",
+        60,
+        "the worker",
+    )
+    now = time.time()
+    daemon.supervisor.dispatch(now)
+    assert isinstance(daemon.current, Current) and daemon.current.job_id == "stepped"
+    daemon.supervisor.handle_worker(now + 3 * 3600.0)
+    job = daemon.store.get("stepped")  # type: ignore[union-attr]
+    assert job.attempts == 1 and job.state != "queued" and not job.error, job
+    assert daemon.worker.state != "dead"
+    wait_for(
+        lambda: daemon.supervisor.handle_worker(time.time()) or daemon.current is None,
+        60,
+        "the job to end",
+    )
+    assert daemon.store.get("stepped").state == "done"  # type: ignore[union-attr]
 
 
 def test_a_cancel_reaches_the_worker_and_ends_the_job_cancelled(daemon: Daemon, media) -> None:  # noqa: ANN001
