@@ -98,7 +98,10 @@ def name_problem(name: str) -> str | None:
 
 def shown(name: str) -> str:
     """A name from the share as it can be printed: undecodable bytes and controls escaped."""
-    text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:  # the bytes of an undecodable name as \xNN; any other lone surrogate as \uNNNN
+        text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        text = name.encode("utf-8", "backslashreplace").decode("utf-8")
     return "".join(ch if 32 <= ord(ch) != 127 else f"\\x{ord(ch):02x}" for ch in text)
 
 

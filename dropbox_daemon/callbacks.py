@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from loguru import logger
 
-from dropbox_daemon import __version__
+from dropbox_daemon import __version__, redact
 from dropbox_daemon.config import CallbacksConfig, Config
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.retry import delay, parse_retry_after, retryable_status
@@ -129,10 +129,11 @@ class Deliverer:
         """One try of one delivery, recorded in the database and in log.txt."""
         assert self.store is not None
         url = row["url"]
+        shown = redact.endpoint(url)  # a token in its query stays out of log.txt
         refused = host_allowed(url, self.ccfg)
         if refused:
             self.store.finish_delivery(row["id"], "refused", error=refused)
-            self._log(row, f"not sent to {url}: {refused}")
+            self._log(row, f"not sent to {shown}: {refused}")
             return
         body = row["body"].encode()
         headers = {
@@ -155,6 +156,14 @@ class Deliverer:
                 if urlsplit(target).netloc != urlsplit(url).netloc:
                     error = f"redirect to another host ({urlsplit(target).netloc}) not followed"
                     break
+                # every hop passes the same checks as the first: a redirect from https to
+                # http would send the signed body in clear text
+                if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+                    error = "redirect from https to plain http not followed"
+                    break
+                if refused := host_allowed(target, self.ccfg):
+                    error = f"redirect not followed: {refused}"
+                    break
                 resp = client.post(target, content=body, headers=headers)
             status = resp.status_code
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
@@ -164,7 +173,7 @@ class Deliverer:
         answered = time.time()  # Retry-After counts from the answer, not from the request
         if status is not None and 200 <= status < 300 and error is None:
             self.store.finish_delivery(row["id"], "delivered", status=status, attempts=n)
-            self._log(row, f"attempt {n} to {url}: {status} in {took:.2f} s; delivered")
+            self._log(row, f"attempt {n} to {shown}: {status} in {took:.2f} s; delivered")
             return
         what = error or f"HTTP {status}"
         final = error is not None and status is not None  # a refused redirect
@@ -174,13 +183,13 @@ class Deliverer:
             final, what = True, f"{what}; deadline of {self.ccfg.deadline_seconds:.0f} s reached"
         if final:
             self.store.finish_delivery(row["id"], "failed", status=status, error=what, attempts=n)
-            self._log(row, f"attempt {n} to {url}: {what} in {took:.2f} s; giving up")
+            self._log(row, f"attempt {n} to {shown}: {what} in {took:.2f} s; giving up")
             self.on_give_up()
             logger.bind(job_id=row["job_id"], trace_id=row["trace_id"]).warning(
-                "callback for job {} to {} failed for good: {}", row["job_id"], url, what
+                "callback for job {} to {} failed for good: {}", row["job_id"], shown, what
             )
             return
         self.store.retry_delivery(
             row["id"], attempts=n, next_at=answered + wait, status=status, error=what
         )
-        self._log(row, f"attempt {n} to {url}: {what} in {took:.2f} s; retry in {wait:.1f} s")
+        self._log(row, f"attempt {n} to {shown}: {what} in {took:.2f} s; retry in {wait:.1f} s")

@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dropbox_daemon import redact
 from dropbox_daemon.errors import ConfigError
 
 ENV_CONFIG = "DROPBOX_DAEMON_CONFIG"
@@ -162,9 +163,9 @@ class HealthConfig(_Strict):
     """The heartbeat: health.json, metrics.prom, systemd's watchdog."""
 
     heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
-    loop_stall_seconds: float = Field(default=60.0, gt=0)  # main loop silent this long: failing
+    loop_stall_seconds: float = Field(default=60.0, gt=0)  # a pass blocked this long: failing
     disk_warn_bytes: int = Field(default=5 << 30, ge=0)  # under this free: degraded
-    disk_fail_bytes: int = Field(default=1 << 30, ge=0)  # under this free: failing
+    disk_fail_bytes: int = Field(default=1 << 30, ge=0)  # under this free: no new jobs
 
 
 class RetentionConfig(_Strict):
@@ -241,8 +242,27 @@ class HttpConfig(_Strict):
         return v
 
     def bearer(self) -> str | None:
+        """The token, or None for no authentication; ConfigError where token_file is set
+        but empty or unreadable (silently serving without a token is what it would mean)."""
         if self.token_file is not None:
-            return self.token_file.read_text().strip()
+            try:
+                token = self.token_file.read_text().strip()
+            except OSError as e:
+                raise ConfigError(
+                    f"[http] token_file {self.token_file} cannot be read: {e.strerror}",
+                    hint="create it with the token (chmod 600), or remove token_file",
+                ) from e
+            if not token:
+                raise ConfigError(
+                    f"[http] token_file {self.token_file} is empty: the status endpoint would "
+                    "run without authentication",
+                    hint="write the token into it, or remove token_file to run without one",
+                )
+            return token
+        if self.token is not None and not self.token.strip():
+            raise ConfigError(
+                "[http] token is empty", hint="set a token, or remove the key to run without one"
+            )
         return self.token
 
 
@@ -320,7 +340,14 @@ class Config(_Strict):
 
     def config_hash(self) -> str:
         """A short hash of the effective config, recorded with every job."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        # no secret goes into the hash: it is in every task.json, and a short hash of a short
+        # token can be searched for; a change of secret is not a change of how jobs render
+        data = self.model_dump(
+            mode="json",
+            exclude={"http": {"token"}, "callbacks": {"secret"}, "store": {"url"}},
+        )
+        data["store_url"] = redact.url(self.store.url)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -354,6 +381,8 @@ def _describe(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in e["loc"]) or "(top)"
         got = e.get("input")
+        if isinstance(got, str) and re.search(r"url|token|secret|password", key, re.I):
+            got = redact.url(got) if "url" in key.lower() else redact.SECRET
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":

@@ -77,6 +77,7 @@ class Daemon:
         self.deliverer = Deliverer(cfg, on_give_up=self.metrics.callback_failures.inc)
         self.web = Web(cfg, self.view, self.metrics)
         # the parts of each pass, in the order loop_once runs them
+        self.holding_said: str | None = None  # the disk-low reason last logged
         self.claiming = Claiming(self)
         self.supervisor = Supervisor(self)
         self.outcomes = Outcomes(self)
@@ -161,10 +162,13 @@ class Daemon:
                 except StoreUnavailable as e:
                     self.on_store_down(e)
                     self.wake.wait(1.0)
-                except Exception:  # noqa: BLE001 - the service outlives any one bad pass
-                    logger.exception(
-                        "main loop: unexpected error; the daemon goes on and retries in 1 s"
-                    )
+                except Exception as e:  # noqa: BLE001 - the service outlives any one bad pass
+                    why = f"{type(e).__name__}: {e}"[:300]
+                    if why != self.view.pass_error:  # once per kind, not every second
+                        logger.exception(
+                            "main loop: unexpected error; the daemon goes on and retries in 1 s"
+                        )
+                    self.view.pass_error = why
                     self.wake.wait(1.0)
                 self.wake.wait(self.cfg.daemon.loop_seconds)
                 self.wake.clear()
@@ -226,10 +230,20 @@ class Daemon:
             self.peers.take_over(mono)
         self.claiming.take_settled(now)
         self.supervisor.handle_cancels(now)
-        self.supervisor.dispatch(now)
-        # after the dispatch: the worker starts its next job before the prefetch is refilled
-        self.claiming.pull(now)
-        self.supervisor.dispatch(now)  # an idle worker with nothing queued: what was just pulled
+        if self.view.holding is None:
+            self.supervisor.dispatch(now)
+            # after the dispatch: the worker starts its next job before the prefetch is refilled
+            self.claiming.pull(now)
+            self.supervisor.dispatch(now)  # an idle worker, nothing queued: what was just pulled
+        elif self.holding_said != self.view.holding:
+            logger.warning(
+                "disk low ({}): no new jobs are taken until there is more free space; a running "
+                "job goes on, drops wait in the inbox",
+                self.view.holding,
+            )
+        self.holding_said = self.view.holding
+        self.view.pass_done = time.monotonic()
+        self.view.pass_error = None
         self._share_view()
 
     def on_store_down(self, e: StoreUnavailable) -> None:

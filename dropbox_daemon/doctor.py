@@ -11,9 +11,12 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dropbox_daemon.boundary import make_private_dir as make_dropbox_dirs
+from dropbox_daemon.boundary import writable_by_others
 from dropbox_daemon.config import Config
-from dropbox_daemon.drops import claims_root
+from dropbox_daemon.drops import DROPBOX_DIR, QUARANTINE_DIR, claims_root
 from dropbox_daemon.errors import DaemonError
+from dropbox_daemon.instances import INSTANCES_DIR
 from dropbox_daemon.media.encode import ffmpeg_binary, video_encoder
 from dropbox_daemon.media.frame_store import FrameStore
 from dropbox_daemon.watcher import mount_of, watch_mode
@@ -80,7 +83,7 @@ def check_claims(cfg: Config) -> list[Check]:
             continue
         root = claims_root(inbox.path)
         try:
-            root.mkdir(parents=True, exist_ok=True)
+            make_dropbox_dirs(root)
             same = os.stat(inbox.path).st_dev == os.stat(root).st_dev
             src = inbox.path / f".doctor-{uuid.uuid4().hex[:8]}.tmp"
             src.write_bytes(b"x")
@@ -118,6 +121,29 @@ def check_claims(cfg: Config) -> list[Check]:
                 f"rename works on {fstype} ({mnt}); watching with {mode}: {why}",
             )
         )
+    return out
+
+
+def check_dropbox_private(cfg: Config) -> list[Check]:
+    """<inbox>/.dropbox/ holds claims and leases: only the daemons' user may write it."""
+    out = []
+    for inbox in cfg.inbox:
+        folders = [inbox.path / DROPBOX_DIR, claims_root(inbox.path)]
+        folders += [inbox.path / DROPBOX_DIR / d for d in (INSTANCES_DIR, QUARANTINE_DIR)]
+        loose = writable_by_others(folders)
+        name = f"{DROPBOX_DIR}/ of inbox {inbox.name}"
+        if loose:
+            out.append(
+                Check(
+                    name,
+                    "fail",
+                    f"writable by other users: {', '.join(loose)}; they could forge claims and "
+                    "leases (docs/operations.md, 'Who can write the share')",
+                    f"chmod -R go-w {inbox.path / DROPBOX_DIR}",
+                )
+            )
+        elif (inbox.path / DROPBOX_DIR).is_dir():
+            out.append(Check(name, "ok", "writable by the daemons' user only"))
     return out
 
 
@@ -346,7 +372,7 @@ def check_unit(cfg: Config) -> list[Check]:
 
 
 def run_checks(cfg: Config) -> list[Check]:
-    checks = check_folders(cfg) + check_claims(cfg)
+    checks = check_folders(cfg) + check_claims(cfg) + check_dropbox_private(cfg)
     torch_checks, gpu = check_torch(cfg)
     checks += check_ffmpeg(cfg, gpu) + torch_checks + check_weights(cfg)
     checks += check_disk(cfg) + check_template_cache(cfg) + check_inotify(cfg) + check_unit(cfg)

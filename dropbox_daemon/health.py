@@ -120,7 +120,10 @@ class DaemonView:
     """What the main loop shares with the heartbeat thread (plain values, read without locks)."""
 
     started_at: float = field(default_factory=time.time)
-    loop_tick: float = field(default_factory=time.monotonic)
+    loop_tick: float = field(default_factory=time.monotonic)  # a pass began (monotonic)
+    pass_done: float = field(default_factory=time.monotonic)  # a pass got through dispatch
+    pass_error: str | None = None  # why the last pass broke off, while passes keep failing
+    holding: str | None = None  # why no new work is taken now (disk low), set by the heartbeat
     ready: bool = False
     stopping: bool = False
     worker_pid: int | None = None
@@ -172,8 +175,16 @@ def evaluate(
     """(status, reasons): failing stops the watchdog pings, degraded only reports."""
     failing, degraded = [], []
     stall = now_mono - view.loop_tick
-    if stall > cfg.health.loop_stall_seconds:
+    limit = cfg.health.loop_stall_seconds
+    no_progress = now_mono - view.pass_done
+    if stall > limit:  # blocked inside one pass: a restart is what helps
         failing.append(f"main loop silent for {stall:.0f} s")
+    elif no_progress > limit:  # passes begin but none reaches dispatch: jobs wait
+        degraded.append(
+            f"main loop: no pass has got through to dispatch for {no_progress:.0f} s"
+            + (f" (each fails: {view.pass_error})" if view.pass_error else "")
+            + "; queued jobs wait; see the daemon's log"
+        )
     if view.worker_state == "dead" or (view.ready and view.worker_state in ("stopped",)):
         failing.append(f"worker is {view.worker_state}")
     elif view.worker_state == "starting":
@@ -184,8 +195,10 @@ def evaluate(
         if free is None:
             failing.append(f"{name} folder is not reachable")
         elif free < cfg.health.disk_fail_bytes:
-            failing.append(
-                f"{name} has {free >> 20} MiB free (under {cfg.health.disk_fail_bytes >> 20} MiB)"
+            # not failing: a restart would kill the running render and free nothing
+            degraded.append(
+                f"{name} has {free >> 20} MiB free (under {cfg.health.disk_fail_bytes >> 20} MiB): "
+                "no new jobs are taken until there is more; the running one goes on"
             )
         elif free < cfg.health.disk_warn_bytes:
             degraded.append(
@@ -198,6 +211,16 @@ def evaluate(
         degraded.append(f"store: unreachable ({view.store_error})")
     status = "failing" if failing else "degraded" if degraded else "ok"
     return status, failing + degraded
+
+
+def holding(disks: dict[str, int | None], cfg: Config) -> str | None:
+    """Why the daemon takes no new work now: a folder under disk_fail_bytes free."""
+    low = [
+        f"{name} {free >> 20} MiB free"
+        for name, free in disks.items()
+        if free is not None and free < cfg.health.disk_fail_bytes
+    ]
+    return ", ".join(low) or None
 
 
 def build(

@@ -193,6 +193,8 @@ class FolderLeases:
     stale_seconds: float
     seen: dict[str, _Seen] = field(default_factory=dict)
     failing: str | None = None  # why the last renewal failed
+    wrote_once: bool = False
+    forged_said: bool = False
 
     def _file(self, root: Path, instance: str) -> Path:
         return root / INSTANCES_DIR / f"{instance}.json"
@@ -221,12 +223,15 @@ class FolderLeases:
 
     def renew(self, now: float, **fields: Any) -> bool:
         """Rewrite the lease with a higher beat in every inbox; False when a write failed."""
+        last = (self.me.pid, self.me.boot_id, self.me.beat, self.me.state)
         next_beat(self.me, now, fields)
         failed = None
         for root in self.roots:
+            path = self._file(root, self.me.instance)
+            self._check_not_forged(path, last)
             try:
                 (root / INSTANCES_DIR).mkdir(parents=True, exist_ok=True)
-                write_lease(self._file(root, self.me.instance), asdict(self.me))
+                write_lease(path, asdict(self.me))
             except OSError as e:
                 failed = f"{root}: {e.strerror or e}"
         if failed and failed != self.failing:
@@ -238,7 +243,31 @@ class FolderLeases:
                 self.stale_seconds,
             )
         self.failing = failed
+        self.wrote_once = self.wrote_once or failed is None
         return failed is None
+
+    def _check_not_forged(self, path: Path, last: tuple) -> None:
+        """Say so where this instance's lease is not what it last wrote: someone else writes
+        it (.dropbox/ writable by others?), and peers may be told it stopped. An older beat
+        of its own is no forgery (a renewal that failed)."""
+        if not self.wrote_once or not path.exists():
+            return  # the first renewal finds the previous run's lease
+        found = read_lease(path)
+        pid, boot, beat, state = last
+        if found is None:
+            return
+        mine = found.pid == pid and found.boot_id == boot and found.beat <= beat
+        if not mine or (found.beat == beat and found.state != state):
+            if not self.forged_said:
+                logger.error(
+                    "lease: {} was rewritten by someone else (pid {}, state {}); peers may "
+                    "take this instance's jobs over; make .dropbox/ writable by the daemons' "
+                    "user only (docs/operations.md, 'Who can write the share')",
+                    path,
+                    found.pid,
+                    found.state,
+                )
+                self.forged_said = True
 
     def release(self, now: float) -> None:
         """Say this instance stopped cleanly, so that peers may take its queued drops at once."""
@@ -268,7 +297,8 @@ class FolderLeases:
             if lease.state == "stopped":
                 # a stop is believed once it stood for a few seconds: a live daemon rewrites
                 # its lease within lease_every (2 s), so a forged "stopped" cannot take its jobs
-                if silent >= min(self.stale_seconds, STOPPED_CONFIRM_SECONDS):
+                gone = lease.same_process_alive() is False  # on this host: checked by pid
+                if gone or silent >= min(self.stale_seconds, STOPPED_CONFIRM_SECONDS):
                     out[inst] = "it stopped"
                 continue
             if silent >= self.stale_seconds:

@@ -78,6 +78,7 @@ class Scheduler:
         try:
             now, mono = time.time(), time.monotonic()
             record = health.build(self.view, self.cfg, self.store, self.metrics, now, mono)
+            self.view.holding = health.holding(record["disk_free_bytes"], self.cfg)
             health.write(self.cfg, record, self.metrics)
         except Exception:  # noqa: BLE001 - the heartbeat must outlive a bad beat
             logger.exception("heartbeat failed; health.json is stale until the next one succeeds")

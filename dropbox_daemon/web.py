@@ -7,10 +7,13 @@ served only from outbox/<job_id>/, by job id and known names.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hmac
+import ipaddress
 import json
 import re
+import socket
 import threading
 import time
 from http import HTTPStatus
@@ -24,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dropbox_daemon import health
 from dropbox_daemon.config import Config
+from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.outbox import LOG_TXT, POSTER, Outbox
 from dropbox_daemon.store import STATES, Store, open_store
 
@@ -33,6 +37,83 @@ MAX_LIMIT = 500
 CHUNK = 1 << 16
 
 
+LOG_MAX_BYTES = 1 << 20  # of log.txt served by /api/jobs/<id>/log
+MAX_CONNECTIONS = 64  # open at once; a new one evicts the oldest still sending its request
+REQUEST_SECONDS = 10.0  # per socket operation: an idle or trickling client is dropped after
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a ceiling on connections: idle sockets cannot exhaust the
+    daemon's descriptors or threads (systemd's LimitNOFILE), and a fresh request (a health
+    probe) is served by closing the oldest connection that is still only sending its head."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.guard = threading.Lock()
+        self.open: dict[Any, float] = {}  # socket -> when accepted
+        self.heads: set[Any] = set()  # sockets still reading their request
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.guard:
+            if len(self.open) >= MAX_CONNECTIONS:
+                idle = sorted(
+                    (t, id(sock), sock) for sock, t in self.open.items() if sock in self.heads
+                )
+                if not idle:
+                    self.shutdown_request(request)  # every slot is answering: try again
+                    return
+                _t, _id, oldest = idle[0]
+                self.heads.discard(oldest)
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)  # its thread's read ends; it closes
+            self.open[request] = time.monotonic()
+            self.heads.add(request)
+        super().process_request(request, client_address)
+
+    def close_request(self, request: Any) -> None:
+        with self.guard:
+            self.open.pop(request, None)
+            self.heads.discard(request)
+        super().close_request(request)
+
+    def head_read(self, request: Any) -> None:
+        with self.guard:
+            self.heads.discard(request)
+
+
+def allowed_hosts(listen: str) -> set[str]:
+    """Host header values a browser sends for this listener, when it has no token: the
+    loopback names and the address it listens on (a DNS-rebinding page sends its own name)."""
+    host, port = listen.rsplit(":", 1)
+    names = {*LOOPBACK_HOSTS, host}
+    return {n for n in names} | {f"{n}:{port}" for n in names}
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def log_tail(path: Path, limit: int = LOG_MAX_BYTES) -> bytes:
+    """A job's log.txt, its last `limit` bytes where it is longer (from a line's start)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
+    except OSError:
+        return b""
+    if size > limit:
+        data = b"(earlier lines left out)\n" + data.split(b"\n", 1)[-1]
+    return data
+
+
 class Web:
     """Owns the listener thread: start() and stop() are its whole life."""
 
@@ -40,8 +121,10 @@ class Web:
         self.cfg, self.view, self.metrics = cfg, view, metrics
         self.local = threading.local()
         self.lock = threading.Lock()
-        self.server: ThreadingHTTPServer | None = None
+        self.server: BoundedServer | None = None
         self.thread: threading.Thread | None = None
+        self.token: str | None = None
+        self.hosts: set[str] = set()
 
     def store(self) -> Store:
         """SQLite: a connection per thread; PostgreSQL: one pool shared by every thread."""
@@ -59,13 +142,20 @@ class Web:
         if not self.cfg.http.listen:
             return
         host, port = self.cfg.http.listen.rsplit(":", 1)
+        self.token = self.cfg.http.bearer()  # read once; an empty token_file stops the start
+        if not self.token and not is_loopback(host):
+            raise ConfigError(
+                f"[http] listen = {self.cfg.http.listen!r} reaches beyond this host without a "
+                "token: anyone on the network could read every job",
+                hint="set [http] token_file (or token), or listen on 127.0.0.1",
+            )
+        self.hosts = allowed_hosts(self.cfg.http.listen)
         web = self
 
         class Handler(_Handler):
             app = web
 
-        self.server = ThreadingHTTPServer((host, int(port)), Handler)
-        self.server.daemon_threads = True
+        self.server = BoundedServer((host, int(port)), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
         self.thread.start()
         logger.info("http: status page and API on http://{}/", self.cfg.http.listen)
@@ -157,6 +247,12 @@ class Web:
 class _Handler(BaseHTTPRequestHandler):
     app: Web
     server_version = "dropbox-daemon"
+    timeout = REQUEST_SECONDS  # each read and write of the socket
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.head_read(self.connection)  # type: ignore[attr-defined]
+        return ok
 
     def log_message(self, fmt: str, *args: Any) -> None:
         logger.debug("http: {} {}", self.address_string(), fmt % args)
@@ -178,9 +274,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj, default=str).encode(), "application/json")
 
     def _authorised(self, query: dict[str, list[str]]) -> bool:
-        token = self.app.cfg.http.bearer()
+        token = self.app.token
         if not token:
-            return True
+            # no token: only this host's own names, so a page elsewhere cannot read the API
+            # through a DNS name it points at 127.0.0.1 (DNS rebinding)
+            return self.headers.get("Host", "").lower() in self.app.hosts
         given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         given = given or (query.get("token") or [""])[0]
         return hmac.compare_digest(given.encode(), token.encode())
@@ -197,6 +295,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(*self.app.health())
                 return
             if not self._authorised(query):
+                if not self.app.token:
+                    self._json(403, {"error": "this Host is not one this listener serves"})
+                    return
                 self._send(
                     401,
                     b'{"error": "a bearer token is required"}',
@@ -230,8 +331,11 @@ class _Handler(BaseHTTPRequestHandler):
             if status != 200:
                 self._json(status, rec)
                 return
-            log = app.cfg.daemon.outbox / rec["job_id"] / LOG_TXT
-            self._send(200, log.read_bytes() if log.exists() else b"", "text/plain; charset=utf-8")
+            self._send(
+                200,
+                log_tail(app.cfg.daemon.outbox / rec["job_id"] / LOG_TXT),
+                "text/plain; charset=utf-8",
+            )
         elif m := re.fullmatch(r"/files/([^/]+)/([^/]+)", path):
             self._file(m.group(1), m.group(2))
         else:

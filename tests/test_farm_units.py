@@ -39,7 +39,7 @@ def test_a_peer_is_dead_only_after_its_beat_stood_still_for_stale_seconds(tmp_pa
     assert set(why) == {"peer"} and "10 s" in why["peer"]
     peer.renew(now=0.0)  # it was only slow: alive again
     assert me.dead(me.observe(mono=26.0), mono=26.0) == {}
-    peer.release(now=0.0)  # a clean stop releases its jobs at once
+    peer.release(now=0.0)  # a clean stop (its pid is gone, this host can tell) at once
     assert me.dead(me.observe(mono=26.5), mono=26.5) == {"peer": "it stopped"}
 
 

@@ -111,13 +111,23 @@ def test_health_evaluation(tmp_path) -> None:  # noqa: ANN001
     cfg = make_cfg(tmp_path)
     for i in cfg.inbox:
         i.path.mkdir(parents=True)
-    view = health.DaemonView(worker_state="idle", ready=True, loop_tick=100.0)
+    view = health.DaemonView(worker_state="idle", ready=True, loop_tick=100.0, pass_done=100.0)
     plenty = {"outbox": 50 << 30, "state": 50 << 30}
     assert health.evaluate(view, cfg, plenty, 101.0) == ("ok", [])
     status, why = health.evaluate(view, cfg, plenty, 100.0 + cfg.health.loop_stall_seconds + 1)
     assert status == "failing" and "main loop silent" in why[0]
     status, why = health.evaluate(view, cfg, {"outbox": 100 << 20, "state": 50 << 30}, 101.0)
-    assert status == "failing" and "outbox has 100 MiB free" in why[0]
+    assert status == "degraded" and "outbox has 100 MiB free" in why[0]  # no restart loop
+    assert "no new jobs are taken" in why[0]
+    assert health.holding({"outbox": 100 << 20, "state": 50 << 30}, cfg) == "outbox 100 MiB free"
+    # passes that keep failing before dispatch: degraded with why, while the loop still runs
+    view.loop_tick, view.pass_done, view.pass_error = 170.0, 100.0, "RecursionError: deep"
+    status, why = health.evaluate(view, cfg, plenty, 171.0)
+    assert status == "degraded" and "RecursionError: deep" in why[0], why
+    view.loop_tick = view.pass_done = 171.0
+    view.pass_error = None
+    assert health.evaluate(view, cfg, plenty, 172.0) == ("ok", [])  # recovered
+    view.loop_tick = view.pass_done = 100.0
     status, why = health.evaluate(view, cfg, {"outbox": 3 << 30, "state": 50 << 30}, 101.0)
     assert status == "degraded"
     view.worker_state = "dead"

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from loguru import logger
 from pydantic import BaseModel, Field
 
-from dropbox_daemon import __version__
+from dropbox_daemon import __version__, redact
 from dropbox_daemon.errors import DaemonError, IllegalTransition
 from dropbox_daemon.outbox import Outbox, utc_iso
 
@@ -97,6 +97,8 @@ class Job(BaseModel):
     def record(self) -> dict[str, Any]:
         """The task.json form: times as ISO-8601 UTC, plus the daemon's version."""
         d = self.model_dump(exclude={"seq", "cancel_requested", "claim_dir"})
+        if d.get("callback_url"):  # a token in its query or userinfo is not for every reader
+            d["callback_url"] = redact.url(d["callback_url"])
         for key in ("created_at", "queued_at", "started_at", "finished_at", "updated_at"):
             d[key] = utc_iso(d[key])
         d["claim"] = Path(self.claim_dir).name if self.claim_dir else None

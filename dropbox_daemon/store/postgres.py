@@ -34,6 +34,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.redact import url as redact_url
 from dropbox_daemon.store.base import (
     RUNNING,
     Handle,
@@ -54,7 +55,7 @@ SCHEMA_LOCK = 0x64726F70  # advisory lock key held while the schema is applied
 
 def redact(url: str) -> str:
     """The URL without its password, for logs."""
-    return psycopg.conninfo.make_conninfo(url, password="***") if "password" in url else url
+    return redact_url(url)
 
 
 class _Pg:

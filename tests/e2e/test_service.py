@@ -168,6 +168,10 @@ def test_unit_verifies_and_is_hardened(unit: Path, tmp_path: Path) -> None:
         "User=dropbox",
         "ProtectSystem=strict",
         "DevicePolicy=closed",
+        "MemoryMax=",
+        "TasksMax=",
+        "LimitNOFILE=",
+        "UMask=0027",
         "DeviceAllow=char-nvidia-frontend rw",
         "CapabilityBoundingSet=\n",
         "SystemCallFilter=@system-service",
@@ -193,6 +197,19 @@ def test_doctor_good_setup_exits_zero(daemon_factory) -> None:  # noqa: ANN001
         and checks["claims in inbox default"]["status"] == "ok"
     )
     assert checks["template cache"]["detail"].startswith("0 template(s), 0 MiB of 4096 MiB")
+
+
+def test_doctor_fails_where_others_can_write_dropbox(daemon_factory) -> None:  # noqa: ANN001
+    d = daemon_factory()
+    d.outbox.mkdir()
+    d.state.mkdir()
+    rc, checks = doctor(d)
+    assert rc == 0 and checks[".dropbox/ of inbox default"]["status"] == "ok"
+    (d.inbox / ".dropbox").chmod(0o777)  # a share set up for everyone
+    rc, checks = doctor(d)
+    c = checks[".dropbox/ of inbox default"]
+    assert rc == 1 and c["status"] == "fail" and "drwxrwxrwx" in c["detail"], c
+    assert c["fix"].startswith("chmod -R go-w")
 
 
 def test_doctor_warns_when_the_template_cache_could_fill_the_disk(daemon_factory) -> None:  # noqa: ANN001

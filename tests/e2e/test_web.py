@@ -163,3 +163,71 @@ def test_page_in_a_headless_browser(daemon_factory, media) -> None:  # noqa: ANN
         assert browser.save_screenshot(str(ARTIFACTS / "status-page.png"))
     finally:
         browser.quit()
+
+
+def test_idle_connections_cannot_starve_the_daemon_of_descriptors(daemon_factory, media) -> None:  # noqa: ANN001
+    """1,100 idle (or trickling) connections to the status endpoint of a daemon limited to
+    1,024 descriptors, as systemd's default: it keeps rendering and /health answers."""
+    import resource
+    import time
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1300:
+        pytest.skip(f"this test process may open only {hard} descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1300), hard))
+    d = web_daemon(daemon_factory, media, token=None)
+    d.start()
+    resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE, (1024, 1024))
+    host, port = d.base.removeprefix("http://").split(":")
+    idle = []
+    try:
+        for n in range(1100):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            if n % 2:
+                s.sendall(b"GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and then nothing
+            idle.append(s)
+        started = time.monotonic()
+        r = wait_for(
+            lambda: _health(d.base),
+            15,
+            "/health while 1,100 connections sit idle",
+            d,
+        )
+        assert r.status_code == 200 and r.json()["alive"], r.text
+        assert time.monotonic() - started < 15
+        drop(d, media, "through-it")
+        assert d.wait_state("through-it", timeout=30)["state"] == "done"
+        assert d.alive()
+        open_fds = len(list(Path(f"/proc/{d.proc.pid}/fd").iterdir()))
+        assert open_fds < 1024, open_fds
+    finally:
+        for s in idle:
+            s.close()
+
+
+def _health(base: str):  # noqa: ANN202
+    try:
+        return httpx.get(f"{base}/health", timeout=3)
+    except httpx.TransportError:
+        return None
+
+
+def test_without_a_token_only_this_hosts_names_are_served(daemon_factory, media) -> None:  # noqa: ANN001
+    """DNS rebinding: a page on evil.example that points its name at 127.0.0.1 sends
+    Host: evil.example; without a token the API answers only this host's own names."""
+    d = web_daemon(daemon_factory, media, token=None)
+    d.start()
+    with httpx.Client(base_url=d.base, timeout=10) as c:
+        assert c.get("/api/jobs").status_code == 200
+        assert c.get("/api/jobs", headers={"Host": "evil.example"}).status_code == 403
+        assert c.get("/health", headers={"Host": "evil.example"}).status_code == 200
+
+
+def test_an_empty_token_file_stops_the_start(daemon_factory, media, tmp_path) -> None:  # noqa: ANN001
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    port = free_port()
+    d = daemon_factory(sections={"http": {"listen": f"127.0.0.1:{port}", "token_file": str(empty)}})
+    d.start(wait_ready=False)
+    assert d.proc.wait(30) != 0
+    assert "token_file" in d.log_text() and "is empty" in d.log_text(), d.log_tail()
