@@ -129,12 +129,17 @@ class Outbox:
     ) -> None:
         """Append one line to the job's log.txt (a single write, so lines never interleave).
 
-        `once`: not when the last line already says the same (a state change written just
-        before its database commit failed, and written again when it is retried)."""
+        `once`: not when the last line already records the same change ("state A -> B",
+        whatever the detail after it): a state change written just before its database
+        commit failed or the daemon was killed, and written again when it is retried or
+        recovered after the restart."""
         d = self.ensure(job_id)
         tail = f" job={job_id} trace={trace_id} {message}".replace("\n", " | ")
-        if once and last_line(d / LOG_TXT).endswith(tail):
-            return
+        if once:
+            head = tail.split(": ", 1)[0]
+            last = last_line(d / LOG_TXT)
+            if last.endswith(tail) or head in last and last.split(": ", 1)[0].endswith(head):
+                return
         line = f"{utc_iso(at)}{tail}"
         fd = os.open(d / LOG_TXT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -128,6 +128,15 @@ def test_a_state_change_retried_after_a_failed_commit_is_logged_once(
     store.transition("j", "preparing")
     store.transition("j", "queued", detail="run again")  # the same words, not the last line
     assert (tmp_path / "outbox" / "j" / "log.txt").read_text().count("-> queued: run again") == 2
+    # killed after log.txt, before the commit; recovered at the restart with other words
+    with pytest.raises(RuntimeError):
+        monkeypatch.setattr(store, "transaction", commit_fails)
+        store.transition("j", "preparing", detail="job j started")
+    monkeypatch.setattr(store, "transaction", real)
+    store.transition("j", "preparing", detail="intake resumed after a restart")
+    text = (tmp_path / "outbox" / "j" / "log.txt").read_text()
+    assert text.rstrip().endswith("queued -> preparing: job j started"), text  # once
+    assert "intake resumed" not in text
 
 
 def test_start_up_recovery_skips_a_job_a_peer_took_over_since_its_query(

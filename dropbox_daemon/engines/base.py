@@ -77,6 +77,7 @@ class RenderContext:
     log: Callable[[str], None] = lambda _msg: None
     trace_id: str = "-"
     cancel: threading.Event | None = None
+    alive: Callable[[], None] = lambda: None  # "still working": the daemon's hang check
 
 
 class Engine(ABC):

@@ -11,6 +11,7 @@ the returned video is then labelled and encoded by the pipeline like any other.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +32,18 @@ from dropbox_daemon.errors import EngineError, JobCancelled
 from dropbox_daemon.retry import RETRYABLE_ERRORS, delay, parse_retry_after, retryable_status
 
 OK_CODES = {0, 200, 10000}  # what such services put in `code` for success
+MAX_ANSWER_BYTES = 1 << 20  # a JSON answer; a service that sends more is refused
+ALIVE_SECONDS = 1.0  # while a request waits, the daemon hears this often that the job lives
 DONE = {"done", "success", "succeeded", "completed", "finished"}
 FAILED = {"failed", "error", "cancelled", "canceled"}
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies in `folder` once both are resolved (links and '..' followed)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def map_path(path: str, pairs: list[tuple[str, str]], *, to_remote: bool) -> str:
@@ -99,6 +110,14 @@ class HttpEngine(Engine):
             else:
                 remote = self._submit_and_poll(client, ctx, payload, deadline)
         local = Path(map_path(str(remote), pairs, to_remote=False))
+        if not is_inside(local, ctx.work_dir):
+            raise EngineError(
+                f"the service named its video {str(remote)[:300]!r}, which is outside this job's "
+                f"folder ({ctx.work_dir}); it is not read",
+                code="engine_output",
+                stage="rendering",
+                hint="the service must write to the save_path it was given (check path_map)",
+            )
         if not local.is_file() or local.stat().st_size == 0:
             raise EngineError(
                 f"the service reported success but its video {local} is missing or empty",
@@ -147,7 +166,43 @@ class HttpEngine(Engine):
                     stage="rendering",
                     hint=f"look at task {task_id} on the service",
                 )
+            ctx.alive()
             time.sleep(self.cfg.poll_seconds)
+
+    def _waiting(
+        self, client: httpx.Client, ctx: RenderContext, method: str, path: str, **kw: Any
+    ) -> httpx.Response:
+        """One request, made in a thread while this one tells the daemon every few seconds
+        that the job is alive (a long sync render is not a hung worker) and watches for a
+        cancel; the answer is read up to MAX_ANSWER_BYTES + 1."""
+        result: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                with client.stream(method, path, **kw) as resp:
+                    chunks, size = [], 0
+                    for chunk in resp.iter_bytes():
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > MAX_ANSWER_BYTES:
+                            break
+                    resp._content = b"".join(chunks)  # what .json() and .text read
+                    result["resp"] = resp
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                result["error"] = e
+
+        t = threading.Thread(target=call, name="http-engine-call", daemon=True)
+        t.start()
+        while t.is_alive():
+            t.join(ALIVE_SECONDS)
+            ctx.alive()
+            if ctx.cancel is not None and ctx.cancel.is_set():
+                raise JobCancelled(
+                    f"cancelled while waiting for {method} {path}", stage="rendering"
+                )
+        if "error" in result:
+            raise result["error"]
+        return result["resp"]
 
     @staticmethod
     def _check_code(body: dict[str, Any], what: str) -> None:
@@ -194,7 +249,7 @@ class HttpEngine(Engine):
             ),
         )
         try:
-            resp = retrying(client.request, method, path, **kw)
+            resp = retrying(self._waiting, client, ctx, method, path, **kw)
         except httpx.HTTPError as e:
             resp = e
         if isinstance(resp, Exception):
@@ -212,8 +267,18 @@ class HttpEngine(Engine):
                 stage="rendering",
                 hint="the service's log says why",
             )
+        if len(resp.content) > MAX_ANSWER_BYTES:
+            raise EngineError(
+                f"the service's answer to {method} {path} is over {MAX_ANSWER_BYTES} bytes",
+                code="engine_protocol",
+                stage="rendering",
+                hint="the service should answer with a small JSON object",
+            )
         try:
-            return resp.json()
+            body = resp.json()
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            return body
         except ValueError as e:
             raise EngineError(
                 f"the service's answer to {method} {path} is not JSON: {resp.text[:200]}",

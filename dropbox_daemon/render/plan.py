@@ -142,4 +142,5 @@ def render_context(
         log=lambda m: emit({"type": "log", "message": m}),
         trace_id=job.get("trace_id", "-"),
         cancel=cancel,
+        alive=lambda: emit({"type": "alive"}),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 
 import av
@@ -19,8 +20,16 @@ REMOTE = "/volume"  # how the service names the daemon's folder
 class FakeService:
     """Renders a red video with the job's audio at save_path; fails or stalls on request."""
 
-    def __init__(self, local_root: Path, fail_first: int = 0, stall: bool = False) -> None:
+    def __init__(
+        self,
+        local_root: Path,
+        fail_first: int = 0,
+        stall: bool = False,
+        slow: float = 0.0,
+        answer: dict | None = None,
+    ) -> None:
         self.local_root, self.fail_first, self.stall = local_root, fail_first, stall
+        self.slow, self.answer = slow, answer  # seconds a render takes; an answer to send instead
         self.calls = 0
         self.tasks: dict[str, dict] = {}
         self.ids = itertools.count(1)
@@ -61,6 +70,10 @@ class FakeService:
         if req["path"] == "/human/generate":
             body = json.loads(req["body"])
             task = f"t{next(self.ids)}"
+            time.sleep(self.slow)
+            if self.answer is not None:
+                self.render(body)
+                return json_reply(self.answer)
             return json_reply(
                 {
                     "code": 10000,
@@ -81,8 +94,11 @@ class FakeService:
         return json_reply({"error": "not found"}, 404)
 
 
-def http_daemon(daemon_factory, tmp_path: Path, service: FakeService, mode: str, **http):  # noqa: ANN001, ANN003, ANN201
+def http_daemon(
+    daemon_factory, tmp_path: Path, service: FakeService, mode: str, daemon=None, **http
+):  # noqa: ANN001, ANN003, ANN201
     d = daemon_factory(
+        daemon=daemon,
         sections={
             "engines.http": {
                 "base_url": service.server.url,
@@ -92,7 +108,7 @@ def http_daemon(daemon_factory, tmp_path: Path, service: FakeService, mode: str,
                 **http,
             },
             "engines.http.retry": {"initial_seconds": 0.1, "jitter": 0.0},
-        }
+        },
     )
     return d.start()
 
@@ -166,3 +182,48 @@ def test_unreachable_service_fails_clearly(daemon_factory, media, tmp_path) -> N
     task = d.wait_state("h4", timeout=60)
     assert task["state"] == "failed" and task["error"]["code"] == "engine_unreachable"
     assert "127.0.0.1:9" in task["error"]["message"]
+
+
+def test_a_render_longer_than_hang_seconds_is_not_taken_for_a_hang(
+    daemon_factory, media, tmp_path
+) -> None:  # noqa: ANN001
+    """The worker tells the daemon it lives while the service renders: hang_seconds 3, a
+    sync render of 8 s, done on the first attempt."""
+    service = FakeService(tmp_path, slow=8.0)
+    try:
+        d = http_daemon(daemon_factory, tmp_path, service, "sync", daemon={"hang_seconds": 3.0})
+        drop(d, media, "slow1")
+        assert_services_video(d, "slow1")
+        assert d.task("slow1")["attempts"] == 1
+        assert "hung" not in d.log_text()
+    finally:
+        service.server.stop()
+
+
+def test_a_save_path_outside_the_jobs_folder_is_not_read(daemon_factory, media, tmp_path) -> None:  # noqa: ANN001
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(b"not yours")
+    service = FakeService(
+        tmp_path, answer={"code": 10000, "data": {"save_path": f"{REMOTE}/secret.mp4"}}
+    )
+    try:
+        d = http_daemon(daemon_factory, tmp_path, service, "sync")
+        drop(d, media, "esc1")
+        task = d.wait_state("esc1", timeout=60)
+        assert task["state"] == "failed" and task["error"]["code"] == "engine_output", task
+        assert "outside this job's folder" in task["error"]["message"]
+        assert secret.read_bytes() == b"not yours"
+    finally:
+        service.server.stop()
+
+
+def test_an_endless_answer_is_refused(daemon_factory, media, tmp_path) -> None:  # noqa: ANN001
+    service = FakeService(tmp_path, answer={"code": 10000, "pad": "x" * (2 << 20)})
+    try:
+        d = http_daemon(daemon_factory, tmp_path, service, "sync")
+        drop(d, media, "big1")
+        task = d.wait_state("big1", timeout=60)
+        assert task["state"] == "failed" and task["error"]["code"] == "engine_protocol", task
+        assert "over 1048576 bytes" in task["error"]["message"]
+    finally:
+        service.server.stop()
