@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -31,6 +32,7 @@ from dropbox_daemon.store import Store, StoreUnavailable, open_store
 SIGNATURE_HEADER = "X-Dropbox-Signature"
 REPLAY_WINDOW = 300  # seconds a receiver should accept a signature's timestamp
 MAX_REDIRECTS = 3
+SENDERS = 4  # deliveries in flight at once
 
 
 def sign(key: bytes, body: bytes, t: int) -> str:
@@ -69,6 +71,87 @@ def host_allowed(url: str, cfg: CallbacksConfig) -> str | None:
     return None
 
 
+class Send:
+    """One HTTP attempt of one delivery, run in a sender thread with a client of its own, so
+    that the deliverer can close it at the deadline: a trickling answer cannot hold it. The
+    answer's body is never read (its status and headers are the answer)."""
+
+    def __init__(self, row: dict, ccfg: CallbacksConfig, now: float) -> None:
+        self.row, self.ccfg, self.now = row, ccfg, now
+        self.refused = host_allowed(row["url"], ccfg)
+        self.status: int | None = None
+        self.error: str | None = None
+        self.retry_after: float | None = None
+        self.took = 0.0
+        self.started: float | None = None  # monotonic, once a sender thread runs it
+        self.done = threading.Event()
+        self.client = httpx.Client(
+            timeout=ccfg.timeout_seconds,
+            follow_redirects=False,
+            headers={"User-Agent": f"dropbox-daemon/{__version__}"},
+        )
+
+    def wait(self) -> None:
+        """Wait for the attempt; once it has run for timeout_seconds (its total, however the
+        receiver trickles), close its connection and call it failed."""
+        while not self.done.wait(0.2):
+            started = self.started
+            if started is not None and time.monotonic() - started > self.ccfg.timeout_seconds:
+                self.error = f"no complete answer within {self.ccfg.timeout_seconds:.0f} s"
+                self.client.close()  # the sender's blocked read ends with an error
+                self.done.wait(5.0)
+                self.status = None
+                return
+
+    def run(self) -> None:
+        t0 = self.started = time.monotonic()
+        try:
+            if not self.refused:
+                self._post()
+        except httpx.HTTPError as e:
+            self.error = self.error or f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - reported as this attempt's error
+            self.error = self.error or f"{type(e).__name__}: {e}"
+        finally:
+            self.took = time.monotonic() - t0
+            self.client.close()
+            self.done.set()
+
+    def _post(self) -> None:
+        url, row = self.row["url"], self.row
+        body = row["body"].encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Dropbox-Job": row["job_id"],
+            "X-Trace-Id": row["trace_id"] or "",
+        }
+        key = self.ccfg.signing_key()
+        if key:
+            headers[SIGNATURE_HEADER] = sign(key, body, int(self.now))
+        target = url
+        for _ in range(MAX_REDIRECTS + 1):
+            with self.client.stream("POST", target, content=body, headers=headers) as resp:
+                status, location = resp.status_code, resp.headers.get("location", "")
+                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+                redirect = resp.is_redirect
+            self.status, self.retry_after = status, retry_after
+            if not redirect:
+                return
+            nxt = urljoin(target, location)
+            if urlsplit(nxt).netloc != urlsplit(url).netloc:
+                self.error = f"redirect to another host ({urlsplit(nxt).netloc}) not followed"
+                return
+            # every hop passes the same checks as the first: a redirect from https to
+            # http would send the signed body in clear text
+            if urlsplit(target).scheme == "https" and urlsplit(nxt).scheme != "https":
+                self.error = "redirect from https to plain http not followed"
+                return
+            if refused := host_allowed(nxt, self.ccfg):
+                self.error = f"redirect not followed: {refused}"
+                return
+            target = nxt
+
+
 class Deliverer:
     """The callback sender: a thread that takes due deliveries from the database."""
 
@@ -94,14 +177,10 @@ class Deliverer:
 
     def _run(self) -> None:
         self.store = open_store(self.cfg, self.outbox)
-        with httpx.Client(
-            timeout=self.ccfg.timeout_seconds,
-            follow_redirects=False,
-            headers={"User-Agent": f"dropbox-daemon/{__version__}"},
-        ) as client:
+        with ThreadPoolExecutor(SENDERS, thread_name_prefix="callback-send") as pool:
             while not self.stopping.is_set():
                 try:
-                    next_due = self.loop_once(client, time.time())
+                    next_due = self.loop_once(pool, time.time())
                 except StoreUnavailable:
                     next_due = 5.0  # the daemon's log and health say so; deliveries wait
                 except Exception:  # noqa: BLE001 - the sender must outlive one bad delivery
@@ -111,13 +190,19 @@ class Deliverer:
                 self.wake.clear()
         self.store.close()
 
-    def loop_once(self, client: httpx.Client, now: float) -> float:
-        """Send every due delivery once; seconds until the next one is due."""
+    def loop_once(self, pool: ThreadPoolExecutor, now: float) -> float:
+        """Send every due delivery once, SENDERS at a time, each within its own total deadline
+        (a receiver that trickles its answer holds one sender for timeout_seconds at most, and
+        none of the others); the database is written from this thread. Seconds until the
+        next one is due."""
         assert self.store is not None
-        for row in self.store.due_deliveries(now):
-            if self.stopping.is_set():
-                break
-            self.attempt(client, row, now)
+        rows = [r for r in self.store.due_deliveries(now) if not self.stopping.is_set()]
+        sends = [Send(row, self.ccfg, now) for row in rows]
+        for send in sends:
+            pool.submit(send.run)
+        for send in sends:
+            send.wait()
+            self.record(send.row, send, now)
         return self.store.next_delivery_in(time.time())
 
     def _log(self, row: dict, message: str) -> None:
@@ -125,51 +210,17 @@ class Deliverer:
             row["job_id"], row["trace_id"] or "-", f"callback: {message}", at=time.time()
         )
 
-    def attempt(self, client: httpx.Client, row: dict, now: float) -> None:
+    def record(self, row: dict, send: Send, now: float) -> None:
         """One try of one delivery, recorded in the database and in log.txt."""
         assert self.store is not None
         url = row["url"]
         shown = redact.endpoint(url)  # a token in its query stays out of log.txt
-        refused = host_allowed(url, self.ccfg)
-        if refused:
-            self.store.finish_delivery(row["id"], "refused", error=refused)
-            self._log(row, f"not sent to {shown}: {refused}")
+        if send.refused:
+            self.store.finish_delivery(row["id"], "refused", error=send.refused)
+            self._log(row, f"not sent to {shown}: {send.refused}")
             return
-        body = row["body"].encode()
-        headers = {
-            "Content-Type": "application/json",
-            "X-Dropbox-Job": row["job_id"],
-            "X-Trace-Id": row["trace_id"] or "",
-        }
-        key = self.ccfg.signing_key()
-        if key:
-            headers[SIGNATURE_HEADER] = sign(key, body, int(now))
         n = row["attempts"] + 1
-        t0 = time.monotonic()
-        status, error, retry_after = None, None, None
-        try:
-            resp = client.post(url, content=body, headers=headers)
-            for _ in range(MAX_REDIRECTS):
-                if not resp.is_redirect:
-                    break
-                target = urljoin(url, resp.headers.get("location", ""))
-                if urlsplit(target).netloc != urlsplit(url).netloc:
-                    error = f"redirect to another host ({urlsplit(target).netloc}) not followed"
-                    break
-                # every hop passes the same checks as the first: a redirect from https to
-                # http would send the signed body in clear text
-                if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
-                    error = "redirect from https to plain http not followed"
-                    break
-                if refused := host_allowed(target, self.ccfg):
-                    error = f"redirect not followed: {refused}"
-                    break
-                resp = client.post(target, content=body, headers=headers)
-            status = resp.status_code
-            retry_after = parse_retry_after(resp.headers.get("retry-after"))
-        except httpx.HTTPError as e:
-            error = f"{type(e).__name__}: {e}"
-        took = time.monotonic() - t0
+        status, error, retry_after, took = send.status, send.error, send.retry_after, send.took
         answered = time.time()  # Retry-After counts from the answer, not from the request
         if status is not None and 200 <= status < 300 and error is None:
             self.store.finish_delivery(row["id"], "delivered", status=status, attempts=n)

@@ -162,3 +162,74 @@ def test_rejected_drop_calls_back_too(daemon_factory, media) -> None:  # noqa: A
         assert rec["state"] == "rejected" and rec["error"]["code"] == "missing_file"
     finally:
         server.stop()
+
+
+def test_a_trickling_receiver_holds_neither_its_attempt_nor_the_others(
+    daemon_factory, media
+) -> None:  # noqa: ANN001
+    """A receiver that sends its answer a byte a second (each read within the timeout, the
+    whole never) is cut off at timeout_seconds; another job's callback is delivered meanwhile."""
+    import socket
+    import threading
+
+    slow = socket.socket()
+    slow.bind(("127.0.0.1", 0))
+    slow.listen(8)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set():
+            try:
+                slow.settimeout(0.5)
+                conn, _ = slow.accept()
+            except OSError:
+                continue
+            conn.recv(65536)
+            for ch in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                if stop.is_set():
+                    break
+                try:
+                    conn.sendall(bytes([ch]))
+                except OSError:
+                    break
+                time.sleep(0.5)
+            conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    fast = HttpServer(lambda req: json_reply({"ok": 1}))
+    try:
+        d = daemon_factory(
+            sections={
+                "callbacks": {"allow_http_hosts": ["127.0.0.1"], "timeout_seconds": 2.0},
+                "callbacks.retry": {"initial_seconds": 30.0, "jitter": 0.0},
+            }
+        ).start()
+        drop(d, media, "trickle", f"http://127.0.0.1:{slow.getsockname()[1]}/hook?token=abc")
+        assert d.wait_state("trickle", timeout=60)["state"] == "done"
+        drop(d, media, "quick", fast.url + "/hook")
+        assert d.wait_state("quick", timeout=60)["state"] == "done"
+        started = time.monotonic()
+        wait_for(
+            lambda: "delivered" in (d.outbox / "quick" / "log.txt").read_text(),
+            15,
+            "the other job's callback",
+            d,
+        )
+        assert time.monotonic() - started < 15
+        log = wait_for(
+            lambda: (
+                (t := (d.outbox / "trickle" / "log.txt").read_text())
+                and "no complete answer within 2 s" in t
+                and t
+            ),
+            20,
+            "the trickling attempt to be cut off",
+            d,
+        )
+        assert "token=abc" not in log and "/hook?..." in log  # the token stays out of log.txt
+        task = json.loads((d.outbox / "trickle" / "task.json").read_text())
+        assert "abc" not in task["callback_url"] and "token=***" in task["callback_url"]
+    finally:
+        stop.set()
+        fast.stop()
+        slow.close()
