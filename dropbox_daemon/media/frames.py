@@ -291,11 +291,20 @@ class TemplateFrames:
             min(estimate or self.n_out, self.n_out) * self.frame_bytes
         )
         path = self.store.temp_path(self.store_key) if keep else self.cache_path
-        i, ended = 0, False
+        i, ended, overflow = 0, False, False
         with open(path, "w+b") if (keep or loops) else open(os.devnull, "wb") as cache:
             try:
                 for arr in self._decode():
-                    if keep or loops:
+                    if loops and not keep and not overflow and not estimate:
+                        # the container does not say how long it is: the loop cache is
+                        # bounded all the same (max_loop_cache_bytes), not filled up to the
+                        # audio's length on the share
+                        if (i + 1) * self.frame_bytes > self.max_cache_bytes:
+                            overflow = True
+                            cache.close()
+                            path.unlink(missing_ok=True)
+                            cache = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+                    if (keep or loops) and not overflow:
                         try:
                             cache.write(arr.data)
                         except OSError as e:  # the state disk filled up: this job goes on
@@ -324,6 +333,8 @@ class TemplateFrames:
                 if i >= self.n_out:
                     return
                 self.source_frames = i
+                if overflow:  # it must loop, and its frames did not fit
+                    self._check_cache_size(i)
                 if not (keep or loops):  # the container overstated its length: cache it now
                     self._check_cache_size(i)
                     cache = open(self.cache_path, "w+b")  # noqa: SIM115 - closed below

@@ -211,3 +211,58 @@ def test_input_holds_copies_so_the_documented_redrop_works(share, media) -> None
         lambda: (t := d.task("fixme")) and t["state"] == "done" and t, 30, "the re-drop", d
     )
     assert task["state"] == "done"
+
+
+def test_a_template_of_unknown_length_keeps_the_loop_cache_bounded(
+    daemon_factory, media, tmp_path
+) -> None:  # noqa: ANN001
+    """A Matroska file written to a pipe names neither its duration nor its frame count: the
+    loop cache on the share is bounded by max_loop_cache_bytes all the same (here 1 MB, 17
+    frames of 160x120), and the template that must loop past it is refused by name."""
+    import subprocess
+
+    from support import FFMPEG
+
+    mkv = tmp_path / "unknown.mkv"
+    with open(mkv, "wb") as out:
+        subprocess.run(
+            [
+                FFMPEG,
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=160x120:r=25:d=1",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-f",
+                "matroska",
+                "pipe:1",
+            ],
+            stdout=out,
+            check=True,
+        )
+    import av
+
+    with av.open(str(mkv)) as c:
+        assert c.streams.video[0].frames == 0 and c.duration is None  # nothing declared
+    d = daemon_factory(
+        limits={"max_loop_cache_bytes": 1_000_000}, sections={"media": {"template_cache_bytes": 0}}
+    ).start()
+    put_file(d.inbox / "u.wav", media.tone)  # 2 s: the 1 s template must loop
+    put_file(d.inbox / "u.mkv", mkv)
+    put_manifest(d.inbox / "u.json", {"job_id": "unknown", "audio": "u.wav", "template": "u.mkv"})
+    task = d.wait_state("unknown", timeout=60)
+    assert task["state"] == "failed" and task["error"]["code"] == "template_too_long", task
+    assert not list(d.inbox.glob(".dropbox/claimed/*/loop-cache.raw"))
+    # with room for its 25 frames it loops as any template does
+    d.stop()
+    d2 = daemon_factory(limits={"max_loop_cache_bytes": 4_000_000}).start()
+    put_file(d2.inbox / "u.wav", media.tone)
+    put_file(d2.inbox / "u.mkv", mkv)
+    put_manifest(d2.inbox / "u.json", {"job_id": "unknown2", "audio": "u.wav", "template": "u.mkv"})
+    task = d2.wait_state("unknown2", timeout=60)
+    assert task["state"] == "done" and abs(task["output"]["duration"] - 2.0) < 0.1, task
