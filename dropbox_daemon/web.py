@@ -16,6 +16,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -119,24 +120,27 @@ class Web:
 
     def __init__(self, cfg: Config, view: health.DaemonView, metrics: health.Metrics) -> None:
         self.cfg, self.view, self.metrics = cfg, view, metrics
-        self.local = threading.local()
         self.lock = threading.Lock()
+        self.sqlite_lock = threading.Lock()
+        self._store: Store | None = None
         self.server: BoundedServer | None = None
         self.thread: threading.Thread | None = None
         self.token: str | None = None
         self.hosts: set[str] = set()
 
-    def store(self) -> Store:
-        """SQLite: a connection per thread; PostgreSQL: one pool shared by every thread."""
-        holder = self if self.cfg.store.url else self.local
-        s = getattr(holder, "_store", None)
-        if s is None:
-            with self.lock:
-                s = getattr(holder, "_store", None) or open_store(
-                    self.cfg, Outbox(self.cfg.daemon.outbox)
-                )
-                holder._store = s
-        return s
+    @contextlib.contextmanager
+    def store(self) -> Iterator[Store]:
+        """The listener's one store, opened once (not a connection, a migration check and a
+        write lock per request): SQLite's connection used by one request at a time,
+        PostgreSQL's pool by every request thread at once."""
+        with self.lock:
+            if self._store is None:
+                self._store = open_store(self.cfg, Outbox(self.cfg.daemon.outbox))
+        if self.cfg.store.url:
+            yield self._store
+            return
+        with self.sqlite_lock:
+            yield self._store
 
     def start(self) -> None:
         if not self.cfg.http.listen:
@@ -165,6 +169,9 @@ class Web:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     # -- what the endpoints answer ------------------------------------------------------
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -195,7 +202,8 @@ class Web:
         if not v.watch_modes:
             reasons.append("inboxes not watched yet")
         try:
-            self.store().counts()
+            with self.store() as store:
+                store.counts()
         except Exception as e:  # noqa: BLE001 - any database trouble means not ready
             reasons.append(f"store not readable: {e}")
         body = {
@@ -217,28 +225,31 @@ class Web:
             before = int(query["before"][0]) if query.get("before") else None
         except ValueError:
             return 400, {"error": "limit and before must be integers"}
-        rows = self.store().page(
-            state=state, inbox=inbox, instance=instance, limit=limit + 1, before_seq=before
-        )
+        with self.store() as store:
+            rows = store.page(
+                state=state, inbox=inbox, instance=instance, limit=limit + 1, before_seq=before
+            )
+            counts = store.counts()
         more = len(rows) > limit
         rows = rows[:limit]
         return 200, {
             "jobs": [j.record() | {"seq": j.seq} for j in rows],
             "next_before": rows[-1].seq if more and rows else None,
-            "counts": self.store().counts(),
+            "counts": counts,
         }
 
     def instances(self) -> tuple[int, Any]:
         """Every daemon of the farm (or of the shared inboxes) and which one answers."""
         from dropbox_daemon.farm import instances_view
 
-        return 200, {
-            "me": self.cfg.instance_id,
-            "instances": instances_view(self.cfg, self.store()),
-        }
+        with self.store() as store:
+            return 200, {"me": self.cfg.instance_id, "instances": instances_view(self.cfg, store)}
 
     def job(self, job_id: str) -> tuple[int, Any]:
-        job = self.store().get(job_id) if JOB_ID.fullmatch(job_id) else None
+        job = None
+        if JOB_ID.fullmatch(job_id):
+            with self.store() as store:
+                job = store.get(job_id)
         if job is None:
             return 404, {"error": f"no job {job_id!r}"}
         return 200, job.record()
