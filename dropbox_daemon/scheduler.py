@@ -1,12 +1,14 @@
 """APScheduler jobs: the heartbeat (health.json, metrics.prom, systemd watchdog), retention, backups.
 
-They run in the scheduler's own thread with their own database connection,
-so a hung main loop cannot stop the heartbeat from noticing it.
+They run in the scheduler's own threads with their own database connections, so a
+hung main loop cannot stop the heartbeat from noticing it; retention and backups run in
+a second thread, so a long purge or a slow backup cannot hold the heartbeat back either.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -19,6 +21,8 @@ from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store import Store, StoreUnavailable, open_store
 
+HOUSEKEEPING = "housekeeping"  # the executor of retention and backups
+
 
 class Scheduler:
     """Owns the BackgroundScheduler: start() and stop() are its whole life."""
@@ -28,18 +32,22 @@ class Scheduler:
     ) -> None:
         self.cfg, self.view, self.metrics, self.notifier = cfg, view, metrics, notifier
         self.sched = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(1)},
+            executors={"default": ThreadPoolExecutor(1), HOUSEKEEPING: ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
             timezone=dt.UTC,
         )
-        self._store: Store | None = None
+        self.local = threading.local()
+        self.opened: list[Store] = []
         self.last_status = "ok"
 
     @property
     def store(self) -> Store:
-        if self._store is None:  # opened in the scheduler's thread, used only there
-            self._store = open_store(self.cfg, Outbox(self.cfg.daemon.outbox))
-        return self._store
+        """This thread's store: opened in the scheduler thread that uses it, used only there."""
+        s = getattr(self.local, "store", None)
+        if s is None:
+            s = self.local.store = open_store(self.cfg, Outbox(self.cfg.daemon.outbox))
+            self.opened.append(s)
+        return s
 
     def start(self) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -57,6 +65,7 @@ class Scheduler:
             minutes=r.every_minutes,
             next_run_time=now + dt.timedelta(seconds=30),
             id="retention",
+            executor=HOUSEKEEPING,
         )
         self.sched.add_job(
             self.backup,
@@ -64,14 +73,16 @@ class Scheduler:
             hours=r.backup_every_hours,
             next_run_time=now + dt.timedelta(minutes=5),
             id="backup",
+            executor=HOUSEKEEPING,
         )
         self.sched.start()
 
     def stop(self) -> None:
         self.sched.shutdown(wait=True)
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        for s in self.opened:
+            s.close()
+        self.opened.clear()
+        self.local = threading.local()
 
     def heartbeat(self) -> None:
         """Write health.json and metrics.prom; ping the watchdog only while really healthy."""

@@ -186,3 +186,43 @@ def test_heartbeat_pings_the_watchdog_only_while_healthy(tmp_path, notify_socket
     beat = json.loads((cfg.daemon_dir / "health.json").read_text())
     assert beat["status"] == "failing" and "main loop silent" in beat["reasons"][0]
     assert sqlite3.connect(cfg.db_path).execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_long_retention_run_does_not_hold_the_heartbeat_back(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Retention and backups have a thread of their own: while a purge takes its time (a
+    slow share, a million claim folders), health.json is still rewritten every beat."""
+    import datetime as dt
+    import threading
+
+    cfg = make_cfg(
+        tmp_path, health={"heartbeat_seconds": 0.2, "disk_warn_bytes": 0, "disk_fail_bytes": 0}
+    )
+    for i in cfg.inbox:
+        i.path.mkdir(parents=True)
+    cfg.daemon.outbox.mkdir(parents=True)
+    release, purging = threading.Event(), threading.Event()
+
+    def slow_purge(store, cfg):  # noqa: ANN001, ANN202
+        purging.set()
+        release.wait(20)
+        return []
+
+    monkeypatch.setattr(retention, "purge", slow_purge)
+    view = health.DaemonView(worker_state="idle", ready=True)
+    sched = Scheduler(cfg, view, health.Metrics(), Notifier(""))
+    sched.start()
+    try:
+        sched.sched.modify_job("retention", next_run_time=dt.datetime.now(dt.UTC))
+        assert purging.wait(10)
+        path = cfg.daemon_dir / "health.json"
+        deadline = time.monotonic() + 5
+        while not path.exists():
+            assert time.monotonic() < deadline, "no first heartbeat"
+            time.sleep(0.05)
+        first = json.loads(path.read_text())["written_at"]
+        while json.loads(path.read_text())["written_at"] == first:
+            assert time.monotonic() < deadline, "no heartbeat while retention ran"
+            time.sleep(0.05)
+    finally:
+        release.set()
+        sched.stop()
