@@ -6,7 +6,9 @@ cleared or resumed at start-up."""
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +26,22 @@ if TYPE_CHECKING:
     from dropbox_daemon.daemon import Daemon
 
 MAX_INTAKE_TRIES = 3  # a claim whose intake raised this often is answered, not retried for ever
+TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM, errno.EMFILE}
+
+
+def environmental(e: BaseException) -> bool:
+    """An error of the host (disk full, read-only, out of descriptors; the database's own
+    'disk is full' or 'locked'), not of the drop: retried for as long as it lasts."""
+    seen: BaseException | None = e
+    for _ in range(8):  # the error and what caused it
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in TRANSIENT_ERRNOS:
+            return True
+        if isinstance(seen, sqlite3.OperationalError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass
@@ -122,6 +140,19 @@ class Claiming:
         MAX_INTAKE_TRIES in all, then answered: rejected `intake_failed`, or where even that
         cannot be written, its claim folder moved to .dropbox/quarantine/ with the reason."""
         key = str(cl.dir)
+        if environmental(e):  # a full disk, a read-only or failing one: not the drop's fault
+            if self.tries.get(key) != 0:
+                logger.opt(exception=e).warning(
+                    "inbox {}: taking claim {} failed ({}); its files are kept in {} and it is "
+                    "tried again at the next rescan, until the cause is gone",
+                    inbox.name,
+                    cl.claim_id,
+                    f"{type(e).__name__}: {e}",
+                    cl.dir,
+                )
+            self.tries[key] = 0
+            self.waiting.append((inbox, cl))
+            return
         n = self.tries[key] = self.tries.get(key, 0) + 1
         if n < MAX_INTAKE_TRIES:
             logger.opt(exception=e).warning(

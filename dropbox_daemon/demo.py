@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dropbox_daemon import client
 from dropbox_daemon.config import Config
+from dropbox_daemon.health import disk_free, holding
 from dropbox_daemon.media.encode import ffmpeg_binary
 
 DEMO_SECONDS = 6.0
@@ -54,6 +55,17 @@ def start_daemon(cfg: Config) -> subprocess.Popen[bytes]:
 def run(cfg: Config, *, json_out: bool = False) -> int:
     from dropbox_daemon.daemon import read_pid
 
+    low = holding(
+        {"outbox": disk_free(cfg.daemon.outbox), "state": disk_free(cfg.daemon.state_dir)}, cfg
+    )
+    if low:  # the daemon would hold the job until there is room: say so now, not in 600 s
+        print(
+            f"demo: {low}, under [health] disk_fail_bytes ({cfg.health.disk_fail_bytes >> 20} "
+            "MiB): the daemon takes no new work with so little space; free some, or lower "
+            "disk_fail_bytes in the config",
+            file=sys.stderr,
+        )
+        return 1
     samples = make_samples(cfg.daemon.state_dir / "demo", ffmpeg_binary(cfg.media.ffmpeg))
     proc = None if read_pid(cfg) else start_daemon(cfg)
     try:

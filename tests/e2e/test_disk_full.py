@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sqlite3
 import subprocess
+import time
 
 import pytest
 from support import put_file, put_manifest, wait_for
@@ -74,7 +76,8 @@ def test_full_outbox_fails_disk_full_then_recovers(daemon_factory, media) -> Non
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small file system")
 def test_full_state_folder_is_survived_and_recovered(daemon_factory, media) -> None:  # noqa: ANN001
-    d = daemon_factory()
+    # thresholds off: this is about the writes that fail (the next test: the thresholds)
+    d = daemon_factory(sections={"health": {"disk_warn_bytes": 0, "disk_fail_bytes": 0}})
     if not mount_tmpfs(d.state, "8m"):
         pytest.skip("mount is not permitted here")
     try:
@@ -116,6 +119,57 @@ def test_full_state_folder_is_survived_and_recovered(daemon_factory, media) -> N
             "the database to record done",
             d,
         )
+    finally:
+        if d.alive():
+            d.stop()
+        subprocess.run(["umount", "-l", str(d.state)], capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small file system")
+def test_disk_under_the_fail_threshold_holds_new_work_without_a_restart(
+    daemon_factory, media
+) -> None:  # noqa: ANN001
+    """Under disk_fail_bytes free the daemon takes no new job, says why in health.json (degraded,
+    not failing: a watchdog restart would kill the render and free nothing) and goes on once
+    there is room."""
+    d = daemon_factory(
+        sections={
+            "health": {"heartbeat_seconds": 0.5, "disk_warn_bytes": 0, "disk_fail_bytes": 4 << 20}
+        }
+    )
+    if not mount_tmpfs(d.state, "16m"):
+        pytest.skip("mount is not permitted here")
+    try:
+        filler = d.state / "filler"
+        subprocess.run(
+            ["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=14"], capture_output=True
+        )
+        d.start()
+        health = lambda: json.loads((d.daemon_dir / "health.json").read_text())  # noqa: E731
+        wait_for(
+            lambda: "no new jobs are taken" in " ".join(health()["reasons"]), 20, "disk low", d
+        )
+        assert health()["status"] == "degraded"
+        put_file(d.inbox / "h.wav", media.tone)
+        put_file(d.inbox / "h.png", media.image)
+        put_manifest(
+            d.inbox / "held.json", {"job_id": "held", "audio": "h.wav", "template": "h.png"}
+        )
+        dropped = time.time()
+        # heartbeats 2 s after the drop (the main loop passes ten times a second meanwhile)
+        wait_for(
+            lambda: (
+                dt.datetime.fromisoformat(health()["written_at"].replace("Z", "+00:00")).timestamp()
+                > dropped + 2
+            ),
+            20,
+            "two seconds of heartbeats after the drop",
+            d,
+        )
+        assert (d.inbox / "held.json").exists() and d.task("held") is None  # it waits
+        filler.unlink()
+        assert d.wait_state("held", "done", timeout=60)["state"] == "done"
+        assert d.alive()
     finally:
         if d.alive():
             d.stop()
