@@ -48,6 +48,19 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         d.store.close()  # type: ignore[union-attr]
 
 
+def claim_with_the_worker_idle(daemon: Daemon) -> None:
+    """One pass of claiming (the drop settled, then pulled), and the worker ready for it."""
+    daemon.claiming.rescan()
+    daemon.claiming.take_settled(0.0)
+    daemon.claiming.take_settled(10.0)
+    daemon.claiming.pull(10.0)
+    wait_for(
+        lambda: daemon.supervisor.handle_worker(time.time()) or daemon.worker.state == "idle",
+        60,
+        "the worker",
+    )
+
+
 def put_drop(inbox: Path, media, job_id: str) -> Path:  # noqa: ANN001
     folder = inbox / job_id
     folder.mkdir(parents=True)
@@ -92,15 +105,7 @@ def test_a_job_past_its_time_limit_is_requeued_then_failed_with_the_workers_outp
     daemon: Daemon, media
 ) -> None:  # noqa: ANN001
     put_drop(daemon.cfg.inbox[0].path, media, "slow")
-    daemon.claiming.rescan()
-    daemon.claiming.take_settled(0.0)
-    daemon.claiming.take_settled(10.0)
-    daemon.claiming.pull(10.0)
-    wait_for(
-        lambda: daemon.supervisor.handle_worker(time.time()) or daemon.worker.state == "idle",
-        60,
-        "the worker",
-    )
+    claim_with_the_worker_idle(daemon)
     for attempt in (1, 2):
         now = time.time()
         daemon.supervisor.dispatch(now)
@@ -127,15 +132,7 @@ def test_a_wall_clock_step_does_not_kill_a_healthy_render(daemon: Daemon, media)
     """Time limits run on the monotonic clock: the wall clock stepped 3 hours on (NTP, an
     operator) is not 3 hours of render, nor of silence from the worker."""
     put_drop(daemon.cfg.inbox[0].path, media, "stepped")
-    daemon.claiming.rescan()
-    daemon.claiming.take_settled(0.0)
-    daemon.claiming.take_settled(10.0)
-    daemon.claiming.pull(10.0)
-    wait_for(
-        lambda: daemon.supervisor.handle_worker(time.time()) or daemon.worker.state == "idle",
-        60,
-        "the worker",
-    )
+    claim_with_the_worker_idle(daemon)
     now = time.time()
     daemon.supervisor.dispatch(now)
     assert isinstance(daemon.current, Current) and daemon.current.job_id == "stepped"

@@ -203,27 +203,26 @@ def test_a_render_longer_than_hang_seconds_is_not_taken_for_a_hang(
 def test_a_save_path_outside_the_jobs_folder_is_not_read(daemon_factory, media, tmp_path) -> None:  # noqa: ANN001
     secret = tmp_path / "secret.mp4"
     secret.write_bytes(b"not yours")
-    service = FakeService(
-        tmp_path, answer={"code": 10000, "data": {"save_path": f"{REMOTE}/secret.mp4"}}
-    )
-    try:
-        d = http_daemon(daemon_factory, tmp_path, service, "sync")
-        drop(d, media, "esc1")
-        task = d.wait_state("esc1", timeout=60)
-        assert task["state"] == "failed" and task["error"]["code"] == "engine_output", task
-        assert "outside this job's folder" in task["error"]["message"]
-        assert secret.read_bytes() == b"not yours"
-    finally:
-        service.server.stop()
+    answer = {"code": 10000, "data": {"save_path": f"{REMOTE}/secret.mp4"}}
+    err = failed_with(daemon_factory, media, tmp_path, answer, "engine_output")
+    assert "outside this job's folder" in err["message"]
+    assert secret.read_bytes() == b"not yours"
 
 
 def test_an_endless_answer_is_refused(daemon_factory, media, tmp_path) -> None:  # noqa: ANN001
-    service = FakeService(tmp_path, answer={"code": 10000, "pad": "x" * (2 << 20)})
+    answer = {"code": 10000, "pad": "x" * (2 << 20)}
+    err = failed_with(daemon_factory, media, tmp_path, answer, "engine_protocol")
+    assert "over 1048576 bytes" in err["message"]
+
+
+def failed_with(daemon_factory, media, tmp_path: Path, answer: dict, code: str) -> dict:  # noqa: ANN001
+    """A job against a sync service that renders and then answers `answer`: failed with `code`."""
+    service = FakeService(tmp_path, answer=answer)
     try:
         d = http_daemon(daemon_factory, tmp_path, service, "sync")
-        drop(d, media, "big1")
-        task = d.wait_state("big1", timeout=60)
-        assert task["state"] == "failed" and task["error"]["code"] == "engine_protocol", task
-        assert "over 1048576 bytes" in task["error"]["message"]
+        drop(d, media, "odd1")
+        task = d.wait_state("odd1", timeout=60)
+        assert task["state"] == "failed" and task["error"]["code"] == code, task
+        return task["error"]
     finally:
         service.server.stop()
