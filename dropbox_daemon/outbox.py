@@ -15,6 +15,9 @@ from typing import Any
 
 from dropbox_daemon.boundary import copy_tree
 
+# every control character but none, as \xNN (log.txt is read in terminals)
+CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
 TASK_JSON = "task.json"
 ERROR_JSON = "error.json"
 LOG_TXT = "log.txt"
@@ -134,7 +137,10 @@ class Outbox:
         commit failed or the daemon was killed, and written again when it is retried or
         recovered after the restart."""
         d = self.ensure(job_id)
-        tail = f" job={job_id} trace={trace_id} {message}".replace("\n", " | ")
+        # one line, and no control character from a name on the share (a terminal escape)
+        tail = f" job={job_id} trace={trace_id} {message.replace(chr(10), ' | ')}".translate(
+            CONTROLS
+        )
         if once:
             head = tail.split(": ", 1)[0]
             last = last_line(d / LOG_TXT)

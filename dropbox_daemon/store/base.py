@@ -98,7 +98,7 @@ class Job(BaseModel):
         """The task.json form: times as ISO-8601 UTC, plus the daemon's version."""
         d = self.model_dump(exclude={"seq", "cancel_requested", "claim_dir"})
         if d.get("callback_url"):  # a token in its query or userinfo is not for every reader
-            d["callback_url"] = redact.url(d["callback_url"])
+            d["callback_url"] = redact.endpoint(d["callback_url"])
         for key in ("created_at", "queued_at", "started_at", "finished_at", "updated_at"):
             d[key] = utc_iso(d[key])
         d["claim"] = Path(self.claim_dir).name if self.claim_dir else None

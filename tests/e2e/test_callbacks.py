@@ -228,7 +228,7 @@ def test_a_trickling_receiver_holds_neither_its_attempt_nor_the_others(
         )
         assert "token=abc" not in log and "/hook?..." in log  # the token stays out of log.txt
         task = json.loads((d.outbox / "trickle" / "task.json").read_text())
-        assert "abc" not in task["callback_url"] and "token=***" in task["callback_url"]
+        assert task["callback_url"].endswith("/hook?...")  # shown without its query
     finally:
         stop.set()
         fast.stop()
