@@ -41,6 +41,8 @@ def endpoint(value: str) -> str:
         parts = urlsplit(value)
     except ValueError:
         return "(unparsable URL)"
+    if not parts.netloc:
+        return "(not a URL)"
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     query = "?..." if parts.query else ""

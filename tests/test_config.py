@@ -95,3 +95,41 @@ def test_environment_overrides_the_file_for_per_gpu_units(tmp_path: Path) -> Non
         config.from_dict(
             data, source=tmp_path / "c.toml", env={"DROPBOX_DAEMON_STORE_URL": "mysql://x"}
         )
+
+
+@pytest.mark.parametrize(
+    "given, shown",
+    [
+        ("postgresql://render:S3cret@db:5432/farm", "postgresql://render:***@db:5432/farm"),
+        (
+            "postgresql://render@db/farm?password=S3cret&sslmode=require",
+            "postgresql://render@db/farm?password=***&sslmode=require",
+        ),
+        ("host=db password=S3cret dbname=farm", "host=db password=*** dbname=farm"),
+        ("https://hooks.example/h?token=S3cret&job=1", "https://hooks.example/h?token=***&job=1"),
+        ("postgresql://db/farm", "postgresql://db/farm"),
+    ],
+)
+def test_passwords_in_urls_are_shown_as_stars(given: str, shown: str) -> None:
+    from dropbox_daemon import redact
+
+    assert redact.url(given) == shown
+    assert "S3cret" not in redact.endpoint(given)
+
+
+def test_config_hash_covers_no_secret_and_errors_do_not_print_them(tmp_path: Path) -> None:
+    base = {
+        "daemon": {"state_dir": str(tmp_path / "s")},
+        "inbox": [{"name": "a", "path": str(tmp_path)}],
+    }
+
+    def cfg(**sections):  # noqa: ANN003, ANN202
+        return config.from_dict({**base, **sections}, source=tmp_path / "c.toml", env={})
+
+    plain = cfg(store={"url": "postgresql://u:one@db/farm"}, http={"token": "t1"})
+    other = cfg(store={"url": "postgresql://u:two@db/farm"}, http={"token": "t2"})
+    assert plain.config_hash() == other.config_hash()  # a secret is no part of how jobs render
+    assert cfg(store={"url": "postgresql://u:one@db2/farm"}).config_hash() != plain.config_hash()
+    with pytest.raises(ConfigError) as e:
+        cfg(store={"url": "mysql://u:S3cret@db/farm"})
+    assert "S3cret" not in str(e.value) and "***" in str(e.value)
