@@ -200,6 +200,7 @@ def test_a_long_retention_run_does_not_hold_the_heartbeat_back(tmp_path, monkeyp
     for i in cfg.inbox:
         i.path.mkdir(parents=True)
     cfg.daemon.outbox.mkdir(parents=True)
+    SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox)).close()  # the daemon makes it first
     release, purging = threading.Event(), threading.Event()
 
     def slow_purge(store, cfg):  # noqa: ANN001, ANN202

@@ -7,6 +7,7 @@ the shared folder (farm.py), not through this database.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -116,10 +117,23 @@ class SqliteStore(Store):
         )
         self.db = Database(self.conn)
         self.conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
+        self._wal(busy_timeout_ms / 1000)
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.migrate()
+
+    def _wal(self, patience: float) -> None:
+        """Switch to WAL. Where another connection is creating the same new database, the
+        switch answers 'locked' at once (the busy timeout does not cover it): try again."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self.conn.close()
