@@ -278,3 +278,39 @@ def test_doctor_fails_on_unwritable_outbox_and_foreign_claim_folder(daemon_facto
     finally:
         subprocess.run(["umount", str(d.outbox)], capture_output=True)
         subprocess.run(["umount", str(claimed)], capture_output=True)
+
+
+def test_a_main_loop_that_cannot_get_through_is_degraded_with_why_and_recovers(
+    daemon_factory, media
+) -> None:  # noqa: ANN001
+    """Another process holds the state database's write lock (a `sqlite3` shell left in a
+    transaction): every pass stops at its first write with 'database is locked'. Health says
+    so within 30 s (degraded, the reason, the watchdog still fed: a restart would not help)
+    and is ok again once the lock is gone; the job renders on meanwhile and is done after."""
+    import sqlite3
+
+    health = {"heartbeat_seconds": 0.5, "loop_stall_seconds": 12.0}
+    d = daemon_factory(sections={"health": {**FAST["health"], **health}}).start()
+    put_file(d.inbox / "held.wav", media.tone_95)
+    put_file(d.inbox / "held.png", media.big_image)
+    put_manifest(  # 95 s at 50 fps: it renders well past the 12 s the loop is held
+        d.inbox / "held.json",
+        {"job_id": "held", "audio": "held.wav", "template": "held.png", "output": {"fps": 50}},
+    )
+    d.wait_state("held", {"rendering"}, timeout=60)
+    beat = lambda: json.loads((d.daemon_dir / "health.json").read_text())  # noqa: E731
+    lock = sqlite3.connect(d.state / "jobs.sqlite3", isolation_level=None, timeout=30)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        h = wait_for(
+            lambda: (b := beat()) and "no pass has got through" in " ".join(b["reasons"]) and b,
+            30,
+            "health to say the main loop cannot get through",
+            d,
+        )
+        assert h["status"] == "degraded" and "database is locked" in " ".join(h["reasons"]), h
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    wait_for(lambda: beat()["status"] == "ok", 30, "health to recover", d)
+    assert d.wait_state("held", "done", timeout=180)["state"] == "done"
