@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from loguru import logger
 
@@ -96,13 +98,18 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+# every control character as \xNN: for names and lines a person reads (a terminal escape,
+# a forged line, a journald priority cannot come through)
+CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+
 def shown(name: str) -> str:
     """A name from the share as it can be printed: undecodable bytes and controls escaped."""
     try:  # the bytes of an undecodable name as \xNN; any other lone surrogate as \uNNNN
         text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
         text = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(ch if 32 <= ord(ch) != 127 else f"\\x{ord(ch):02x}" for ch in text)
+    return text.translate(CONTROLS)
 
 
 def relative_problem(value: str) -> str | None:
@@ -121,6 +128,15 @@ def relative_problem(value: str) -> str | None:
         if why := name_problem(part):
             return f"has a part that {why}"
     return None
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies in `folder` (or is it) once both are resolved, links and '..'
+    followed: for paths someone else named (a service's save_path, a record's claim)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def lstat(path: Path) -> os.stat_result | None:
@@ -186,6 +202,19 @@ def read_bounded(path: Path, limit: int) -> bytes:
         raise Refused("unreadable", f"cannot be read: {e.strerror}") from e
     finally:
         os.close(fd)
+
+
+def read_json(path: Path, limit: int) -> Any:
+    """The JSON in the regular file at `path`, read as read_bounded reads (Refused for a link,
+    FIFO or device); ValueError where it is over `limit` bytes, not JSON, or nested past the
+    parser's reach."""
+    raw = read_bounded(path, limit)
+    if len(raw) > limit:
+        raise ValueError(f"over {limit} bytes")
+    try:
+        return json.loads(raw)
+    except RecursionError as e:
+        raise ValueError("nested too deeply") from e
 
 
 @dataclass(frozen=True)

@@ -108,9 +108,7 @@ class Send:
         try:
             if not self.refused:
                 self._post()
-        except httpx.HTTPError as e:
-            self.error = self.error or f"{type(e).__name__}: {e}"
-        except Exception as e:  # noqa: BLE001 - reported as this attempt's error
+        except Exception as e:  # noqa: BLE001 - httpx's or any other: this attempt's error
             self.error = self.error or f"{type(e).__name__}: {e}"
         finally:
             self.took = time.monotonic() - t0

@@ -76,8 +76,8 @@ class Daemon:
         self.scheduler = Scheduler(cfg, self.view, self.metrics, self.notifier)
         self.deliverer = Deliverer(cfg, on_give_up=self.metrics.callback_failures.inc)
         self.web = Web(cfg, self.view, self.metrics)
-        # the parts of each pass, in the order loop_once runs them
         self.holding_said: str | None = None  # the disk-low reason last logged
+        # the parts of each pass, in the order loop_once runs them
         self.claiming = Claiming(self)
         self.supervisor = Supervisor(self)
         self.outcomes = Outcomes(self)

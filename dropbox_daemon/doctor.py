@@ -11,8 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dropbox_daemon.boundary import make_private_dir as make_dropbox_dirs
-from dropbox_daemon.boundary import writable_by_others
+from dropbox_daemon.boundary import make_private_dir, writable_by_others
 from dropbox_daemon.config import Config
 from dropbox_daemon.drops import DROPBOX_DIR, QUARANTINE_DIR, claims_root
 from dropbox_daemon.errors import DaemonError
@@ -83,7 +82,7 @@ def check_claims(cfg: Config) -> list[Check]:
             continue
         root = claims_root(inbox.path)
         try:
-            make_dropbox_dirs(root)
+            make_private_dir(root)
             same = os.stat(inbox.path).st_dev == os.stat(root).st_dev
             src = inbox.path / f".doctor-{uuid.uuid4().hex[:8]}.tmp"
             src.write_bytes(b"x")

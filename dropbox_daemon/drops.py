@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dropbox_daemon.boundary import (
     DIR_MODE,
@@ -36,6 +36,7 @@ from dropbox_daemon.boundary import (
     move_file,
     name_problem,
     read_bounded,
+    read_json,
     relative_problem,
     shown,
     walk,
@@ -405,18 +406,21 @@ def read_owner(cdir: Path) -> dict[str, Any] | None:
     OwnerRecord; None when there is none, or it is not one (logged once)."""
     path = cdir / OWNER_FILE
     try:
-        raw = read_bounded(path, OWNER_MAX_BYTES)
-        if len(raw) > OWNER_MAX_BYTES:
-            raise ValueError(f"over {OWNER_MAX_BYTES} bytes")
-        data = json.loads(raw)
-        return OwnerRecord.model_validate(data).model_dump(exclude_none=True)
+        return parse_owner(path)
     except Refused as e:
         if e.code != "unreadable" or lstat(path) is not None:
             NOTED.once(path, f"{e.why}; the claim is set aside")
         return None
-    except (ValueError, ValidationError, RecursionError) as e:
+    except ValueError as e:  # pydantic's ValidationError is one
         NOTED.once(path, f"is not a claim's owner record ({str(e).splitlines()[0][:200]})")
         return None
+
+
+def parse_owner(path: Path) -> dict[str, Any]:
+    """An owner.json (or its draft) as OwnerRecord checks it; Refused or ValueError if not one."""
+    return OwnerRecord.model_validate(read_json(path, OWNER_MAX_BYTES)).model_dump(
+        exclude_none=True
+    )
 
 
 def note_job(cdir: Path, job_id: str, priority: int = 0) -> None:
@@ -497,10 +501,8 @@ def drafted_owner(cdir: Path) -> dict[str, Any] | None:
     """The owner.json a crash left unrenamed (its complete temporary file), or None."""
     for draft in cdir.glob(f".{OWNER_FILE}.*.tmp"):
         try:
-            return OwnerRecord.model_validate_json(read_bounded(draft, OWNER_MAX_BYTES)).model_dump(
-                exclude_none=True
-            )
-        except (Refused, ValueError, ValidationError):
+            return parse_owner(draft)
+        except (Refused, ValueError):
             continue
     return None
 

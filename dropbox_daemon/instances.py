@@ -26,7 +26,7 @@ from loguru import logger
 from pydantic import TypeAdapter, ValidationError
 
 from dropbox_daemon import __version__
-from dropbox_daemon.boundary import NOTED, Refused, read_bounded
+from dropbox_daemon.boundary import NOTED, Refused, read_json
 from dropbox_daemon.errors import ConfigError
 
 INSTANCES_DIR = "instances"  # under <inbox>/.dropbox/
@@ -128,21 +128,15 @@ def read_lease(path: Path) -> Lease | None:
     rename, or not a lease (set aside with one log line: a stranger's file must not stop a
     start nor, named for another instance, speak for it)."""
     try:
-        raw = read_bounded(path, LEASE_MAX_BYTES)
+        lease = Lease.from_dict(read_json(path, LEASE_MAX_BYTES))
     except Refused as e:
         if e.code != "unreadable":
             NOTED.once(path, f"{e.why}; it is no lease", "it is set aside")
         return None
-    try:
-        if len(raw) > LEASE_MAX_BYTES:
-            raise ValueError(f"over {LEASE_MAX_BYTES} bytes")
-        lease = Lease.from_dict(json.loads(raw))
-    except RecursionError:
-        lease = None
     except ValueError as e:  # daemons write leases by rename: a torn or wrong one is a stranger's
         NOTED.once(path, f"is not a lease ({str(e)[:200]})", "it is set aside")
         return None
-    if lease is None or path.stem != lease.instance or not INSTANCE_NAME.fullmatch(path.stem):
+    if path.stem != lease.instance or not INSTANCE_NAME.fullmatch(path.stem):
         NOTED.once(path, "is not named for the instance it describes", "it is set aside")
         return None
     return lease
@@ -250,9 +244,9 @@ class FolderLeases:
         """Say so where this instance's lease is not what it last wrote: someone else writes
         it (.dropbox/ writable by others?), and peers may be told it stopped. An older beat
         of its own is no forgery (a renewal that failed)."""
-        if not self.wrote_once or not path.exists():
+        if not self.wrote_once:
             return  # the first renewal finds the previous run's lease
-        found = read_lease(path)
+        found = read_lease(path)  # None where there is none
         pid, boot, beat, state = last
         if found is None:
             return

@@ -8,6 +8,7 @@ from typing import Any
 
 from loguru import logger
 
+from dropbox_daemon import boundary
 from dropbox_daemon.config import Config
 
 # syslog priorities that journald reads from a "<N>" line prefix
@@ -22,7 +23,7 @@ PRIORITY = {
 }
 
 
-CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+CONTROLS = boundary.CONTROLS | {10: "\\n", 13: "\\r", 9: "\\t"}  # the common three by name
 
 
 def escape_controls(record: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dropbox_daemon.boundary import Refused, kind, read_bounded, relative_problem
+from dropbox_daemon.boundary import Refused, kind, name_problem, read_bounded
 from dropbox_daemon.config import LimitsConfig
 from dropbox_daemon.errors import RejectedDrop
 
@@ -286,9 +286,11 @@ def check_media_path(
             field=field,
             hint="rename the file to its final name before dropping the manifest",
         )
-    if why := relative_problem(value):
+    # the checks above are relative_problem's, each with its own code; what is left of it:
+    # every part a usable name (UTF-8 text, no control characters)
+    if why := next(filter(None, map(name_problem, pure.parts)), None):
         raise RejectedDrop(
-            f"{field}: {value!r} {why}",
+            f"{field}: {value!r} has a part that {why}",
             code="invalid_path",
             field=field,
             hint="name the file as it is called beside the manifest, in plain text",

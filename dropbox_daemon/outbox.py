@@ -13,10 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dropbox_daemon.boundary import copy_tree
-
-# every control character but none, as \xNN (log.txt is read in terminals)
-CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+from dropbox_daemon.boundary import CONTROLS, copy_tree
 
 TASK_JSON = "task.json"
 ERROR_JSON = "error.json"
@@ -141,11 +138,9 @@ class Outbox:
         tail = f" job={job_id} trace={trace_id} {message.replace(chr(10), ' | ')}".translate(
             CONTROLS
         )
-        if once:
-            head = tail.split(": ", 1)[0]
-            last = last_line(d / LOG_TXT)
-            if last.endswith(tail) or head in last and last.split(": ", 1)[0].endswith(head):
-                return
+        # the change itself is what comes before the first ": " (a timestamp has none)
+        if once and last_line(d / LOG_TXT).split(": ", 1)[0].endswith(tail.split(": ", 1)[0]):
+            return
         line = f"{utc_iso(at)}{tail}"
         fd = os.open(d / LOG_TXT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

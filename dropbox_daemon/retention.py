@@ -13,7 +13,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from dropbox_daemon.boundary import is_real_dir, remove_tree
+from dropbox_daemon.boundary import is_inside, is_real_dir, remove_tree
 from dropbox_daemon.config import Config
 from dropbox_daemon.drops import claim_folders, claims_root, read_owner
 from dropbox_daemon.store import Job, Store
@@ -27,10 +27,8 @@ def cutoff(now: float, keep_days: float) -> float:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(root.resolve()) and path.resolve() != root.resolve()
-    except OSError:
-        return False
+    """Below `root`, not `root` itself."""
+    return is_inside(path, root) and path.resolve() != root.resolve()
 
 
 def remove_job_files(job: Job, cfg: Config) -> list[str]:

@@ -91,7 +91,7 @@ def allowed_hosts(listen: str) -> set[str]:
     loopback names and the address it listens on (a DNS-rebinding page sends its own name)."""
     host, port = listen.rsplit(":", 1)
     names = {*LOOPBACK_HOSTS, host}
-    return {n for n in names} | {f"{n}:{port}" for n in names}
+    return names | {f"{n}:{port}" for n in names}
 
 
 def is_loopback(host: str) -> bool:

@@ -26,6 +26,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from dropbox_daemon.boundary import is_inside
 from dropbox_daemon.config import HttpEngineConfig
 from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
 from dropbox_daemon.errors import EngineError, JobCancelled
@@ -36,14 +37,6 @@ MAX_ANSWER_BYTES = 1 << 20  # a JSON answer; a service that sends more is refuse
 ALIVE_SECONDS = 1.0  # while a request waits, the daemon hears this often that the job lives
 DONE = {"done", "success", "succeeded", "completed", "finished"}
 FAILED = {"failed", "error", "cancelled", "canceled"}
-
-
-def is_inside(path: Path, folder: Path) -> bool:
-    """Whether `path` lies in `folder` once both are resolved (links and '..' followed)."""
-    try:
-        return path.resolve().is_relative_to(folder.resolve())
-    except (OSError, ValueError):
-        return False
 
 
 def map_path(path: str, pairs: list[tuple[str, str]], *, to_remote: bool) -> str:

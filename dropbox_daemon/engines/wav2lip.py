@@ -72,8 +72,9 @@ def cpu_has_bf16() -> bool:
 
 def cpu_reason() -> str:
     """The CPU flags behind the automatic choice, as an operator comparing hosts reads them."""
-    flags = ", ".join(sorted(cpu_flags())) or "no AVX512-BF16/AMX/VNNI"
-    if cpu_flags() & BF16_FLAGS and not onednn_may_use_bf16():
+    found = cpu_flags()
+    flags = ", ".join(sorted(found)) or "no AVX512-BF16/AMX/VNNI"
+    if found & BF16_FLAGS and not onednn_may_use_bf16():
         cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "unset")
         return f"CPU flags: {flags}, but oneDNN is capped below them (ONEDNN_MAX_CPU_ISA={cap})"
     return f"CPU flags: {flags}"

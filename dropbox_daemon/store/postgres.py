@@ -53,11 +53,6 @@ logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 SCHEMA_LOCK = 0x64726F70  # advisory lock key held while the schema is applied
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    return redact_url(url)
-
-
 class _Pg:
     """A connection as a Handle: `?` placeholders, errors of the link as StoreUnavailable."""
 
@@ -113,7 +108,7 @@ class PostgresStore(Store):
         except PoolTimeout as e:
             self.pool.close()
             raise ConfigError(
-                f"[store] url: cannot connect to PostgreSQL at {redact(url)} within "
+                f"[store] url: cannot connect to PostgreSQL at {redact_url(url)} within "
                 f"{connect_timeout:.0f} s",
                 hint="check that the server runs and that this host may connect (pg_hba.conf); "
                 "`psql '<url>'` from this host tells why",

@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support import put_file, put_manifest, wait_for
 
 
-def mount_tmpfs(path, size: str) -> bool:  # noqa: ANN001
-    path.mkdir(parents=True, exist_ok=True)
-    return (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-        ).returncode
-        == 0
+@contextlib.contextmanager
+def small_disk(d, folder: Path, size: str) -> Iterator[None]:  # noqa: ANN001
+    """`folder` of daemon `d` on a tmpfs of `size` (the test skips where mount is refused);
+    afterwards the daemon is stopped and the file system unmounted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mount is not permitted here")
+    try:
+        yield
+    finally:
+        if d.alive():
+            d.stop()
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(folder: Path, kib: int | None = None) -> Path:
+    """A file of `kib` KiB in `folder` (None: all the space left); its path."""
+    filler = folder / "filler"
+    if kib is None:
+        st = os.statvfs(folder)
+        kib = st.f_bavail * st.f_frsize // 1024
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={filler}", "bs=1k", f"count={kib}"], capture_output=True
     )
+    return filler
 
 
 def db_job(d, job_id: str) -> dict | None:  # noqa: ANN001
@@ -31,13 +52,8 @@ def db_job(d, job_id: str) -> dict | None:  # noqa: ANN001
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small file system")
 def test_full_outbox_fails_disk_full_then_recovers(daemon_factory, media) -> None:  # noqa: ANN001
     d = daemon_factory(sections={"health": {"disk_warn_bytes": 0, "disk_fail_bytes": 0}})
-    if not mount_tmpfs(d.outbox, "4m"):
-        pytest.skip("mount is not permitted here")
-    try:
-        filler = d.outbox / "filler"
-        subprocess.run(
-            ["dd", "if=/dev/zero", f"of={filler}", "bs=1k", "count=3900"], capture_output=True
-        )
+    with small_disk(d, d.outbox, "4m"):
+        filler = fill(d.outbox, 3900)
         d.start()
         put_file(d.inbox / "a.wav", media.tone_long)
         put_file(d.inbox / "t.png", media.big_image)
@@ -68,26 +84,15 @@ def test_full_outbox_fails_disk_full_then_recovers(daemon_factory, media) -> Non
         db = sqlite3.connect(f"file:{d.state / 'jobs.sqlite3'}?mode=ro", uri=True)
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert d.task("full")["state"] == "done" == db_job(d, "full")["state"]
-    finally:
-        if d.alive():
-            d.stop()
-        subprocess.run(["umount", "-l", str(d.outbox)], capture_output=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small file system")
 def test_full_state_folder_is_survived_and_recovered(daemon_factory, media) -> None:  # noqa: ANN001
     # thresholds off: this is about the writes that fail (the next test: the thresholds)
     d = daemon_factory(sections={"health": {"disk_warn_bytes": 0, "disk_fail_bytes": 0}})
-    if not mount_tmpfs(d.state, "8m"):
-        pytest.skip("mount is not permitted here")
-    try:
+    with small_disk(d, d.state, "8m"):
         d.start()
-        filler = d.state / "filler"
-        free = os.statvfs(d.state).f_bavail * os.statvfs(d.state).f_frsize
-        subprocess.run(
-            ["dd", "if=/dev/zero", f"of={filler}", "bs=4k", f"count={free // 4096}"],
-            capture_output=True,
-        )
+        filler = fill(d.state)
         put_file(d.inbox / "s.wav", media.tone)
         put_file(d.inbox / "s.png", media.image)
         put_manifest(
@@ -119,10 +124,6 @@ def test_full_state_folder_is_survived_and_recovered(daemon_factory, media) -> N
             "the database to record done",
             d,
         )
-    finally:
-        if d.alive():
-            d.stop()
-        subprocess.run(["umount", "-l", str(d.state)], capture_output=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small file system")
@@ -137,13 +138,8 @@ def test_disk_under_the_fail_threshold_holds_new_work_without_a_restart(
             "health": {"heartbeat_seconds": 0.5, "disk_warn_bytes": 0, "disk_fail_bytes": 4 << 20}
         }
     )
-    if not mount_tmpfs(d.state, "16m"):
-        pytest.skip("mount is not permitted here")
-    try:
-        filler = d.state / "filler"
-        subprocess.run(
-            ["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=14"], capture_output=True
-        )
+    with small_disk(d, d.state, "16m"):
+        filler = fill(d.state, 14 << 10)
         d.start()
         health = lambda: json.loads((d.daemon_dir / "health.json").read_text())  # noqa: E731
         wait_for(
@@ -170,7 +166,3 @@ def test_disk_under_the_fail_threshold_holds_new_work_without_a_restart(
         filler.unlink()
         assert d.wait_state("held", "done", timeout=60)["state"] == "done"
         assert d.alive()
-    finally:
-        if d.alive():
-            d.stop()
-        subprocess.run(["umount", "-l", str(d.state)], capture_output=True)
