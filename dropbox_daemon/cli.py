@@ -209,6 +209,61 @@ def cmd_doctor(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     return EXIT_FAILURE if any(c.status == "fail" for c in checks) else EXIT_OK
 
 
+def cmd_db(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    """`db migrate` / `db status`: the farm's schema, applied by a role that owns it."""
+    from dropbox_daemon import __version__
+    from dropbox_daemon.redact import url as redact_url
+    from dropbox_daemon.store import pg_schema
+    from dropbox_daemon.store.pg_link import connect, settings_of, where
+
+    url = args.url or cfg.store.url
+    if not url:
+        raise ConfigError(
+            "db: no database: [store] url is empty (this daemon uses SQLite, which migrates "
+            "itself)",
+            hint="set [store] url in the config, or pass --url postgresql://owner@host/db",
+        )
+    with connect(url, settings_of(cfg)) as conn:
+        have = pg_schema.current_version(conn)
+        applied: list[int] = []
+        if args.action == "migrate":
+            applied = pg_schema.migrate(conn, release=__version__)
+            if args.grant:
+                pg_schema.grant(conn, args.grant)
+        now = pg_schema.current_version(conn)
+        enc = conn.info.parameter_status("server_encoding")
+    data = {
+        "database": where(url),
+        "url": redact_url(url),
+        "server_encoding": enc,
+        "schema_version": now,
+        "was": have,
+        "applied": applied,
+        "code_needs": pg_schema.CODE_VERSION,
+        "granted_to": args.grant if args.action == "migrate" else None,
+    }
+    if args.action == "migrate":
+        human = (
+            f"{where(url)}: schema version {have} -> {now} (applied {applied})"
+            if applied
+            else f"{where(url)}: schema version {now}, up to date"
+        )
+        if args.grant:
+            human += f"; role {args.grant!r} may now read and write the farm's rows"
+    else:
+        state = (
+            "up to date"
+            if now >= pg_schema.CODE_VERSION
+            else (
+                f"OLDER than this release needs ({pg_schema.CODE_VERSION}): run "
+                "`dropbox-daemon db migrate` as the owner role"
+            )
+        )
+        human = f"{where(url)}: schema version {now} ({state}); encoding {enc}"
+    _out(args, human, data)
+    return EXIT_OK if now >= pg_schema.CODE_VERSION else EXIT_FAILURE
+
+
 def cmd_smoke(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     from dropbox_daemon import smoke
 
@@ -411,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument(
         "--start-daemon", action="store_true", help="start a daemon for the test if none runs"
     )
+    db = sub.add_parser("db", parents=[common], help="farm mode: the database's schema")
+    db.add_argument(
+        "action",
+        choices=["migrate", "status"],
+        help="migrate: apply or upgrade the schema (as the database's owner); status: its version",
+    )
+    db.add_argument("--url", help="the owner's URL, if not [store] url (the daemons' role)")
+    db.add_argument("--grant", metavar="ROLE", help="migrate: give ROLE the daemons' rights")
     lg = sub.add_parser("logs", parents=[common], help="a job's log (log.txt)")
     lg.add_argument("job")
     lg.add_argument(
@@ -431,6 +494,7 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "smoke": cmd_smoke,
     "logs": cmd_logs,
+    "db": cmd_db,
 }
 
 
@@ -444,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, cfg)
     except ConfigError as e:
-        print(f"error: {e.message}", file=sys.stderr)
+        print(f"error: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
         return EXIT_CONFIG
     except NoSuchJob as e:
         print(f"no job {e.args[0]!r} in {cfg.db_path}", file=sys.stderr)

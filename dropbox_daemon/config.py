@@ -94,6 +94,21 @@ class StoreConfig(_Strict):
 
     url: str = ""  # "" : SQLite; "postgresql://user@host:5432/db": one database for the farm
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    # Farm mode. A read that gets no answer within this is given up (its connection shut);
+    # a transaction gets twice this. Health says "store: unreachable" after about this long.
+    call_timeout_seconds: float = Field(default=5.0, ge=1, le=300)
+    # Connections this daemon holds at most (one pool shared by all its threads); the
+    # server needs daemons x pool_size plus its reserved slots (docs/operations.md).
+    pool_size: int = Field(default=3, ge=1, le=50)
+    # The password on the file's first line (mode 0600), so the URL need not carry it;
+    # libpq's PGPASSFILE / ~/.pgpass work too.
+    password_file: Path | None = None
+    # TLS, as libpq takes them (they override the URL's): verify-full checks the server's
+    # certificate against sslrootcert and its name against the URL's host.
+    sslmode: Literal["", "disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = ""
+    sslrootcert: Path | None = None
+    sslcert: Path | None = None
+    sslkey: Path | None = None
 
     @field_validator("url")
     @classmethod

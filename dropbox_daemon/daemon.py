@@ -93,7 +93,8 @@ class Daemon:
         self._lock_state_dir()
         for inbox in self.cfg.inbox:
             drops.make_dropbox(inbox.path)
-        self.store = open_store(self.cfg, self.outbox)
+        self.store = open_store(self.cfg, self.outbox, on_wait=self._waiting_for_store)
+        self.view.store_error = None
         self.farm.register(time.time(), self.store)
         self.view.instance = self.farm.instance
         self.store.on_change = self._on_change
@@ -153,7 +154,14 @@ class Daemon:
     def run(self) -> int:
         """The service: start, loop until a signal, stop gracefully. Returns the exit code."""
         self.install_signals()
-        self.start()
+        try:
+            self.start()
+        except ConfigError:
+            if self.flags.stop and self.store is None:  # SIGTERM while waiting for the database
+                logger.info("dropbox-daemon stopped while waiting for the farm's database")
+                (self.cfg.daemon.state_dir / PID_FILE).unlink(missing_ok=True)
+                return 0
+            raise
         try:
             while not self.flags.stop:
                 try:
@@ -245,6 +253,35 @@ class Daemon:
         self.view.pass_done = time.monotonic()
         self.view.pass_error = None
         self._share_view()
+
+    def _waiting_for_store(self, reason: str, delay: float) -> bool:
+        """Start-up, the farm's database not answering yet (refused, timed out, no free
+        connection slot): say so in the log, health.json and to systemd, then wait."""
+        if reason != self.store_down:
+            logger.warning(
+                "store: cannot use the farm's database yet ({}); the daemon starts once it "
+                "answers, retrying with back-off up to every 30 s (SIGTERM stops it)",
+                reason,
+            )
+            self.store_down = reason
+        self.view.store_error = f"starting: waiting for the database ({reason})"
+        try:
+            now, mono = time.time(), time.monotonic()
+            health.write(
+                self.cfg,
+                health.build(self.view, self.cfg, None, self.metrics, now, mono),
+                self.metrics,
+            )
+        except OSError as e:
+            logger.warning("health.json not written while waiting for the database: {}", e)
+        # systemd: still starting, not hung (TimeoutStartSec is extended past each wait)
+        self.notifier.send(
+            f"STATUS=waiting for the database: {reason}"[:300],
+            f"EXTEND_TIMEOUT_USEC={int((delay + 60) * 1_000_000)}",
+        )
+        self.wake.wait(delay)
+        self.wake.clear()
+        return not self.flags.stop
 
     def on_store_down(self, e: StoreUnavailable) -> None:
         if self.store_down is None:

@@ -375,7 +375,15 @@ def run_checks(cfg: Config) -> list[Check]:
     torch_checks, gpu = check_torch(cfg)
     checks += check_ffmpeg(cfg, gpu) + torch_checks + check_weights(cfg)
     checks += check_disk(cfg) + check_template_cache(cfg) + check_inotify(cfg) + check_unit(cfg)
-    return checks
+    return checks + check_store(cfg)
+
+
+def check_store(cfg: Config) -> list[Check]:
+    if not cfg.store.url:
+        return []
+    from dropbox_daemon.store import pg_doctor
+
+    return pg_doctor.checks(cfg, Check)
 
 
 def as_dicts(checks: list[Check]) -> list[dict[str, str]]:

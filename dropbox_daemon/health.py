@@ -224,10 +224,18 @@ def holding(disks: dict[str, int | None], cfg: Config) -> str | None:
 
 
 def build(
-    view: DaemonView, cfg: Config, store: Store, metrics: Metrics, now: float, now_mono: float
+    view: DaemonView,
+    cfg: Config,
+    store: Store | None,
+    metrics: Metrics,
+    now: float,
+    now_mono: float,
 ) -> dict[str, Any]:
-    """The health record, and the metrics brought up to date with it."""
+    """The health record, and the metrics brought up to date with it (store None: the
+    daemon is starting and waits for the farm's database; view.store_error says why)."""
     try:
+        if store is None:
+            raise StoreUnavailable(view.store_error or "not connected yet")
         counts = store.counts()
         by_inbox = store.counts_by_inbox()
         current = store.get(view.current_job) if view.current_job else None
@@ -257,6 +265,9 @@ def build(
         "host": cfg.daemon.host,
         "instance": view.instance or cfg.instance_id,
         "store": "unreachable" if view.store_error else "ok",
+        "store_error": view.store_error,
+        # farm mode: encrypted? verified? the database's encoding and schema (never a password)
+        "store_connection": getattr(store, "security", None),
         "peers": {
             k: {
                 "host": v.get("host"),

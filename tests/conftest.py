@@ -127,23 +127,109 @@ def daemon(daemon_factory) -> DaemonProc:  # noqa: ANN001
     return daemon_factory().start()
 
 
+def _need_postgres(what: str = "PostgreSQL server binaries") -> None:
+    import os
+
+    from pg import REQUIRE_ENV
+
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{what} missing (apt-get install postgresql pgbouncer)")
+    pytest.skip(f"needs {what}: apt-get install postgresql pgbouncer (.ci/run does)")
+
+
 @pytest.fixture(scope="session")
 def pg_server():  # noqa: ANN201
     """One real PostgreSQL server for the session (tests/pg.py says how it runs as root)."""
-    import os
-
-    from pg import REQUIRE_ENV, PgServer, pg_bin
+    from pg import PgServer, pg_bin
 
     if pg_bin() is None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail("PostgreSQL server binaries are missing (apt-get install postgresql)")
-        pytest.skip("needs PostgreSQL server binaries: apt-get install postgresql (.ci/run does)")
+        _need_postgres()
     server = PgServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_tls_server():  # noqa: ANN201
+    """A second server that takes TCP logins over TLS only, its certificate signed by a CA
+    the test made (pg_tls_server.ca)."""
+    from pg import PgServer, pg_bin
+
+    if pg_bin() is None:
+        _need_postgres()
+    server = PgServer(tls=True)
     yield server
     server.close()
 
 
 @pytest.fixture
 def pg_url(pg_server) -> str:  # noqa: ANN001
-    """A fresh, empty database on the session's server."""
+    """A fresh database on the session's server, the farm's schema applied (admin URL)."""
     return pg_server.new_database()
+
+
+@pytest.fixture(scope="session")
+def pgbouncers(pg_server):  # noqa: ANN001, ANN201
+    """mode -> a PgBouncer in front of the session's server (made on first use)."""
+    from pg import PgBouncer, pgbouncer_bin
+
+    if pgbouncer_bin() is None:
+        _need_postgres("pgbouncer")
+    made: dict = {}
+
+    def get(mode: str, role: str):  # noqa: ANN202
+        key = (mode, role)
+        if key not in made:
+            made[key] = PgBouncer(pg_server, mode, [role])
+        return made[key]
+
+    yield get
+    for b in made.values():
+        b.close()
+
+
+class FarmDb:
+    """A fresh farm database of one kind, as a daemon reaches it: `url` and the [store]
+    keys beside it (`store`), its role and the admin URL of the same database."""
+
+    def __init__(self, url: str, store: dict, role: str, admin_url: str) -> None:
+        self.url, self.store, self.role, self.admin_url = url, store, role, admin_url
+
+    def settings(self):  # noqa: ANN201
+        from dropbox_daemon.store.pg_link import LinkSettings
+
+        ssl = tuple((k, str(v)) for k, v in self.store.items() if k.startswith("ssl"))
+        return LinkSettings(password_file=self.store.get("password_file", ""), ssl=ssl)
+
+
+# how operators' databases differ: encoding, a pooler in front, TLS; always a DML-only role
+FARM_DB_KINDS = ("sql_ascii", "latin1", "pgbouncer-transaction", "pgbouncer-session", "tls")
+
+
+@pytest.fixture
+def farm_db(request, tmp_path):  # noqa: ANN001, ANN201
+    """farm_db(kind) -> FarmDb: the schema applied by the owner (admin), the daemons' role
+    with rows rights only, logging in with a password (a file, or the URL for latin1)."""
+    from pg import PASSWORD
+
+    def make(kind: str) -> FarmDb:
+        server = request.getfixturevalue("pg_tls_server" if kind == "tls" else "pg_server")
+        encoding = {"sql_ascii": "SQL_ASCII", "latin1": "LATIN1"}.get(kind, "UTF8")
+        admin = server.new_database(encoding)
+        db = admin.rsplit("/", 1)[1].split("?")[0]
+        role = server.dml_role(admin)
+        pw = tmp_path / f"pw-{role}"
+        pw.write_text(PASSWORD + "\n")
+        pw.chmod(0o600)
+        store: dict = {"password_file": str(pw)}
+        if kind == "latin1":  # the password in the URL: what must never be printed
+            return FarmDb(server.url(role, db, password=True), {}, role, admin)
+        if kind.startswith("pgbouncer"):
+            bouncer = request.getfixturevalue("pgbouncers")(kind.split("-")[1], role)
+            return FarmDb(bouncer.url(role, db), store, role, admin)
+        if kind == "tls":
+            store |= {"sslmode": "verify-full", "sslrootcert": str(server.ca)}
+            return FarmDb(f"postgresql://{role}@localhost:{server.port}/{db}", store, role, admin)
+        return FarmDb(server.url(role, db), store, role, admin)
+
+    return make

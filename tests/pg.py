@@ -1,10 +1,14 @@
-"""A real PostgreSQL server for the farm tests: started in a temporary folder on a free port.
+"""Real PostgreSQL servers (and PgBouncers) for the farm tests, each in a temporary folder
+on a free port, set up as operators' servers are: a UTF8 cluster whose databases may be
+made in other encodings, password logins (scram) for every role but the admin, TLS with
+a CA the test makes, a small max_connections, PgBouncer in front.
 
-The server binaries come from Debian's `postgresql` package (.ci/run installs it):
-/usr/lib/postgresql/<version>/bin. initdb refuses to run as root, so when the
-tests run as root (CI) the server runs as the unprivileged `postgres` user that
-the package creates, via `runuser -u postgres --`; its folder is made outside
-pytest's private tmp folder (0700, root's) and given to that user.
+The server binaries come from Debian's `postgresql` package and PgBouncer from
+`pgbouncer` (.ci/run installs both): /usr/lib/postgresql/<version>/bin, /usr/sbin.
+initdb and pgbouncer refuse to run as root, so when the tests run as root (CI) they
+run as the unprivileged `postgres` user that the package creates, via
+`runuser -u postgres --`; their folder is made outside pytest's private tmp folder
+(0700, root's) and given to that user.
 
 Without the binaries the tests that need a server are skipped with a reason,
 unless DROPBOX_TEST_REQUIRE_POSTGRES=1 (set by .ci/run), which makes that a failure.
@@ -16,13 +20,16 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 REQUIRE_ENV = "DROPBOX_TEST_REQUIRE_POSTGRES"
+PASSWORD = "s3cret-Pw-7d1f0c"  # every test role's: the tests grep outputs for it
 
 
 def pg_bin() -> Path | None:
@@ -36,31 +43,85 @@ def pg_bin() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
+def pgbouncer_bin() -> str | None:
+    return shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class PgServer:
-    """initdb + pg_ctl start on 127.0.0.1:<free port>; stop() removes everything."""
+class _Owned:
+    """A temporary folder owned by the user the servers run as."""
 
-    def __init__(self) -> None:
-        bindir = pg_bin()
-        if bindir is None:
-            raise RuntimeError("no PostgreSQL server binaries (apt-get install postgresql)")
-        self.bin = bindir
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="dropbox-pg-"))
-        self.data = self.root / "data"
+    def __init__(self, prefix: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.as_user: list[str] = []
+        self.uid = os.geteuid()
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.root, user.pw_uid, user.pw_gid)
             self.as_user = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+            self.uid = user.pw_uid
+
+    def write(self, name: str, text: str, mode: int = 0o600) -> Path:
+        p = self.root / name
+        p.write_text(text)
+        os.chmod(p, mode)
+        if os.geteuid() == 0:
+            os.chown(p, self.uid, -1)
+        return p
+
+
+class PgServer(_Owned):
+    """initdb + pg_ctl start on 127.0.0.1:<free port>; close() removes everything.
+
+    tls: a CA and a server certificate for localhost/127.0.0.1 (self.ca is the CA's file),
+    and TCP logins only over TLS. max_connections: as an operator sets it."""
+
+    def __init__(self, *, tls: bool = False, max_connections: int = 200) -> None:
+        bindir = pg_bin()
+        if bindir is None:
+            raise RuntimeError("no PostgreSQL server binaries (apt-get install postgresql)")
+        super().__init__("dropbox-pg-")
+        self.bin = bindir
+        self.port = free_port()
+        self.data = self.root / "data"
+        self.tls = tls
+        self.max_connections = max_connections
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
+        # the admin logs in without a password (the tests' own); every other role by scram
+        host = "hostssl" if tls else "host"
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            f"{host} all postgres 127.0.0.1/32 trust\n"
+            f"{host} all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        if tls:
+            self.ca = make_certificates(self)
         self.start()
-        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.admin_url = self.url("postgres", "postgres")
+
+    def url(self, user: str, db: str, host: str = "127.0.0.1", password: bool = False) -> str:
+        auth = f"{user}:{PASSWORD}" if password else user
+        tls = "?sslmode=require" if self.tls else ""
+        return f"postgresql://{auth}@{host}:{self.port}/{db}{tls}"
 
     def _run(self, tool: str, *args: str) -> None:
         subprocess.run(
@@ -73,8 +134,13 @@ class PgServer:
     def start(self) -> None:
         opts = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
-            "-c fsync=off -c max_connections=200"
+            f"-c fsync=off -c max_connections={self.max_connections}"
         )
+        if self.tls:
+            opts += (
+                f" -c ssl=on -c ssl_cert_file={self.root}/server.crt "
+                f"-c ssl_key_file={self.root}/server.key"
+            )
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"
         )
@@ -86,18 +152,171 @@ class PgServer:
         self.stop("fast")
         self.start()
 
-    def new_database(self) -> str:
-        """A fresh, empty database; its URL."""
-        import psycopg
+    def pids(self) -> list[int]:
+        """The postmaster and every backend (what a SIGSTOP of "the server" stops)."""
+        import psutil
 
+        top = int((self.data / "postmaster.pid").read_text().split()[0])
+        p = psutil.Process(top)
+        return [top, *(c.pid for c in p.children(recursive=True))]
+
+    def freeze(self, sig: int = signal.SIGSTOP) -> None:
+        """SIGSTOP (or SIGCONT) the server: it answers nothing; its kernel still acks."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def admin(self, sql: str, db: str = "postgres") -> None:
+        from dropbox_daemon.store.pg_link import connect
+
+        with connect(self.url("postgres", db)) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    def new_database(self, encoding: str = "UTF8", migrate: bool = True) -> str:
+        """A fresh database (in `encoding`, made from template0 as a DBA would) with the
+        farm's schema applied by its owner (the admin) unless migrate=False; its admin URL."""
         name = "t_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        self.admin(f"CREATE DATABASE {name} ENCODING '{encoding}' TEMPLATE template0")
+        url = self.url("postgres", name)
+        if migrate:
+            from dropbox_daemon.store.pg_link import connect
+            from dropbox_daemon.store.pg_schema import migrate as apply
+
+            with connect(url) as conn:
+                apply(conn)
+        return url
+
+    def dml_role(self, db_url: str) -> str:
+        """A role (login, password) with rows rights only on the farm's tables in the
+        database of `db_url`; its name."""
+        from dropbox_daemon.store.pg_link import connect
+        from dropbox_daemon.store.pg_schema import grant
+
+        role = "rw_" + uuid.uuid4().hex[:8]
+        self.admin(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        with connect(db_url) as conn:
+            grant(conn, role)
+        return role
 
     def close(self) -> None:
         try:
             self.stop("immediate")
         except subprocess.SubprocessError:
             pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def make_certificates(server: PgServer) -> Path:
+    """A CA and a server certificate it signs (names localhost and 127.0.0.1); the CA's path."""
+    d = server.root
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=d)
+
+    ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test farm CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    ssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    )
+    for name in ("server.key", "server.crt"):
+        os.chmod(d / name, 0o600)
+        if os.geteuid() == 0:
+            os.chown(d / name, server.uid, -1)
+    os.chmod(d / "ca.crt", 0o644)
+    return d / "ca.crt"
+
+
+class PgBouncer(_Owned):
+    """Debian's pgbouncer in front of `server`, in `mode` (transaction or session), for
+    the roles named (logging in with PASSWORD)."""
+
+    def __init__(self, server: PgServer, mode: str, roles: list[str]) -> None:
+        exe = pgbouncer_bin()
+        if exe is None:
+            raise RuntimeError("no pgbouncer (apt-get install pgbouncer)")
+        super().__init__("dropbox-pgb-")
+        self.port = free_port()
+        users = "".join(f'"{r}" "{PASSWORD}"\n' for r in roles)
+        self.write("users.txt", users)
+        ini = self.write(
+            "pgbouncer.ini",
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={server.port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\n"
+            f"unix_socket_dir = {self.root}\n"
+            "auth_type = scram-sha-256\n"
+            f"auth_file = {self.root}/users.txt\n"
+            f"pool_mode = {mode}\n"
+            "max_client_conn = 500\ndefault_pool_size = 20\n"
+            f"logfile = {self.root}/log\npidfile = {self.root}/pid\n",
+        )
+        self.proc = subprocess.Popen(
+            [*self.as_user, exe, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise RuntimeError(f"pgbouncer did not start: {err}") from None
+                time.sleep(0.1)
+
+    def url(self, user: str, db: str) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{db}"
+
+    def close(self) -> None:
+        try:  # runuser waits on pgbouncer: stop pgbouncer itself
+            os.kill(int((self.root / "pid").read_text().split()[0]), signal.SIGTERM)
+        except (OSError, ValueError, IndexError):
+            self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -19,16 +19,24 @@ from dropbox_daemon.store import (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(
+    params=["sqlite", "postgresql", "pg-sql_ascii", "pg-latin1", "pg-pgbouncer-transaction"]
+)
 def store(request, tmp_path):  # noqa: ANN001, ANN201
-    """The same suite on both backends (as Django runs one suite on every database)."""
+    """The same suite on both backends (as Django runs one suite on every database), and
+    on PostgreSQL databases as operators make them (encoding, PgBouncer, a DML-only role)."""
     outbox = Outbox(tmp_path / "outbox")
     if request.param == "sqlite":
         s: Store = SqliteStore(tmp_path / "db.sqlite3", outbox, instance="me")
-    else:
+    elif request.param == "postgresql":
         from dropbox_daemon.store.postgres import PostgresStore
 
         s = PostgresStore(request.getfixturevalue("pg_url"), outbox, instance="me")
+    else:
+        from dropbox_daemon.store.postgres import PostgresStore
+
+        db = request.getfixturevalue("farm_db")(request.param[3:])
+        s = PostgresStore(db.url, outbox, instance="me", settings=db.settings())
     yield s
     s.close()
 

@@ -35,16 +35,21 @@ __all__ = [
 ]
 
 
-def open_store(cfg, outbox) -> Store:  # noqa: ANN001
-    """The store [store] url names: PostgreSQL for a farm, else SQLite in state_dir."""
+def open_store(cfg, outbox, on_wait=None) -> Store:  # noqa: ANN001
+    """The store [store] url names: PostgreSQL for a farm, else SQLite in state_dir.
+
+    on_wait(reason, delay) -> bool: while the farm's database cannot be reached for a
+    reason that may pass, called before each retry (the daemon's start-up waits)."""
     if cfg.store.url:
+        from dropbox_daemon.store.pg_link import settings_of
         from dropbox_daemon.store.postgres import PostgresStore
 
         return PostgresStore(
             cfg.store.url,
             outbox,
             instance=cfg.instance_id,
-            connect_timeout=cfg.store.connect_timeout_seconds,
+            settings=settings_of(cfg),
             stale_seconds=cfg.daemon.stale_claim_seconds,
+            on_wait=on_wait,
         )
     return SqliteStore(cfg.db_path, outbox, instance=cfg.instance_id)

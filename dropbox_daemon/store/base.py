@@ -236,8 +236,9 @@ class Store:
 
     def _event(self, c: Handle, job: Job, from_state: str | None, detail: str, now: float) -> None:
         c.execute(
-            "INSERT INTO events (job_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
-            (job.job_id, now, from_state, job.state, detail),
+            "INSERT INTO events (job_id, at, from_state, to_state, detail, instance) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (job.job_id, now, from_state, job.state, detail, self.instance or None),
         )
         self._pending_changes.append((job, from_state))
         if job.callback_url and job.state in CALLBACK_STATES:

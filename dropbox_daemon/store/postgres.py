@@ -5,11 +5,20 @@
 - a daemon takes the next job with one statement (`FOR UPDATE SKIP LOCKED`),
   highest priority then oldest, so idle daemons never wait on each other;
 - leases are timed by the database's clock (`now()`), never the hosts';
-- a frozen daemon cannot block the others: its session is ended by the server
-  when it idles inside a transaction (`idle_in_transaction_session_timeout`),
-  statements give up on a lock after `lock_timeout`, and takeovers skip locked rows;
+- a frozen daemon cannot block the others: its transaction is ended by the server
+  when it idles inside it (`idle_in_transaction_session_timeout`), statements give
+  up on a lock after `lock_timeout`, and takeovers skip locked rows;
+- a frozen *server* (or a network that drops packets) cannot block the daemon: every
+  call has a client-side deadline, past which its socket is shut (pg_link.py);
 - when the database cannot be reached, calls fail fast with StoreUnavailable for
   a short while instead of stalling the daemon's loop on every one.
+
+Databases as operators make them: any server encoding (the connection talks UTF-8;
+on one that is neither UTF8 nor SQL_ASCII, text is stored ASCII-escaped so nothing is
+refused), TLS from the URL or [store], PgBouncer in session or transaction mode (no
+server-side prepared statements, no session settings: each transaction sets its own
+timeouts with SET LOCAL), and a role with only DML rights: the schema is applied by
+`dropbox-daemon db migrate`, never by the daemons.
 
 We use psycopg 3 and its pool directly rather than a queue library (procrastinate,
 pgqueuer): both bring a task model of their own (task functions, their own job
@@ -20,54 +29,42 @@ heartbeats on the database's clock) is a few statements here.
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any
 
 import psycopg
 import psycopg.errors
-from psycopg_pool import ConnectionPool, PoolTimeout
 
-from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.redact import url as redact_url
 from dropbox_daemon.store.base import (
     RUNNING,
     Handle,
     Job,
     JobExists,
     Store,
-    StoreUnavailable,
     rows_of,
 )
-
-RETRY_AFTER = 2.0  # seconds a failed connection makes every call fail fast
-
-# The pool's own reconnection warnings would repeat every second of an outage; the
-# daemon logs the outage once ("store: unreachable") and its end.
-logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
-SCHEMA_LOCK = 0x64726F70  # advisory lock key held while the schema is applied
+from dropbox_daemon.store.pg_link import Link, LinkSettings, link_for
+from dropbox_daemon.store.pg_schema import CODE_VERSION
 
 
 class _Pg:
     """A connection as a Handle: `?` placeholders, errors of the link as StoreUnavailable."""
 
-    def __init__(self, conn: psycopg.Connection) -> None:
-        self.conn = conn
+    def __init__(self, conn: psycopg.Connection, link: Link) -> None:
+        self.conn, self.link = conn, link
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor:
         try:
             return self.conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
         except psycopg.OperationalError as e:
-            raise StoreUnavailable(f"the database connection failed: {e}".strip()) from e
+            raise self.link.lost(e, self.conn) from e
 
 
 class PostgresStore(Store):
-    """One database for the farm; a small pool so threads never share a transaction."""
+    """One database for the farm; the process's one pool (pg_link) so threads never share
+    a transaction and a daemon holds at most [store] pool_size connections."""
 
     backend = "postgresql"
     shared = True
@@ -80,109 +77,41 @@ class PostgresStore(Store):
         outbox: Outbox,
         *,
         instance: str = "",
-        connect_timeout: float = 5.0,
+        settings: LinkSettings | None = None,
         stale_seconds: float = 120.0,
+        on_wait: Callable[[str, float], bool] | None = None,
     ) -> None:
         super().__init__(outbox, instance)
         self.url = url
         self.stale_seconds = stale_seconds
-        self.down_until = 0.0
-        self.last_error: str | None = None
-        self.connect_timeout = connect_timeout
-        self.lock = threading.Lock()
-        idle = max(1, min(10, int(stale_seconds / 2)))
-        self.conn_kwargs = {
-            "autocommit": True,
-            "connect_timeout": max(2, int(connect_timeout)),
-            "application_name": f"dropbox-daemon {instance}"[:63],
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
-            "options": f"-c idle_in_transaction_session_timeout={idle}s "
-            "-c lock_timeout=5s -c statement_timeout=30s",
-        }
-        self.pool: ConnectionPool | None = self._new_pool()
-        try:
-            self.pool.open(wait=True, timeout=max(2.0, connect_timeout))
-        except PoolTimeout as e:
-            self.pool.close()
-            raise ConfigError(
-                f"[store] url: cannot connect to PostgreSQL at {redact_url(url)} within "
-                f"{connect_timeout:.0f} s",
-                hint="check that the server runs and that this host may connect (pg_hba.conf); "
-                "`psql '<url>'` from this host tells why",
-            ) from e
-        self.migrate()
-
-    def _new_pool(self) -> ConnectionPool:
-        # The pool gives up on a server that is away after reconnect_timeout; a new pool is
-        # made at the first call after RETRY_AFTER instead, so recovery never waits on backoff.
-        return ConnectionPool(
-            self.url,
-            min_size=1,
-            max_size=3,
-            open=False,
-            timeout=min(2.0, self.connect_timeout),  # a call waits this long for a connection
-            reconnect_timeout=RETRY_AFTER,
-            check=ConnectionPool.check_connection,
-            kwargs=self.conn_kwargs,
-            name=f"dropbox-{self.instance}",
-        )
+        s = settings or LinkSettings()
+        self.link = link_for(url, s, instance=instance, stale_seconds=stale_seconds)
+        self.link.open(on_wait=on_wait)
 
     def close(self) -> None:
-        with self.lock:
-            pool, self.pool = self.pool, None
-        if pool is not None:
-            pool.close()
+        """Stores share the process's link; it is closed with the last of them."""
+        self.link.release()
+
+    @property
+    def last_error(self) -> str | None:
+        return self.link.last_error
+
+    @property
+    def security(self) -> dict[str, Any]:
+        """How this daemon's connection is protected and what it talks to (doctor, status)."""
+        return dict(self.link.security)
 
     # -- connections ----------------------------------------------------------------
-    def _pool(self) -> ConnectionPool:
-        with self.lock:
-            if self.pool is None:
-                self.pool = self._new_pool()
-                self.pool.open(wait=False)
-            return self.pool
-
-    def _failed(self, e: BaseException, pool: ConnectionPool) -> StoreUnavailable:
-        """Note a failure: calls fail fast for RETRY_AFTER, then a fresh pool tries again."""
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        self.last_error = first
-        self.down_until = time.monotonic() + RETRY_AFTER
-        with self.lock:
-            if self.pool is pool:
-                self.pool = None
-        pool.close(timeout=0)
-        if isinstance(e, StoreUnavailable):
-            return e
-        return StoreUnavailable(f"the database is unreachable: {first}")
-
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
-        if time.monotonic() < self.down_until:
-            raise StoreUnavailable(self.last_error or "the database is unreachable")
-        pool = self._pool()
-        try:
-            with pool.connection() as conn:
-                yield conn
-        except (PoolTimeout, psycopg.OperationalError, StoreUnavailable) as e:
-            raise self._failed(e, pool) from e
-        self.last_error = None
-
     @contextmanager
     def transaction(self) -> Iterator[Handle]:
         self._pending_changes = []
-        with self._connection() as conn:
-            try:
-                with conn.transaction():
-                    yield _Pg(conn)
-            except psycopg.OperationalError as e:
-                raise StoreUnavailable(f"the database connection failed: {e}") from e
+        with self.link.transaction() as conn:
+            yield _Pg(conn, self.link)
         self._committed()
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self._connection() as conn:
-            return rows_of(_Pg(conn).execute(sql, params))
+        with self.link.transaction(read=True) as conn:
+            return rows_of(_Pg(conn, self.link).execute(sql, params))
 
     def _next_seq(self, c: Handle) -> int:
         return int(c.execute("SELECT nextval('job_seq')").fetchone()[0])
@@ -205,16 +134,14 @@ class PostgresStore(Store):
             raise JobExists(f"job {row['job_id']!r} exists already in the farm's database") from e
 
     def migrate(self) -> None:
-        """Apply the schema (idempotent) under an advisory lock: daemons may start together."""
-        sql = resources.files("dropbox_daemon.store").joinpath("postgres.sql").read_text()
-        with self.transaction() as c:
-            c.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
-            for stmt in filter(str.strip, _statements(sql)):
-                c.execute(stmt)
+        """Daemons never change the farm's schema: `dropbox-daemon db migrate` does (pg_schema)."""
 
     @property
     def schema_version(self) -> int:
-        return int(self._read("SELECT MAX(version) AS v FROM schema_version")[0]["v"])
+        rows = self._read("SELECT MAX(version) AS v FROM schema_version")
+        return int(rows[0]["v"] or 0) if rows else 0
+
+    code_version = CODE_VERSION
 
     # -- the farm's queue -------------------------------------------------------------
     def take_next(self, instance: str, last_served: dict[str, float], **changes: Any) -> Job | None:
@@ -308,9 +235,3 @@ class PostgresStore(Store):
             "SELECT *, EXTRACT(EPOCH FROM now() - lease_at)::float8 AS age, "
             "EXTRACT(EPOCH FROM lease_at)::float8 AS renewed_at FROM instances ORDER BY instance"
         )
-
-
-def _statements(sql: str) -> list[str]:
-    """The statements of a schema file (no semicolons inside our statements or comments)."""
-    lines = [ln for ln in sql.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";")]

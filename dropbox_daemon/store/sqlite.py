@@ -98,6 +98,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX IF NOT EXISTS jobs_instance_seq ON jobs(instance, seq);
     """,
+    # 5: which daemon made each transition (as in the farm's PostgreSQL schema, version 2)
+    """
+    ALTER TABLE events ADD COLUMN instance TEXT;
+    """,
 ]
 
 

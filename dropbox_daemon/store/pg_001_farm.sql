@@ -1,5 +1,6 @@
--- Farm mode: one PostgreSQL database for every daemon of a farm.
--- Applied at start-up under an advisory lock; every statement is idempotent.
+-- Farm mode, schema version 1 (release 0.1.0): one PostgreSQL database for every daemon of a farm.
+-- Applied by `dropbox-daemon db migrate` under an advisory lock; every statement is idempotent.
+-- A released migration is never edited: later changes are new pg_NNN_*.sql files.
 -- Times of jobs are epoch seconds (as in SQLite); leases use the database's own clock.
 
 CREATE SEQUENCE IF NOT EXISTS job_seq;

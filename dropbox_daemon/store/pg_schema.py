@@ -1,0 +1,164 @@
+"""The farm's schema: versioned migrations applied by `dropbox-daemon db migrate`, and the
+checks a daemon makes at start-up (schema version, its role's rights) before it works.
+
+Migrations are the files pg_NNN_*.sql beside this one, applied in order inside one
+transaction under an advisory lock (two operators migrating at once wait for each
+other); a released file is never edited. The daemons run with a role that may only
+read and write rows: they never run DDL, and refuse to start on a schema older than
+their code, naming the command that upgrades it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+
+from dropbox_daemon.errors import ConfigError
+
+SCHEMA_LOCK = 0x64726F70  # advisory lock key held while the schema is applied
+TABLES = ("jobs", "events", "deliveries", "instances")
+SEQUENCES = ("job_seq", "events_id_seq", "deliveries_id_seq")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    text: str
+
+    def statements(self) -> list[str]:
+        """The file's statements (no semicolons inside our statements or comments)."""
+        lines = [ln for ln in self.text.splitlines() if not ln.strip().startswith("--")]
+        return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for f in resources.files("dropbox_daemon.store").iterdir():
+        m = re.fullmatch(r"pg_(\d{3})_(\w+)\.sql", f.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), f.read_text()))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"the farm's migrations are not numbered 1..n: {found}")
+    return found
+
+
+CODE_VERSION = len(migrations())  # the schema this code needs
+
+
+def current_version(conn: psycopg.Connection) -> int:
+    """The database's schema version; 0 where none was applied."""
+    with conn.transaction():
+        exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        if not exists or not exists[0]:
+            return 0
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def migrate(conn: psycopg.Connection, *, upto: int | None = None, release: str = "") -> list[int]:
+    """Apply every migration newer than the database's schema (up to `upto`); the versions
+    applied. One transaction: an upgrade that fails leaves the schema as it was."""
+    applied = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        have = current_version(conn)
+        for m in migrations():
+            if m.version <= have or (upto is not None and m.version > upto):
+                continue
+            for stmt in m.statements():
+                conn.execute(stmt)  # type: ignore[arg-type]
+            if m.version > 1:  # version 1 records itself (the released file does)
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_at, release) "
+                    "VALUES (%s, now(), %s)",
+                    (m.version, release or None),
+                )
+            applied.append(m.version)
+    return applied
+
+
+def grant(conn: psycopg.Connection, role: str) -> None:
+    """Give `role` what a daemon needs and nothing more: rows of our tables, our sequences."""
+    r = sql.Identifier(role)
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(_schema(conn)), r)
+        )
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, TABLES)), r
+            )
+        )
+        conn.execute(sql.SQL("GRANT SELECT ON schema_version TO {}").format(r))
+        conn.execute(
+            sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, SEQUENCES)), r
+            )
+        )
+
+
+def _schema(conn: psycopg.Connection) -> str:
+    row = conn.execute("SELECT current_schema()").fetchone()
+    return str(row[0]) if row and row[0] else "public"
+
+
+def missing_rights(conn: psycopg.Connection) -> list[str]:
+    """What the connected role lacks to run a daemon ("INSERT on jobs", ...); [] when nothing."""
+    lacks = []
+    with conn.transaction():
+        for t in TABLES:
+            for right in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+                row = conn.execute("SELECT has_table_privilege(%s, %s)", (t, right)).fetchone()
+                if not row or not row[0]:
+                    lacks.append(f"{right} on {t}")
+        for s in SEQUENCES:
+            row = conn.execute(
+                "SELECT to_regclass(%s) IS NULL OR has_sequence_privilege(%s, 'USAGE')", (s, s)
+            ).fetchone()
+            if not row or not row[0]:
+                lacks.append(f"USAGE on sequence {s}")
+    return lacks
+
+
+def check_ready(conn: psycopg.Connection, where: str, config_hint: str) -> int:
+    """Refuse to run on a database without our schema, with an older one, or as a role
+    that cannot write it; the schema version otherwise (newer than ours is allowed:
+    migrations only add, so a daemon of the previous release keeps working during an
+    upgrade of the farm)."""
+    migrate_cmd = f"dropbox-daemon db migrate{config_hint}"
+    try:
+        have = current_version(conn)
+    except psycopg.errors.InsufficientPrivilege:
+        have = -1  # the schema is there; this role may not even read its version
+    if have == -1 or (have >= CODE_VERSION and missing_rights(conn)):
+        lacks = ["SELECT on schema_version"] if have == -1 else []
+        lacks += missing_rights(conn)
+        said = (
+            ", ".join(lacks)
+            if len(lacks) <= 4
+            else f"{', '.join(lacks[:3])} and {len(lacks) - 3} more rights"
+        )
+        raise ConfigError(
+            f"[store] url: the role {conn.info.user!r} lacks {said} in {where}",
+            hint=f"as the database's owner: `{migrate_cmd} --grant {conn.info.user}`",
+        )
+    if have == 0:
+        raise ConfigError(
+            f"[store] url: the database {where} has no dropbox-daemon schema",
+            hint=f"apply it once, as a role that may create tables there (its owner): "
+            f"`{migrate_cmd}` (add --grant <role> to give the daemons' role its rights)",
+        )
+    if have < CODE_VERSION:
+        raise ConfigError(
+            f"[store] url: the database {where} has schema version {have}; this daemon needs "
+            f"version {CODE_VERSION}",
+            hint=f"upgrade it as its owner role: `{migrate_cmd}`; the jobs in it are kept",
+        )
+    return have
