@@ -260,7 +260,7 @@ class Daemon:
         if reason != self.store_down:
             logger.warning(
                 "store: cannot use the farm's database yet ({}); the daemon starts once it "
-                "answers, retrying with back-off up to every 30 s (SIGTERM stops it)",
+                "answers, retrying with back-off up to every 15 s (SIGTERM stops it)",
                 reason,
             )
             self.store_down = reason

@@ -97,7 +97,9 @@ class Farm:
         self.next_renew = mono + self.lease_every
         if self.leases.renew(now, **fields):
             if self.renewing_since is None:
-                self.renewing_since = mono
+                # when it got through, not when the pass began: a pass held up by the
+                # database must not count its wait as time the lease was being renewed
+                self.renewing_since = time.monotonic()
         else:
             self.renewing_since = None
         return True

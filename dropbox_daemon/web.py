@@ -189,6 +189,9 @@ class Web:
             "status": beat.get("status"),
             "heartbeat_age_seconds": round(age, 1),
             "reasons": beat.get("reasons", []),
+            "store": beat.get("store"),
+            # farm mode: whether the link to the database is encrypted and verified
+            "store_connection": beat.get("store_connection"),
         }
         return (200 if fresh else 503), body
 

@@ -15,8 +15,7 @@ from pg import PASSWORD, PgServer
 
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import Job, StoreUnavailable
-from dropbox_daemon.store import pg_schema
+from dropbox_daemon.store import Job, StoreUnavailable, pg_schema
 from dropbox_daemon.store.pg_link import LinkSettings, connect, from_ascii, to_ascii
 from dropbox_daemon.store.postgres import PostgresStore
 
@@ -239,7 +238,7 @@ def test_no_free_connection_slot_is_waited_out(own_server, tmp_path) -> None:  #
 
         def work(n: int) -> None:
             try:
-                for i in range(10):
+                for _ in range(10):
                     s.get("j1")
             except BaseException as e:  # noqa: BLE001
                 errors.append(e)

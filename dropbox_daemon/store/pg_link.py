@@ -39,15 +39,15 @@ import psycopg
 import psycopg.errors
 from loguru import logger
 from psycopg.types.string import StrDumperUnknown, TextLoader
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.redact import url as redact_url
 from dropbox_daemon.store.base import StoreUnavailable
 from dropbox_daemon.store.pg_schema import check_ready
 
-RETRY_AFTER = 2.0  # seconds a failed connection makes every call fail fast, doubling to
-MAX_BACKOFF = 8.0  # this while the database stays away
+RETRY_FIRST = 0.5  # seconds from a failure to the first try to reconnect, doubling to
+MAX_BACKOFF = 8.0  # this (or a quarter of stale_claim_seconds) while the database stays away
 MAX_IDLE = 30.0  # a connection idle this long beyond the first goes back to the server
 
 import logging  # noqa: E402 - the pool's own warnings would repeat every second of an outage
@@ -354,8 +354,11 @@ class Link:
         self.users = 0
         self.opened = False
         self.pool: ConnectionPool | None = None
-        self.down_until = 0.0
-        self.failures = 0
+        self.down = False  # calls fail fast; one thread (the reviver) tries to reconnect
+        self.closed = False
+        # peers come back well within stale_claim_seconds: none takes over another's jobs
+        # because that one was still waiting out its back-off after an outage
+        self.max_backoff = max(0.5, min(MAX_BACKOFF, stale_seconds / 4))
         self.last_error: str | None = None
         self.connect_error: str | None = None
         self.security: dict[str, Any] = {}
@@ -411,9 +414,9 @@ class Link:
                             "(pg_hba.conf, max_connections); `psql '<url>'` from this host "
                             "tells why",
                         ) from None
-                    delay = min(30.0, delay * 2)
+                    delay = min(15.0, delay * 2)
                     continue
-                self.opened = True
+                self.opened, self.closed = True, False
 
     def _probe(self) -> None:
         try:
@@ -459,7 +462,7 @@ class Link:
             max_size=self.settings.pool_size,
             open=False,
             timeout=self.settings.call_timeout,  # a call waits this long for a connection
-            reconnect_timeout=RETRY_AFTER,
+            reconnect_timeout=max(2.0, self.settings.connect_timeout),
             max_idle=MAX_IDLE,
             check=self._check,
             configure=self._configure,
@@ -493,6 +496,7 @@ class Link:
                 return
             pool, self.pool = self.pool, None
             self.opened = False
+            self.closed = True
         with _LINKS_LOCK:
             if _LINKS.get(self.key) is self:
                 del _LINKS[self.key]
@@ -523,12 +527,14 @@ class Link:
 
     @contextmanager
     def _connection(self, seconds: float) -> Iterator[psycopg.Connection]:
-        if time.monotonic() < self.down_until:
+        if self.down:
             raise StoreUnavailable(self.last_error or "the database is unreachable")
         pool = self._pool()
         try:
             with pool.connection() as conn, DEADLINES.watch(conn, seconds):
                 yield conn
+        except PoolClosed as e:  # another thread found the database gone and closed the pool
+            raise StoreUnavailable(self.last_error or "the database is unreachable") from e
         except PoolTimeout as e:
             raise self._no_connection(e, pool) from e
         except psycopg.OperationalError as e:
@@ -536,7 +542,6 @@ class Link:
         except StoreUnavailable as e:
             raise self._failed(e, pool) from e
         self.last_error = None
-        self.failures = 0
 
     def lost(self, e: psycopg.OperationalError, conn: Any) -> StoreUnavailable:
         """The StoreUnavailable for an error of the link, saying whether a deadline cut it."""
@@ -563,20 +568,50 @@ class Link:
         )
 
     def _failed(self, e: StoreUnavailable, pool: ConnectionPool) -> StoreUnavailable:
-        """Note a failure: calls fail fast for a back-off, then a fresh pool tries again."""
-        now = time.monotonic()
+        """Note a failure: every call fails fast from now on, and one thread tries to
+        reconnect with back-off; no caller waits on a database that is away."""
         with self.lock:
-            if now >= self.down_until:
-                self.failures += 1
-                self.down_until = now + min(MAX_BACKOFF, RETRY_AFTER * 2 ** (self.failures - 1))
             self.last_error = e.message
+            start = not self.down and not self.closed
+            self.down = True
             if self.pool is pool:
                 self.pool = None
             else:
                 pool = None  # type: ignore[assignment]
         if pool is not None:
             pool.close(timeout=0)
+        if start:
+            threading.Thread(target=self._revive, name="pg-reviver", daemon=True).start()
         return e
+
+    def _revive(self) -> None:
+        delay = RETRY_FIRST
+        while not self.closed:
+            time.sleep(delay)
+            conn = None
+            try:
+                conn = self.conn_class.connect(self.url, **self.kwargs)
+                try:
+                    with DEADLINES.watch(conn, self.settings.call_timeout):
+                        conn.execute("SELECT 1")
+                finally:
+                    conn.close()
+            except psycopg.Error as e:
+                self.last_error = (
+                    self.lost(e, conn).message
+                    if getattr(conn, "cut_after", None)
+                    else f"cannot connect: {explain(first_line(e))}"
+                )
+                delay = min(self.max_backoff, delay * 2)
+                continue
+            with self.lock:
+                if self.closed:
+                    return
+                if self.pool is None:
+                    self.pool = self._new_pool()
+                    self.pool.open(wait=False)
+                self.down = False
+            return
 
 
 class _Passing(Exception):

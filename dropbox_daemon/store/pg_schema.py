@@ -65,6 +65,18 @@ def current_version(conn: psycopg.Connection) -> int:
 def migrate(conn: psycopg.Connection, *, upto: int | None = None, release: str = "") -> list[int]:
     """Apply every migration newer than the database's schema (up to `upto`); the versions
     applied. One transaction: an upgrade that fails leaves the schema as it was."""
+    try:
+        return _migrate(conn, upto, release)
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise ConfigError(
+            f"db migrate: the role {conn.info.user!r} may not change the schema: "
+            f"{str(e).strip().splitlines()[0]}",
+            hint="run it as the database's owner: --url postgresql://<owner>@<host>/<db> "
+            "(the daemons' own role needs only --grant)",
+        ) from None
+
+
+def _migrate(conn: psycopg.Connection, upto: int | None, release: str) -> list[int]:
     applied = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))

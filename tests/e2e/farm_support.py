@@ -16,15 +16,22 @@ from dropbox_daemon.config import default_instance_id
 
 
 def farm(
-    daemon_factory, root: Path, n: int, *, store_url: str = "", **daemon_kw: Any
-) -> list[DaemonProc]:  # noqa: ANN001
+    daemon_factory,  # noqa: ANN001
+    root: Path,
+    n: int,
+    *,
+    store_url: str = "",
+    store: dict[str, Any] | None = None,
+    **daemon_kw: Any,
+) -> list[DaemonProc]:
     """`n` daemons, each with its own state folder and default identity, on one shared
-    inbox and outbox (as hosts mounting one share, or one daemon per GPU)."""
+    inbox and outbox (as hosts mounting one share, or one daemon per GPU); `store`: more
+    [store] keys beside the URL (password_file, sslmode, ...)."""
     inbox, outbox = root / "shared-inbox", root / "shared-outbox"
     inbox.mkdir(parents=True, exist_ok=True)
     out = []
     for _ in range(n):
-        sections = {"store": {"url": store_url}} if store_url else None
+        sections = {"store": {"url": store_url, **(store or {})}} if store_url else None
         d = daemon_factory(
             inbox={"path": str(inbox), "settle_seconds": 0.5},
             daemon={"outbox": str(outbox), **daemon_kw},

@@ -53,6 +53,7 @@ def test_jobs_status_health_and_page_show_three_instances(
             d,
         )
         assert beat["instance"] == name and beat["store"] == "ok"
+        assert beat["store_connection"]["server_encoding"] == "UTF8"
         assert set(beat["peers"]) == names - {name}
         assert f'instance="{name}"' in (folder / "metrics.prom").read_text()
 
@@ -71,5 +72,8 @@ def test_jobs_status_health_and_page_show_three_instances(
 
         seen = wait_for(shown, 30, "the instances on the page", ds[0])
         assert set(seen["instances"]) == names and set(seen["jobs"]) == names, seen
+        # the header says how this daemon reaches the database (local, not encrypted: said so)
+        link = browser.execute_script("return document.getElementById('store').textContent")
+        assert link.startswith("database: not encrypted") and "UTF8, schema" in link, link
     finally:
         browser.quit()
