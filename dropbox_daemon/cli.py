@@ -156,6 +156,12 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             f"worker: {w.get('state')} (pid {w.get('pid')}, {w.get('device')}{mem}, "
             f"{w.get('restarts', 0)} restarts)"
         )
+        link = beat.get("store_connection")
+        if link:
+            lines.append(
+                f"database: {link.get('text')}; {link.get('server_encoding')}, schema "
+                f"{link.get('schema_version')}, pool {link.get('pool_size')}"
+            )
         if beat.get("current_job"):
             cj = beat["current_job"]
             lines.append(f"now: {cj['job_id']} {cj['state']} {cj['progress'] * 100:.0f}%")

@@ -93,22 +93,16 @@ class Daemon:
         self._lock_state_dir()
         for inbox in self.cfg.inbox:
             drops.make_dropbox(inbox.path)
-        self.store = open_store(self.cfg, self.outbox, on_wait=self._waiting_for_store)
+        delay = 1.0
+        while True:  # the farm's database may refuse a moment (no slot, a restart): wait it out
+            try:
+                self._recover()
+                break
+            except StoreUnavailable as e:
+                if not self._waiting_for_store(e.message, delay):
+                    raise ConfigError("stopped while waiting for the farm's database") from e
+                delay = min(5.0, delay * 2)
         self.view.store_error = None
-        self.farm.register(time.time(), self.store)
-        self.view.instance = self.farm.instance
-        self.store.on_change = self._on_change
-        self.intake = Intake(self.cfg, self.store, self.outbox)
-        self.peers.forget_lost()
-        for job in self.store.recover_interrupted():
-            logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
-                "job {} was running when the daemon stopped: now {} (attempt {} of {})",
-                job.job_id,
-                job.state,
-                job.attempts,
-                job.max_attempts,
-            )
-        self.claiming.recover_orphan_claims()
         self.watcher.start()
         self.view.watch_modes = dict(self.watcher.modes)
         self.web.start()
@@ -124,6 +118,25 @@ class Daemon:
             d.outbox,
             d.state_dir,
         )
+
+    def _recover(self) -> None:
+        """Open the store, take this instance's lease, put back what the last run left."""
+        if self.store is None:
+            self.store = open_store(self.cfg, self.outbox, on_wait=self._waiting_for_store)
+        self.farm.register(time.time(), self.store)
+        self.view.instance = self.farm.instance
+        self.store.on_change = self._on_change
+        self.intake = Intake(self.cfg, self.store, self.outbox)
+        self.peers.forget_lost()
+        for job in self.store.recover_interrupted():
+            logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
+                "job {} was running when the daemon stopped: now {} (attempt {} of {})",
+                job.job_id,
+                job.state,
+                job.attempts,
+                job.max_attempts,
+            )
+        self.claiming.recover_orphan_claims()
 
     def _lock_state_dir(self) -> None:
         """One daemon per state folder: a second one would run every job twice."""
@@ -157,8 +170,12 @@ class Daemon:
         try:
             self.start()
         except ConfigError:
-            if self.flags.stop and self.store is None:  # SIGTERM while waiting for the database
+            if self.flags.stop and not self.view.ready:  # SIGTERM while waiting for the database
                 logger.info("dropbox-daemon stopped while waiting for the farm's database")
+                if self.view.instance:
+                    self.farm.release()  # a lease taken before the wait says "stopped"
+                if self.store is not None:
+                    self.store.close()
                 (self.cfg.daemon.state_dir / PID_FILE).unlink(missing_ok=True)
                 return 0
             raise
@@ -260,7 +277,7 @@ class Daemon:
         if reason != self.store_down:
             logger.warning(
                 "store: cannot use the farm's database yet ({}); the daemon starts once it "
-                "answers, retrying with back-off up to every 15 s (SIGTERM stops it)",
+                "answers, retrying with back-off up to every 5 s (SIGTERM stops it)",
                 reason,
             )
             self.store_down = reason

@@ -168,6 +168,22 @@ def pg_url(pg_server) -> str:  # noqa: ANN001
     return pg_server.new_database()
 
 
+@pytest.fixture
+def own_server(request):  # noqa: ANN001, ANN201
+    """A server of the test's own, as it freezes it or makes it too small for the farm
+    (max_connections: the test's indirect parameter, else 200)."""
+    import signal
+
+    from pg import PgServer, pg_bin
+
+    if pg_bin() is None:
+        _need_postgres()
+    server = PgServer(max_connections=getattr(request, "param", 200))
+    yield server
+    server.freeze(signal.SIGCONT)
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def pgbouncers(pg_server):  # noqa: ANN001, ANN201
     """mode -> a PgBouncer in front of the session's server (made on first use)."""

@@ -111,7 +111,9 @@ class PgServer(_Owned):
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
             f"{host} all postgres 127.0.0.1/32 trust\n"
-            f"{host} all all 127.0.0.1/32 scram-sha-256\n"
+            # the role cert_dropbox: a client certificate signed by the CA, no password
+            + ("hostssl all cert_dropbox 127.0.0.1/32 cert\n" if tls else "")
+            + f"{host} all all 127.0.0.1/32 scram-sha-256\n"
         )
         if tls:
             self.ca = make_certificates(self)
@@ -139,7 +141,7 @@ class PgServer(_Owned):
         if self.tls:
             opts += (
                 f" -c ssl=on -c ssl_cert_file={self.root}/server.crt "
-                f"-c ssl_key_file={self.root}/server.key"
+                f"-c ssl_key_file={self.root}/server.key -c ssl_ca_file={self.root}/ca.crt"
             )
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start"
@@ -208,14 +210,14 @@ class PgServer(_Owned):
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def make_certificates(server: PgServer) -> Path:
-    """A CA and a server certificate it signs (names localhost and 127.0.0.1); the CA's path."""
-    d = server.root
+def openssl(folder: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=folder)
 
-    def ssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=d)
 
-    ssl(
+def self_signed_ca(folder: Path, name: str = "not the farm's CA") -> Path:
+    """A CA certificate (and its key, ca.key) in `folder`; its path."""
+    openssl(
+        folder,
         "req",
         "-x509",
         "-newkey",
@@ -224,13 +226,58 @@ def make_certificates(server: PgServer) -> Path:
         "-days",
         "2",
         "-subj",
-        "/CN=test farm CA",
+        f"/CN={name}",
         "-keyout",
         "ca.key",
         "-out",
         "ca.crt",
     )
-    ssl(
+    return folder / "ca.crt"
+
+
+def client_certificate(server: PgServer, user: str, folder: Path) -> tuple[Path, Path]:
+    """A client certificate for `user` signed by the server's CA, in `folder`: (cert, key)."""
+    d = server.root
+    key, csr, crt = folder / f"{user}.key", folder / f"{user}.csr", folder / f"{user}.crt"
+    openssl(
+        folder,
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={user}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+    )
+    openssl(
+        folder,
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(d / "ca.crt"),
+        "-CAkey",
+        str(d / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        str(crt),
+    )
+    key.chmod(0o600)
+    return crt, key
+
+
+def make_certificates(server: PgServer) -> Path:
+    """A CA and a server certificate it signs (names localhost and 127.0.0.1); the CA's path."""
+    d = server.root
+    ca = self_signed_ca(d, "test farm CA")
+    openssl(
+        d,
         "req",
         "-newkey",
         "rsa:2048",
@@ -243,7 +290,8 @@ def make_certificates(server: PgServer) -> Path:
         "server.csr",
     )
     (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    ssl(
+    openssl(
+        d,
         "x509",
         "-req",
         "-in",
@@ -264,8 +312,8 @@ def make_certificates(server: PgServer) -> Path:
         os.chmod(d / name, 0o600)
         if os.geteuid() == 0:
             os.chown(d / name, server.uid, -1)
-    os.chmod(d / "ca.crt", 0o644)
-    return d / "ca.crt"
+    os.chmod(ca, 0o644)
+    return ca
 
 
 class PgBouncer(_Owned):

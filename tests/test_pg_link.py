@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pg import PASSWORD, PgServer
+from pg import PASSWORD, client_certificate, self_signed_ca
 
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.outbox import Outbox
@@ -71,8 +72,7 @@ def test_tls_verified_against_the_operators_ca(farm_db, pg_tls_server, tmp_path)
     finally:
         s.close()
     # another CA: refused at once, saying it is the certificate
-    other = tmp_path / "other-ca.crt"
-    other.write_text(_self_signed(tmp_path))
+    other = self_signed_ca(tmp_path)
     bad = LinkSettings(
         password_file=db.store["password_file"],
         ssl=(("sslmode", "verify-full"), ("sslrootcert", str(other))),
@@ -84,30 +84,64 @@ def test_tls_verified_against_the_operators_ca(farm_db, pg_tls_server, tmp_path)
     assert "certificate" in e.value.message and "sslrootcert" in e.value.hint, e.value
 
 
-def _self_signed(tmp_path) -> str:  # noqa: ANN001
-    import subprocess
+def test_a_client_certificate_instead_of_a_password(pg_tls_server, tmp_path) -> None:  # noqa: ANN001
+    admin = pg_tls_server.new_database()
+    user = "cert_dropbox"  # pg_hba.conf: this role logs in by certificate (tests/pg.py)
+    pg_tls_server.admin(f"CREATE ROLE {user} LOGIN")
+    with connect(admin) as conn:
+        pg_schema.grant(conn, user)
+    crt, key = client_certificate(pg_tls_server, user, tmp_path)
+    db = admin.rsplit("/", 1)[1].split("?")[0]
+    url = f"postgresql://{user}@localhost:{pg_tls_server.port}/{db}"
+    ssl = (("sslmode", "verify-full"), ("sslrootcert", str(pg_tls_server.ca)))
+    certs = (("sslcert", str(crt)), ("sslkey", str(key)))
+    with pytest.raises(ConfigError) as e:  # no certificate: refused at once, said why
+        PostgresStore(url, Outbox(tmp_path / "o"), settings=LinkSettings(ssl=ssl))
+    assert "certificate" in e.value.message, e.value
+    s = PostgresStore(url, Outbox(tmp_path / "o"), settings=LinkSettings(ssl=ssl + certs))
+    try:
+        s.create(Job(job_id="j1", inbox="a"))
+        assert s.security["verified"] and s.get("j1") is not None
+    finally:
+        s.close()
 
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=not the farm's CA",
-            "-keyout",
-            str(tmp_path / "o.key"),
-            "-out",
-            str(tmp_path / "o.crt"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return (tmp_path / "o.crt").read_text()
+
+def test_doctor_names_what_the_database_lacks(pg_server, tmp_path) -> None:  # noqa: ANN001
+    from dropbox_daemon import config
+    from dropbox_daemon.doctor import Check
+    from dropbox_daemon.store import pg_doctor
+
+    def checks(url: str, **store: str) -> dict:
+        cfg = config.from_dict(
+            {
+                "daemon": {"state_dir": str(tmp_path / "s"), "outbox": str(tmp_path / "o")},
+                "store": {"url": url, **store},
+                "inbox": [{"name": "default", "path": str(tmp_path / "in")}],
+            },
+            source=tmp_path / "config.toml",
+            env={},
+        )
+        return {c.name: c for c in pg_doctor.checks(cfg, Check)}
+
+    empty = pg_server.new_database(migrate=False)
+    got = checks(empty)
+    assert got["store: schema"].status == "fail" and "db migrate" in got["store: schema"].fix
+    assert got["store: connection"].status == "ok"  # not encrypted, but on this host
+    assert got["store: encoding"].status == "ok"
+    ready = pg_server.new_database()
+    got = checks(ready)
+    assert {c.status for c in got.values()} == {"ok"}, got
+    assert "max_connections 200" in got["store: connections"].detail
+    latin = pg_server.new_database("LATIN1")
+    bare = f"bare_{uuid.uuid4().hex[:8]}"
+    pg_server.admin(f"CREATE ROLE {bare} LOGIN PASSWORD '{PASSWORD}'")
+    db = latin.rsplit("/", 1)[1]
+    got = checks(pg_server.url(bare, db, password=True))
+    assert got["store: encoding"].status == "warn" and "escaped" in got["store: encoding"].detail
+    assert got["store: rights"].status == "fail" and f"--grant {bare}" in got["store: rights"].fix
+    wrong = checks(pg_server.url(bare, db).replace(bare, f"{bare}:wrong"))
+    assert wrong["store: connection"].status == "fail"
+    assert "password authentication failed" in wrong["store: connection"].detail
 
 
 def test_the_daemon_never_changes_the_schema_and_says_what_to_run(pg_server, tmp_path) -> None:  # noqa: ANN001
@@ -165,15 +199,6 @@ def test_a_password_is_never_in_a_message(pg_server, tmp_path) -> None:  # noqa:
     assert "chmod 600" in e.value.hint and PASSWORD not in e.value.message
 
 
-@pytest.fixture
-def own_server():  # noqa: ANN201
-    """A server of this test's own: it is frozen or filled up."""
-    server = PgServer(max_connections=6)
-    yield server
-    server.freeze(__import__("signal").SIGCONT)
-    server.close()
-
-
 def test_a_frozen_server_is_cut_off_by_the_clients_deadline(own_server, tmp_path) -> None:  # noqa: ANN001
     url = own_server.new_database()
     settings = LinkSettings(call_timeout=2.0)
@@ -208,6 +233,7 @@ def test_a_frozen_server_is_cut_off_by_the_clients_deadline(own_server, tmp_path
         s.close()
 
 
+@pytest.mark.parametrize("own_server", [6], indirect=True)
 def test_no_free_connection_slot_is_waited_out(own_server, tmp_path) -> None:  # noqa: ANN001
     import psycopg
 

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+import psycopg.errors
 
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.store import pg_schema
@@ -52,8 +53,21 @@ def checks(cfg: Any, make: Any) -> list[Any]:
                 "DATABASE <name> ENCODING 'UTF8' TEMPLATE template0, then db migrate",
             )
         )
-        have = pg_schema.current_version(conn)
         cmd = f"dropbox-daemon db migrate{settings.config_hint}"
+        user = conn.info.user
+        try:
+            have = pg_schema.current_version(conn)
+        except psycopg.errors.InsufficientPrivilege:
+            lacks = ["SELECT on schema_version", *pg_schema.missing_rights(conn)]
+            out.append(
+                make(
+                    "store: rights",
+                    "fail",
+                    f"role {user!r} lacks {', '.join(lacks)}",
+                    f"as the owner: `{cmd} --grant {user}`",
+                )
+            )
+            return out
         if have < pg_schema.CODE_VERSION:
             out.append(
                 make(
@@ -73,7 +87,6 @@ def checks(cfg: Any, make: Any) -> list[Any]:
             )
         )
         lacks = pg_schema.missing_rights(conn)
-        user = conn.info.user
         out.append(
             make(
                 "store: rights",

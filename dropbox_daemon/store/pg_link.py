@@ -48,7 +48,10 @@ from dropbox_daemon.store.pg_schema import check_ready
 
 RETRY_FIRST = 0.5  # seconds from a failure to the first try to reconnect, doubling to
 MAX_BACKOFF = 8.0  # this (or a quarter of stale_claim_seconds) while the database stays away
-MAX_IDLE = 30.0  # a connection idle this long beyond the first goes back to the server
+MAX_IDLE = 15.0  # a connection idle this long beyond the first goes back to the server
+# A daemon refused a connection for want of a slot stops growing its pool for this long: the
+# slots that free go to the daemons that have none, not to those that have some.
+CAP_SECONDS = 60.0
 
 import logging  # noqa: E402 - the pool's own warnings would repeat every second of an outage
 
@@ -185,6 +188,8 @@ class _Conn(psycopg.Connection):
         except psycopg.Error as e:
             if cls.link is not None:
                 cls.link.connect_error = first_line(e)
+                if _NO_SLOT.search(cls.link.connect_error):
+                    cls.link.no_slot()
             raise
         if cls.link is not None:
             cls.link.connect_error = None
@@ -359,6 +364,7 @@ class Link:
         # peers come back well within stale_claim_seconds: none takes over another's jobs
         # because that one was still waiting out its back-off after an outage
         self.max_backoff = max(0.5, min(MAX_BACKOFF, stale_seconds / 4))
+        self.capped_until: float | None = None
         self.last_error: str | None = None
         self.connect_error: str | None = None
         self.security: dict[str, Any] = {}
@@ -414,7 +420,7 @@ class Link:
                             "(pg_hba.conf, max_connections); `psql '<url>'` from this host "
                             "tells why",
                         ) from None
-                    delay = min(15.0, delay * 2)
+                    delay = min(5.0, delay * 2)
                     continue
                 self.opened, self.closed = True, False
 
@@ -432,6 +438,7 @@ class Link:
         try:
             with DEADLINES.watch(conn, self.settings.call_timeout * 2):
                 enc = conn.info.parameter_status("server_encoding") or "UTF8"
+                adapt_text(conn, enc)
                 tls = describe_tls(conn)
                 self.schema_version = check_ready(conn, self.where, self.settings.config_hint)
         except psycopg.OperationalError as e:
@@ -470,6 +477,31 @@ class Link:
             connection_class=self.conn_class,
             name=f"dropbox-{self.instance}",
         )
+
+    def no_slot(self) -> None:
+        """The server has no connection slot free: hold the pool at the connections it has."""
+        with self.lock:
+            pool = self.pool
+            if pool is None:
+                return
+            # the pool counts the attempt that just failed among its connections
+            have = max(1, int(pool.get_stats().get("pool_size", 1)) - 1)
+            first = self.capped_until is None
+            self.capped_until = time.monotonic() + CAP_SECONDS
+        if first and have < self.settings.pool_size:
+            logger.warning(
+                "store: the database server has no connection slot free; this daemon keeps to "
+                "the {} connection(s) it has for {:.0f} s (raise max_connections, or lower "
+                "[store] pool_size across the farm)",
+                have,
+                CAP_SECONDS,
+            )
+            pool.resize(1, have)
+
+    def _uncap(self, pool: ConnectionPool) -> None:
+        if self.capped_until is not None and time.monotonic() >= self.capped_until:
+            self.capped_until = None
+            pool.resize(1, self.settings.pool_size)
 
     def _check(self, conn: psycopg.Connection) -> None:
         """The pool's check of a connection before it lends it, under a deadline too."""
@@ -530,6 +562,7 @@ class Link:
         if self.down:
             raise StoreUnavailable(self.last_error or "the database is unreachable")
         pool = self._pool()
+        self._uncap(pool)
         try:
             with pool.connection() as conn, DEADLINES.watch(conn, seconds):
                 yield conn
@@ -555,12 +588,13 @@ class Link:
 
     def _no_connection(self, e: PoolTimeout, pool: ConnectionPool) -> StoreUnavailable:
         why = self.connect_error
-        if why is None and pool.get_stats().get("pool_size", 0) > 0:
-            # connections exist, all busy: the database is slow, not gone; keep the pool
+        if why is None:  # connections exist, all busy: the database is slow, not gone
             return StoreUnavailable(
-                f"all of this daemon's {self.settings.pool_size} connections to the database "
-                f"stayed busy for {self.settings.call_timeout:.0f} s"
+                f"every connection of this daemon to the database stayed busy for "
+                f"{self.settings.call_timeout:.0f} s"
             )
+        if _NO_SLOT.search(why):  # keep the connections it has: slots are scarce
+            return StoreUnavailable(explain(why))
         why = explain(why or "timed out")
         return self._failed(
             StoreUnavailable(why if why.startswith("the ") else f"cannot connect: {why}"),
