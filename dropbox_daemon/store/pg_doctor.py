@@ -55,18 +55,21 @@ def checks(cfg: Any, make: Any) -> list[Any]:
         )
         cmd = f"dropbox-daemon db migrate{settings.config_hint}"
         user = conn.info.user
+
+        def rights(lacks: list[str]) -> Any:
+            if not lacks:
+                return make("store: rights", "ok", f"role {user!r} may read and write the rows")
+            return make(
+                "store: rights",
+                "fail",
+                f"role {user!r} lacks {', '.join(lacks)}",
+                f"as the owner: `{cmd} --grant {user}`",
+            )
+
         try:
             have = pg_schema.current_version(conn)
         except psycopg.errors.InsufficientPrivilege:
-            lacks = ["SELECT on schema_version", *pg_schema.missing_rights(conn)]
-            out.append(
-                make(
-                    "store: rights",
-                    "fail",
-                    f"role {user!r} lacks {', '.join(lacks)}",
-                    f"as the owner: `{cmd} --grant {user}`",
-                )
-            )
+            out.append(rights(["SELECT on schema_version", *pg_schema.missing_rights(conn)]))
             return out
         if have < pg_schema.CODE_VERSION:
             out.append(
@@ -86,17 +89,7 @@ def checks(cfg: Any, make: Any) -> list[Any]:
                 f"version {have} (this release needs {pg_schema.CODE_VERSION})",
             )
         )
-        lacks = pg_schema.missing_rights(conn)
-        out.append(
-            make(
-                "store: rights",
-                "fail",
-                f"role {user!r} lacks {', '.join(lacks)}",
-                f"as the owner: `{cmd} --grant {user}`",
-            )
-            if lacks
-            else make("store: rights", "ok", f"role {user!r} may read and write the farm's rows")
-        )
+        out.append(rights(pg_schema.missing_rights(conn)))
         out.append(_slots(conn, settings.pool_size, make))
     return out
 
