@@ -172,11 +172,7 @@ class Daemon:
         except ConfigError:
             if self.flags.stop and not self.view.ready:  # SIGTERM while waiting for the database
                 logger.info("dropbox-daemon stopped while waiting for the farm's database")
-                if self.view.instance:
-                    self.farm.release()  # a lease taken before the wait says "stopped"
-                if self.store is not None:
-                    self.store.close()
-                (self.cfg.daemon.state_dir / PID_FILE).unlink(missing_ok=True)
+                self._let_go()  # a lease taken before the wait says "stopped"
                 return 0
             raise
         try:
@@ -199,13 +195,18 @@ class Daemon:
                 self.wake.clear()
             self.stop()
         finally:
-            if self.view.instance:
-                self.farm.release()
-            self.watcher.stop()
-            if self.store is not None:
-                self.store.close()
-            (self.cfg.daemon.state_dir / PID_FILE).unlink(missing_ok=True)
+            self._let_go()
         return 0
+
+    def _let_go(self) -> None:
+        """What a started daemon holds, given back: its lease (as stopped), the watches,
+        the store, the pid file."""
+        if self.view.instance:
+            self.farm.release()
+        self.watcher.stop()
+        if self.store is not None:
+            self.store.close()
+        (self.cfg.daemon.state_dir / PID_FILE).unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Stop taking jobs; let the running one finish within stop_timeout, else re-queue it."""

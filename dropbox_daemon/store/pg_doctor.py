@@ -8,7 +8,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
-import psycopg.errors
 
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.store import pg_schema
@@ -20,8 +19,6 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 def checks(cfg: Any, make: Any) -> list[Any]:
     """The checks as `make(name, status, detail, fix)` builds them (doctor.Check)."""
     url = cfg.store.url
-    if not url:
-        return [make("store", "ok", f"SQLite at {cfg.db_path} (one daemon; no farm database)")]
     settings = settings_of(cfg)
     try:
         conn = connect(url, settings)
@@ -66,10 +63,9 @@ def checks(cfg: Any, make: Any) -> list[Any]:
                 f"as the owner: `{cmd} --grant {user}`",
             )
 
-        try:
-            have = pg_schema.current_version(conn)
-        except psycopg.errors.InsufficientPrivilege:
-            out.append(rights(["SELECT on schema_version", *pg_schema.missing_rights(conn)]))
+        have, lacks = pg_schema.version_and_lacks(conn)
+        if have == -1:
+            out.append(rights(lacks))
             return out
         if have < pg_schema.CODE_VERSION:
             out.append(
@@ -89,7 +85,7 @@ def checks(cfg: Any, make: Any) -> list[Any]:
                 f"version {have} (this release needs {pg_schema.CODE_VERSION})",
             )
         )
-        out.append(rights(pg_schema.missing_rights(conn)))
+        out.append(rights(lacks))
         out.append(_slots(conn, settings.pool_size, make))
     return out
 

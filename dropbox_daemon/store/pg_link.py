@@ -152,15 +152,17 @@ class _LenientLoader(TextLoader):
         return bytes(data).decode("utf-8", "replace")
 
 
-def adapt_text(conn: psycopg.Connection, server_encoding: str) -> None:
-    """Register how text crosses this connection, by the database's encoding."""
+def adapt_text(conn: psycopg.Connection) -> str:
+    """Register how text crosses this connection, by the database's encoding; that encoding."""
+    server_encoding = conn.info.parameter_status("server_encoding") or "UTF8"
     if server_encoding == "UTF8":
-        return
+        return server_encoding
     loader = _LenientLoader if server_encoding == "SQL_ASCII" else _EscapedLoader
     for name in ("text", "varchar", "bpchar", "name"):
         conn.adapters.register_loader(name, loader)
     if server_encoding != "SQL_ASCII":
         conn.adapters.register_dumper(str, _EscapingDumper)
+    return server_encoding
 
 
 def text_mode(server_encoding: str) -> str:
@@ -368,7 +370,6 @@ class Link:
         self.last_error: str | None = None
         self.connect_error: str | None = None
         self.security: dict[str, Any] = {}
-        self.schema_version = 0
         call = settings.call_timeout
         idle = max(1, min(10, int(stale_seconds / 2)))
         self.local = (f"{int(call * 1000)}ms", f"{int(min(5.0, call) * 1000)}ms", f"{idle}s")
@@ -437,10 +438,9 @@ class Link:
             raise _Passing(explain(why)) from None
         try:
             with DEADLINES.watch(conn, self.settings.call_timeout * 2):
-                enc = conn.info.parameter_status("server_encoding") or "UTF8"
-                adapt_text(conn, enc)
+                enc = adapt_text(conn)
                 tls = describe_tls(conn)
-                self.schema_version = check_ready(conn, self.where, self.settings.config_hint)
+                version = check_ready(conn, self.where, self.settings.config_hint)
         except psycopg.OperationalError as e:
             raise _Passing(first_line(e)) from None
         finally:
@@ -448,21 +448,17 @@ class Link:
         self.security = {
             **tls,
             "server_encoding": enc,
-            "text": tls["text"],
             "encoding": text_mode(enc),
-            "schema_version": self.schema_version,
+            "schema_version": version,
             "pool_size": self.settings.pool_size,
         }
         if enc not in ("UTF8", "SQL_ASCII"):
             logger.info("store: the database {} is {}", self.where, text_mode(enc))
-        with self.lock:
-            if self.pool is None:
-                self.pool = self._new_pool()
-                self.pool.open(wait=False)
+        self._pool()  # its first connection opens in the background
 
     def _new_pool(self) -> ConnectionPool:
-        # The pool gives up on a server that is away after reconnect_timeout; a new pool is
-        # made at the first call after the back-off instead, so recovery never waits on it.
+        # The pool gives up on a server that is away after reconnect_timeout; after a failure
+        # the reviver finds the server back and the next call makes a new pool (_pool).
         return ConnectionPool(
             self.url,
             min_size=1,
@@ -518,7 +514,7 @@ class Link:
             raise
 
     def _configure(self, conn: psycopg.Connection) -> None:
-        adapt_text(conn, conn.info.parameter_status("server_encoding") or "UTF8")
+        adapt_text(conn)
 
     def release(self) -> None:
         """A store is done with the link; the last one closes the pool."""
@@ -539,6 +535,7 @@ class Link:
 
     # -- calls --------------------------------------------------------------------------
     def _pool(self) -> ConnectionPool:
+        """The pool, made (its first connection opening in the background) where there is none."""
         with self.lock:
             if self.pool is None:
                 self.pool = self._new_pool()
@@ -595,7 +592,7 @@ class Link:
             )
         if _NO_SLOT.search(why):  # keep the connections it has: slots are scarce
             return StoreUnavailable(explain(why))
-        why = explain(why or "timed out")
+        why = explain(why)
         return self._failed(
             StoreUnavailable(why if why.startswith("the ") else f"cannot connect: {why}"),
             pool,
@@ -638,13 +635,7 @@ class Link:
                 )
                 delay = min(self.max_backoff, delay * 2)
                 continue
-            with self.lock:
-                if self.closed:
-                    return
-                if self.pool is None:
-                    self.pool = self._new_pool()
-                    self.pool.open(wait=False)
-                self.down = False
+            self.down = False  # the next call makes a new pool (_pool)
             return
 
 
@@ -679,5 +670,5 @@ def connect(url: str, settings: LinkSettings | None = None) -> psycopg.Connectio
             f"[store] url: cannot connect to PostgreSQL at {link.where}: {why}",
             hint=connect_hint(why, url),
         ) from None
-    adapt_text(conn, conn.info.parameter_status("server_encoding") or "UTF8")
+    adapt_text(conn)
     return conn

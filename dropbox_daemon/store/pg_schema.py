@@ -139,19 +139,24 @@ def missing_rights(conn: psycopg.Connection) -> list[str]:
     return lacks
 
 
+def version_and_lacks(conn: psycopg.Connection) -> tuple[int, list[str]]:
+    """The schema's version (-1: the role may not even read it) and the rights the role
+    lacks where the schema is there (none are looked for in an older or missing one)."""
+    try:
+        have = current_version(conn)
+    except psycopg.errors.InsufficientPrivilege:
+        return -1, ["SELECT on schema_version", *missing_rights(conn)]
+    return have, (missing_rights(conn) if have >= CODE_VERSION else [])
+
+
 def check_ready(conn: psycopg.Connection, where: str, config_hint: str) -> int:
     """Refuse to run on a database without our schema, with an older one, or as a role
     that cannot write it; the schema version otherwise (newer than ours is allowed:
     migrations only add, so a daemon of the previous release keeps working during an
     upgrade of the farm)."""
     migrate_cmd = f"dropbox-daemon db migrate{config_hint}"
-    try:
-        have = current_version(conn)
-    except psycopg.errors.InsufficientPrivilege:
-        have = -1  # the schema is there; this role may not even read its version
-    if have == -1 or (have >= CODE_VERSION and missing_rights(conn)):
-        lacks = ["SELECT on schema_version"] if have == -1 else []
-        lacks += missing_rights(conn)
+    have, lacks = version_and_lacks(conn)
+    if lacks:
         said = (
             ", ".join(lacks)
             if len(lacks) <= 4

@@ -46,7 +46,6 @@ from dropbox_daemon.store.base import (
     rows_of,
 )
 from dropbox_daemon.store.pg_link import Link, LinkSettings, link_for
-from dropbox_daemon.store.pg_schema import CODE_VERSION
 
 
 class _Pg:
@@ -82,7 +81,6 @@ class PostgresStore(Store):
         on_wait: Callable[[str, float], bool] | None = None,
     ) -> None:
         super().__init__(outbox, instance)
-        self.url = url
         self.stale_seconds = stale_seconds
         s = settings or LinkSettings()
         self.link = link_for(url, s, instance=instance, stale_seconds=stale_seconds)
@@ -91,10 +89,6 @@ class PostgresStore(Store):
     def close(self) -> None:
         """Stores share the process's link; it is closed with the last of them."""
         self.link.release()
-
-    @property
-    def last_error(self) -> str | None:
-        return self.link.last_error
 
     @property
     def security(self) -> dict[str, Any]:
@@ -140,8 +134,6 @@ class PostgresStore(Store):
     def schema_version(self) -> int:
         rows = self._read("SELECT MAX(version) AS v FROM schema_version")
         return int(rows[0]["v"] or 0) if rows else 0
-
-    code_version = CODE_VERSION
 
     # -- the farm's queue -------------------------------------------------------------
     def take_next(self, instance: str, last_served: dict[str, float], **changes: Any) -> Job | None:
