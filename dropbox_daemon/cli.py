@@ -11,6 +11,7 @@ from dropbox_daemon import __version__
 from dropbox_daemon import config as config_mod
 from dropbox_daemon.errors import (
     EXIT_CONFIG,
+    EXIT_DUPLICATE,
     EXIT_FAILURE,
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -59,6 +60,8 @@ def cmd_submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         fields["engine"] = args.engine
     if args.priority is not None:
         fields["priority"] = args.priority
+    if args.replace:
+        fields["replace"] = True
     handle = client.submit(
         inbox.path,
         args.audio,
@@ -67,18 +70,35 @@ def cmd_submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         job_id=args.job_id,
         **fields,
     )
+    earlier = handle.earlier
+    will = "run"
+    note = ""
+    if earlier is not None and not (
+        args.replace and earlier.get("state") in client.TERMINAL
+    ) and earlier.get("state") != "rejected":
+        will = "duplicate"
+        note = (
+            f"; job {handle.job_id} already exists ({earlier.get('state')}), so this drop is "
+            f"answered as a duplicate in {handle.job_id}.dup-<n> and not run"
+            + ("" if args.replace else " (--replace runs it again once it has ended)")
+        )
     if not args.wait:
         _out(
             args,
-            f"submitted {handle.job_id} to inbox {inbox.name}; results in {handle.folder}",
-            {"job_id": handle.job_id, "outbox": str(handle.folder)},
+            f"submitted {handle.job_id} to inbox {inbox.name}; results in {handle.folder}{note}",
+            {
+                "job_id": handle.job_id,
+                "outbox": str(handle.folder),
+                "expect": will,
+                "earlier_state": earlier.get("state") if earlier else None,
+            },
         )
         return EXIT_OK
     return _wait(args, handle)
 
 
 def _wait(args: argparse.Namespace, handle: Any) -> int:
-    from dropbox_daemon.client import JobFailed
+    from dropbox_daemon.client import Duplicate, JobFailed
 
     last = [""]
 
@@ -90,6 +110,26 @@ def _wait(args: argparse.Namespace, handle: Any) -> int:
 
     try:
         rec = handle.wait(timeout=args.timeout, on_progress=progress)
+    except Duplicate as e:
+        before = e.earlier or {}
+        out = before.get("output") or {}
+        result = handle.outbox / handle.job_id / out["name"] if out.get("name") else None
+        earlier = f"; its earlier result: {result}" if result and before.get("state") == "done" else ""
+        _out(
+            args,
+            f"duplicate: job {handle.job_id} already exists ({before.get('state', 'unknown')}), so "
+            f"this drop was NOT run: it was answered as {e.answer_id} "
+            f"({handle.outbox / e.answer_id}){earlier}\n"
+            "hint: --replace runs the job again once it has ended; a new --job-id runs a new job",
+            {
+                **e.record,
+                "answer": "duplicate",
+                "answer_folder": str(handle.outbox / e.answer_id),
+                "earlier": before,
+                "earlier_result": str(result) if result else None,
+            },
+        )
+        return EXIT_OK if args.duplicate_ok else EXIT_DUPLICATE
     except JobFailed as e:
         err = e.error or {}
         _out(
@@ -118,8 +158,84 @@ def _daemon_pid(cfg: config_mod.Config) -> int | None:
     return read_pid(cfg)
 
 
-def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+def _read_beat(cfg: config_mod.Config) -> dict[str, Any] | None:
+    try:
+        beat = json.loads((cfg.daemon_dir / "health.json").read_text())
+        return beat if isinstance(beat, dict) and "written_at" in beat else None
+    except (OSError, ValueError):
+        return None
+
+
+def daemon_state(
+    pid: int | None, beat: dict[str, Any] | None, heartbeat_seconds: float, now: float
+) -> dict[str, Any]:
+    """What the daemon is doing, from its pid file and its last health record, said once:
+    phase (starting, running, draining, stopped, killed, hung), whether it is healthy, and
+    a line for a person. The record counts only when it is this daemon's (its pid)."""
     import datetime as dt
+
+    age = None
+    if beat is not None:
+        written = dt.datetime.fromisoformat(beat["written_at"].replace("Z", "+00:00"))
+        age = now - written.timestamp()
+    stale = age is not None and age > 3 * heartbeat_seconds + 5
+    status = beat.get("status") if beat else None
+    ours = beat is not None and pid is not None and beat.get("pid") == pid
+    if pid is None:
+        if beat is None:
+            return {
+                "phase": "stopped",
+                "healthy": False,
+                "line": "NOT running (never started here)",
+            }
+        if status == "stopped":
+            why = "; ".join(beat.get("reasons", []))
+            return {"phase": "stopped", "healthy": False, "line": f"NOT running: {why}"}
+        return {
+            "phase": "killed",
+            "healthy": False,
+            "line": f"NOT running, and it did not stop cleanly: its last heartbeat ({age:.0f} s "
+            f"ago) said {status}; it was killed or crashed: see its log (journalctl -u "
+            "dropbox-daemon)",
+        }
+    if not ours:
+        return {
+            "phase": "starting",
+            "healthy": False,
+            "line": f"starting (pid {pid}): no heartbeat from this run yet",
+        }
+    if stale:
+        return {
+            "phase": "hung",
+            "healthy": False,
+            "line": f"running (pid {pid}) but its heartbeat is {age:.0f} s old: the daemon is "
+            "hung (kill -USR2 prints its threads' stacks to its log)",
+        }
+    phase = beat.get("phase") or "running"
+    healthy = status in ("ok", "degraded", "stopping")
+    words = {
+        "starting": "starting (loading the worker's models)",
+        "running": "running",
+        "draining": "STOPPING (draining: no new job starts)",
+        "stopped": "stopping",
+    }
+    verdict = {
+        "ok": "healthy",
+        "degraded": "working, degraded",
+        "failing": "NOT healthy",
+        "stopping": "stopping",
+    }.get(status or "", str(status))
+    return {
+        "phase": phase,
+        "healthy": healthy,
+        "line": f"{words.get(phase, phase)} (pid {pid}); health: {verdict} ({status}); heartbeat "
+        "written "
+        f"{age:.0f} s ago",
+    }
+
+
+def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    import time
 
     from dropbox_daemon.farm import instances_view
 
@@ -130,25 +246,11 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     if store is not None:
         counts = store.counts()
         store.close()
-    try:
-        beat = json.loads((cfg.daemon_dir / "health.json").read_text())
-    except (OSError, ValueError):
-        beat = None
-    lines = [f"dropbox-daemon {__version__}: " + (f"running (pid {pid})" if pid else "NOT running")]
-    healthy = False
-    if beat is not None:
-        written = dt.datetime.fromisoformat(beat["written_at"].replace("Z", "+00:00"))
-        age = (dt.datetime.now(dt.UTC) - written).total_seconds()
-        stale = age > 3 * cfg.health.heartbeat_seconds + 5
-        healthy = bool(pid) and not stale and beat["status"] != "failing"
-        if healthy:
-            verdict = "healthy" if beat["status"] == "ok" else "working, degraded"
-        else:
-            verdict = "NOT healthy"
-        lines.append(
-            f"health: {verdict} ({beat['status']}); heartbeat written {age:.0f} s ago"
-            + (" - STALE: the daemon is hung or stopped" if stale else "")
-        )
+    beat = _read_beat(cfg)
+    state = daemon_state(pid, beat, cfg.health.heartbeat_seconds, time.time())
+    running = state["phase"] in ("starting", "running", "draining", "hung")
+    lines = [f"dropbox-daemon {__version__}: {state['line']}"]
+    if beat is not None and running and state["phase"] != "hung" and beat.get("pid") == pid:
         lines += [f"  - {r}" for r in beat.get("reasons", [])]
         w = beat.get("worker", {})
         mem = f", {w['memory_bytes'] >> 20} MiB" if w.get("memory_bytes") else ""
@@ -165,8 +267,6 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         if beat.get("current_job"):
             cj = beat["current_job"]
             lines.append(f"now: {cj['job_id']} {cj['state']} {cj['progress'] * 100:.0f}%")
-    else:
-        lines.append("health: no heartbeat written yet")
     active = {k: v for k, v in counts.items() if v}
     scope = "farm" if cfg.store.url else "this daemon"
     lines.append(
@@ -185,9 +285,11 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
                 f"{str(i['version']):<8} {i['current_job'] or '-'}"
             )
     data = {
-        "running": bool(pid),
+        "running": running,
         "pid": pid,
-        "healthy": healthy,
+        "phase": state["phase"],
+        "healthy": state["healthy"],
+        "summary": state["line"],
         "jobs": counts,
         "health": beat,
         "version": __version__,
@@ -195,7 +297,7 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         "instances": farm,
     }
     _out(args, "\n".join(lines), data)
-    return EXIT_OK if pid and healthy else EXIT_FAILURE
+    return EXIT_OK if running and state["healthy"] else EXIT_FAILURE
 
 
 def cmd_doctor(args: argparse.Namespace, cfg: config_mod.Config) -> int:
@@ -446,7 +548,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=["auto", "wav2lip", "preview", "passthrough", "http"])
     s.add_argument("--job-id")
     s.add_argument("--priority", type=int)
+    s.add_argument(
+        "--replace",
+        action="store_true",
+        help="run the job again if its job_id already ran (the manifest's replace = true)",
+    )
     s.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    s.add_argument(
+        "--duplicate-ok",
+        action="store_true",
+        help="--wait: exit 0 when the drop is answered as a duplicate (default: exit 6)",
+    )
     s.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits")
     sub.add_parser("status", parents=[common], help="is the daemon up; jobs by state")
     j = sub.add_parser("jobs", parents=[common], help="list jobs")

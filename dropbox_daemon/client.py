@@ -29,28 +29,86 @@ class JobFailed(Exception):
         super().__init__(f"job {record.get('job_id')} ended {record.get('state')}: {msg}")
 
 
+class Duplicate(JobFailed):
+    """The drop repeated a job_id that the daemon already has: it was answered in its own
+    folder (`answer_id`, state duplicate) and not run; `earlier` is the earlier job's
+    task.json (its result, if it has one, is the earlier run's, not this drop's)."""
+
+    def __init__(self, record: dict[str, Any], earlier: dict[str, Any] | None) -> None:
+        super().__init__(record, record.get("error"))
+        self.answer_id = str(record.get("job_id"))
+        self.earlier = earlier
+
+
 def new_job_id() -> str:
     return time.strftime("job-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+def _read_task(folder: Path) -> dict[str, Any] | None:
+    try:
+        rec = json.loads((folder / "task.json").read_text())
+        return rec if isinstance(rec, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _run_of(rec: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """What tells one run of a job from the next: a re-run gets a new trace id, a re-drop
+    rejected again a new finish time."""
+    return None if rec is None else (rec.get("trace_id"), rec.get("finished_at"))
+
+
 @dataclass
 class JobHandle:
+    """A submitted drop. The daemon answers it in outbox/<job_id>/ (a new job, or the same
+    job run again) or, when the job_id already exists, in a new outbox/<job_id>.dup-<n>/;
+    the handle knows which from what was there before the drop."""
+
     job_id: str
     outbox: Path
+    earlier: dict[str, Any] | None = None  # outbox/<job_id>/task.json before the drop
+    dups_before: frozenset[str] = frozenset()  # its .dup-<n> answers before the drop
+    answer_id: str | None = None  # where this drop was answered, once known
+
+    @classmethod
+    def before_drop(cls, job_id: str, outbox: Path) -> JobHandle:
+        return cls(job_id, outbox, _read_task(outbox / job_id), frozenset(cls._dups(outbox, job_id)))
+
+    @staticmethod
+    def _dups(outbox: Path, job_id: str) -> set[str]:
+        try:
+            return {p.name for p in outbox.glob(f"{job_id}.dup-*") if p.is_dir()}
+        except OSError:
+            return set()
 
     @property
     def folder(self) -> Path:
-        return self.outbox / self.job_id
+        return self.outbox / (self.answer_id or self.job_id)
+
+    def _find_answer(self) -> str | None:
+        """Which folder answers this drop: the job's own once its record is a new run, or a
+        duplicate answer that was not there before."""
+        rec = _read_task(self.outbox / self.job_id)
+        running_before = self.earlier is not None and self.earlier.get("state") not in TERMINAL
+        if rec is not None and not running_before and _run_of(rec) != _run_of(self.earlier):
+            return self.job_id
+        for name in sorted(self._dups(self.outbox, self.job_id) - self.dups_before):
+            if _read_task(self.outbox / name) is not None:
+                return name
+        return None
 
     def record(self) -> dict[str, Any] | None:
-        """The job's task.json now, or None before the daemon has taken the drop."""
-        try:
-            return json.loads((self.folder / "task.json").read_text())
-        except (OSError, ValueError):
-            return None
+        """This drop's task.json now, or None before the daemon has answered it."""
+        if self.answer_id is None:
+            self.answer_id = self._find_answer()
+            if self.answer_id is None:
+                return None
+        return _read_task(self.folder)
 
     def wait(self, timeout: float = 3600, poll: float = 0.2, on_progress=None) -> dict[str, Any]:  # noqa: ANN001
-        """Follow task.json until the job ends; returns it, raises JobFailed unless done."""
+        """Follow task.json until the job ends; returns it, raises JobFailed unless done
+        (Duplicate when the drop was answered as a duplicate and not run). A callback's
+        outcome comes later: callback() reads it."""
         deadline = time.monotonic() + timeout
         while True:
             rec = self.record()
@@ -59,6 +117,8 @@ class JobHandle:
             if rec is not None and rec.get("state") in TERMINAL:
                 if rec["state"] == "done":
                     return rec
+                if rec["state"] == "duplicate":
+                    raise Duplicate(rec, _read_task(self.outbox / self.job_id))
                 err = None
                 try:
                     err = json.loads((self.folder / "error.json").read_text())
@@ -70,6 +130,16 @@ class JobHandle:
                     f"job {self.job_id} did not end within {timeout:.0f} s "
                     f"(last state: {rec.get('state') if rec else 'not picked up yet'})"
                 )
+            time.sleep(poll)
+
+    def callback(self, timeout: float = 0, poll: float = 0.2) -> dict[str, Any] | None:
+        """The callback's outcome in task.json ({state, reason, ...}): pending until it is
+        delivered, refused or failed for good; waits up to `timeout` for one of those."""
+        deadline = time.monotonic() + timeout
+        while True:
+            cb = (self.record() or {}).get("callback")
+            if (cb and cb.get("state") != "pending") or time.monotonic() >= deadline:
+                return cb
             time.sleep(poll)
 
 
@@ -93,6 +163,7 @@ def submit(
     final = inbox / job_id
     if final.exists():
         raise FileExistsError(f"{final} already exists in the inbox (not yet taken?)")
+    handle = JobHandle.before_drop(job_id, Path(outbox))
     tmp.mkdir()
     try:
         a_name = "audio" + audio.suffix.lower()
@@ -105,4 +176,4 @@ def submit(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return JobHandle(job_id, Path(outbox))
+    return handle

@@ -77,6 +77,7 @@ class Daemon:
         self.deliverer = Deliverer(cfg, on_give_up=self.metrics.callback_failures.inc)
         self.web = Web(cfg, self.view, self.metrics)
         self.holding_said: str | None = None  # the disk-low reason last logged
+        self.shared: tuple[Any, ...] = ()  # health.signature of the view last shared
         # the parts of each pass, in the order loop_once runs them
         self.claiming = Claiming(self)
         self.supervisor = Supervisor(self)
@@ -172,6 +173,7 @@ class Daemon:
         except ConfigError:
             if self.flags.stop and not self.view.ready:  # SIGTERM while waiting for the database
                 logger.info("dropbox-daemon stopped while waiting for the farm's database")
+                self._write_stopped()
                 self._let_go()  # a lease taken before the wait says "stopped"
                 return 0
             raise
@@ -194,9 +196,37 @@ class Daemon:
                 self.wake.wait(self.cfg.daemon.loop_seconds)
                 self.wake.clear()
             self.stop()
+            self._write_stopped()
         finally:
             self._let_go()
         return 0
+
+    def _write_stopped(self) -> None:
+        """The last health record: "stopped", the worker gone, so no reader takes the last
+        heartbeat of a daemon that is no longer there for a running one."""
+        self.view.stopped_at = time.time()
+        self.view.stop_reason = self.view.stop_reason or self._stop_reason()
+        self._share_view(beat=False)
+        try:
+            store = self.store if self.view.store_error is None else None
+            health.write(
+                self.cfg,
+                health.build(
+                    self.view, self.cfg, store, self.metrics, time.time(), time.monotonic()
+                ),
+                self.metrics,
+            )
+        except Exception as e:  # noqa: BLE001 - stopping goes on; the pid file is gone anyway
+            logger.warning("health.json not marked stopped: {}", e)
+
+    def _stop_reason(self) -> str:
+        names = []
+        for n in self.flags.signals:
+            try:
+                names.append(signal.Signals(n).name)
+            except ValueError:
+                names.append(f"signal {n}")
+        return ", ".join(dict.fromkeys(names)) or "asked to stop"
 
     def _let_go(self) -> None:
         """What a started daemon holds, given back: its lease (as stopped), the watches,
@@ -211,6 +241,8 @@ class Daemon:
     def stop(self) -> None:
         """Stop taking jobs; let the running one finish within stop_timeout, else re-queue it."""
         self.view.stopping = True
+        self.view.stop_reason = self._stop_reason()
+        self._share_view()  # "stopping" is read at once, not at the next heartbeat
         self.notifier.stopping(
             f"stopping; {'finishing ' + self.current.job_id if self.current else 'idle'}"
         )
@@ -223,6 +255,7 @@ class Daemon:
             )
         while self.current is not None and not self.flags.immediate and time.monotonic() < deadline:
             self.supervisor.handle_worker(time.time(), dispatching=False)
+            self._share_view()
             self.wake.wait(0.1)
             self.wake.clear()
         if self.current is not None:
@@ -310,23 +343,32 @@ class Daemon:
                 e.message,
             )
         self.view.store_error = e.message
+        self._share_view()
 
     def _store_back(self) -> None:
         if self.store_down is not None:
             logger.info("store: reachable again after '{}'", self.store_down)
             self.store_down = None
             self.view.store_error = None
+            self._share_view()
 
     def _on_change(self, job: Job, from_state: str | None) -> None:
         self.metrics.on_change(job, from_state)
         if job.callback_url and job.terminal:
             self.deliverer.wake.set()
 
-    def _share_view(self) -> None:
+    def _share_view(self, beat: bool = True) -> None:
+        """Copy what the main loop knows into the view; a change a reader acts on (phase,
+        worker, current job, store, disk) is written to health.json now."""
         v, w = self.view, self.worker
-        v.worker_pid, v.worker_state, v.worker_info = w.pid, w.state, w.info
+        v.worker_pid = w.pid if w.state != "stopped" else None
+        v.worker_state, v.worker_info = w.state, w.info
         v.worker_restarts = w.restarts
         v.current_job = self.current.job_id if self.current else None
+        now = health.signature(v)
+        if beat and now != self.shared:
+            self.scheduler.beat_now()
+        self.shared = now
 
 
 PID_FILE = "daemon.pid"

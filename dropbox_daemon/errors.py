@@ -15,6 +15,7 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_NOT_FOUND = 4
 EXIT_TIMEOUT = 5
+EXIT_DUPLICATE = 6  # submit --wait: the drop repeated a job_id and was not run
 
 
 class DaemonError(Exception):

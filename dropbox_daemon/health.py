@@ -25,7 +25,9 @@ from dropbox_daemon.store import RUNNING, TERMINAL, Job, Store, StoreUnavailable
 
 HEALTH_JSON = "health.json"
 METRICS_PROM = "metrics.prom"
-STATUS_LEVEL = {"ok": 0, "degraded": 1, "failing": 2}
+# the metric's value of each status; "stopping" (draining after a signal) and "stopped" (a
+# clean stop's last record) say what the daemon is doing, not how well
+STATUS_LEVEL = {"ok": 0, "degraded": 1, "failing": 2, "stopping": 3, "stopped": 4}
 
 
 class _InstanceLabelled(Collector):
@@ -87,7 +89,11 @@ class Metrics:
             "dropbox_last_success_timestamp_seconds", "When a job last ended done", registry=r
         )
         self.disk_free = Gauge("dropbox_disk_free_bytes", "Free space", ["path"], registry=r)
-        self.status = Gauge("dropbox_health_status", "0 ok, 1 degraded, 2 failing", registry=r)
+        self.status = Gauge(
+            "dropbox_health_status",
+            "0 ok, 1 degraded, 2 failing, 3 stopping, 4 stopped",
+            registry=r,
+        )
         self.intake_given_up = Gauge(
             "dropbox_intake_given_up",
             "Claims whose intake kept failing, since start: rejected (intake_failed) or quarantined",
@@ -125,7 +131,9 @@ class DaemonView:
     pass_error: str | None = None  # why the last pass broke off, while passes keep failing
     holding: str | None = None  # why no new work is taken now (disk low), set by the heartbeat
     ready: bool = False
-    stopping: bool = False
+    stopping: bool = False  # a signal came: the running job finishes, no new one starts
+    stop_reason: str = ""  # which signal, said while draining
+    stopped_at: float | None = None  # a clean stop's time: the last record says "stopped"
     worker_pid: int | None = None
     worker_state: str = "stopped"
     worker_info: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +145,29 @@ class DaemonView:
     store_error: str | None = None  # why the store cannot be reached now
     intake_rejected: int = 0  # claims answered intake_failed after MAX_INTAKE_TRIES
     quarantined: int = 0  # claims that could not even be answered, set aside
+
+
+def phase(view: DaemonView) -> str:
+    """What the daemon is doing, in one word: starting, running, draining or stopped."""
+    if view.stopped_at is not None:
+        return "stopped"
+    if view.stopping:
+        return "draining"
+    return "running" if view.ready else "starting"
+
+
+def signature(view: DaemonView) -> tuple[Any, ...]:
+    """The parts of the view a reader acts on; a change of any is written at once, not at
+    the next heartbeat."""
+    return (
+        phase(view),
+        view.worker_state,
+        view.worker_pid,
+        view.current_job,
+        view.store_error,
+        view.holding,
+        view.worker_restarts,
+    )
 
 
 def disk_free(path: Path) -> int | None:
@@ -172,7 +203,10 @@ def _job_brief(job: Job | None) -> dict[str, Any] | None:
 def evaluate(
     view: DaemonView, cfg: Config, disks: dict[str, int | None], now_mono: float
 ) -> tuple[str, list[str]]:
-    """(status, reasons): failing stops the watchdog pings, degraded only reports."""
+    """(status, reasons): failing stops the watchdog pings, degraded only reports;
+    stopping and stopped say that the daemon was told to stop (with how far it is)."""
+    if view.stopped_at is not None:
+        return "stopped", [f"stopped cleanly at {utc_iso(view.stopped_at)} ({view.stop_reason})"]
     failing, degraded = [], []
     stall = now_mono - view.loop_tick
     limit = cfg.health.loop_stall_seconds
@@ -185,7 +219,9 @@ def evaluate(
             + (f" (each fails: {view.pass_error})" if view.pass_error else "")
             + "; queued jobs wait; see the daemon's log"
         )
-    if view.worker_state == "dead" or (view.ready and view.worker_state in ("stopped",)):
+    if view.worker_state == "dead" or (
+        view.ready and not view.stopping and view.worker_state == "stopped"
+    ):
         failing.append(f"worker is {view.worker_state}")
     elif view.worker_state == "starting":
         degraded.append("worker is starting (loading models)")
@@ -210,6 +246,13 @@ def evaluate(
     if view.store_error:
         degraded.append(f"store: unreachable ({view.store_error})")
     status = "failing" if failing else "degraded" if degraded else "ok"
+    if view.stopping and not failing:
+        doing = f"finishing job {view.current_job}" if view.current_job else "idle"
+        return "stopping", [
+            f"stopping ({view.stop_reason}): {doing}; no new job starts; SIGTERM again stops "
+            "at once (a running job is re-queued)",
+            *degraded,
+        ]
     return status, failing + degraded
 
 
@@ -278,6 +321,8 @@ def build(
             for k, v in view.peers.items()
             if k != (view.instance or cfg.instance_id)
         },
+        "phase": phase(view),
+        "stopped_at": utc_iso(view.stopped_at) if view.stopped_at else None,
         "uptime_seconds": round(now - view.started_at, 1),
         "config_hash": cfg.config_hash(),
         "ready": view.ready,

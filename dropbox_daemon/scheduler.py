@@ -22,6 +22,7 @@ from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store import Store, StoreUnavailable, open_store
 
 HOUSEKEEPING = "housekeeping"  # the executor of retention and backups
+BEAT_NOW = "heartbeat-now"  # a heartbeat out of turn: the daemon's state changed
 
 
 class Scheduler:
@@ -39,6 +40,8 @@ class Scheduler:
         self.local = threading.local()
         self.opened: list[Store] = []
         self.last_status = "ok"
+        self.beat_lock = threading.Lock()
+        self.beat_pending = False
 
     @property
     def store(self) -> Store:
@@ -77,6 +80,26 @@ class Scheduler:
         )
         self.sched.start()
 
+    def beat_now(self) -> None:
+        """Write health.json now (in the heartbeat's thread, after any beat under way): the
+        daemon started, its worker became ready, a job started or ended, it is stopping.
+        Requests made while one waits to run are one beat."""
+        with self.beat_lock:
+            if self.beat_pending or not self.sched.running:
+                return
+            self.beat_pending = True
+        try:
+            # one may be running while this one waits: two instances, never a "skipped"
+            self.sched.add_job(self._beat_now, id=BEAT_NOW, replace_existing=True, max_instances=2)
+        except Exception as e:  # noqa: BLE001 - the 10 s heartbeat still writes it
+            self.beat_pending = False
+            logger.debug("heartbeat out of turn not scheduled: {}", e)
+
+    def _beat_now(self) -> None:
+        with self.beat_lock:
+            self.beat_pending = False  # a change from now on asks for another beat
+        self.heartbeat()
+
     def stop(self) -> None:
         self.sched.shutdown(wait=True)
         for s in self.opened:
@@ -96,7 +119,13 @@ class Scheduler:
             return
         status = record["status"]
         if status != self.last_status:
-            log = logger.warning if status != "ok" else logger.info
+            # a worker loading its models at start-up is expected: said, not warned about
+            expected = status == "degraded" and record["phase"] == "starting"
+            log = (
+                logger.warning
+                if status in ("degraded", "failing") and not expected
+                else logger.info
+            )
             log("health is now {}: {}", status, "; ".join(record["reasons"]) or "all checks pass")
             self.last_status = status
         if self.view.stopping:

@@ -187,6 +187,9 @@ class Web:
         body = {
             "alive": fresh,
             "status": beat.get("status"),
+            "phase": beat.get("phase"),
+            "worker": (beat.get("worker") or {}).get("state"),
+            "current_job": (beat.get("current_job") or {}).get("job_id"),
             "heartbeat_age_seconds": round(age, 1),
             "reasons": beat.get("reasons", []),
             "store": beat.get("store"),
