@@ -73,9 +73,11 @@ def cmd_submit(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     earlier = handle.earlier
     will = "run"
     note = ""
-    if earlier is not None and not (
-        args.replace and earlier.get("state") in client.TERMINAL
-    ) and earlier.get("state") != "rejected":
+    if (
+        earlier is not None
+        and not (args.replace and earlier.get("state") in client.TERMINAL)
+        and earlier.get("state") != "rejected"
+    ):
         will = "duplicate"
         note = (
             f"; job {handle.job_id} already exists ({earlier.get('state')}), so this drop is "
@@ -114,7 +116,9 @@ def _wait(args: argparse.Namespace, handle: Any) -> int:
         before = e.earlier or {}
         out = before.get("output") or {}
         result = handle.outbox / handle.job_id / out["name"] if out.get("name") else None
-        earlier = f"; its earlier result: {result}" if result and before.get("state") == "done" else ""
+        earlier = (
+            f"; its earlier result: {result}" if result and before.get("state") == "done" else ""
+        )
         _out(
             args,
             f"duplicate: job {handle.job_id} already exists ({before.get('state', 'unknown')}), so "
@@ -303,7 +307,7 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 def cmd_doctor(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     from dropbox_daemon import doctor
 
-    checks = doctor.run_checks(cfg)
+    checks = doctor.run_checks(cfg, unit=args.unit)
     if args.json:
         print(json.dumps(doctor.as_dicts(checks), indent=2))
     else:
@@ -574,8 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     c.add_argument("job")
     sub.add_parser("demo", parents=[common], help="render a sample job end to end")
-    sub.add_parser(
+    dr = sub.add_parser(
         "doctor", parents=[common], help="check this host's set-up; non-zero on any failure"
+    )
+    dr.add_argument(
+        "--unit",
+        metavar="FILE_OR_NAME",
+        help="check this unit file (e.g. systemd/dropbox-daemon.service) or installed unit "
+        "instead of the installed dropbox-daemon.service",
     )
     sm = sub.add_parser(
         "smoke", parents=[common], help="render a 10 s job through the daemon: pass or fail"

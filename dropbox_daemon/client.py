@@ -72,7 +72,9 @@ class JobHandle:
 
     @classmethod
     def before_drop(cls, job_id: str, outbox: Path) -> JobHandle:
-        return cls(job_id, outbox, _read_task(outbox / job_id), frozenset(cls._dups(outbox, job_id)))
+        return cls(
+            job_id, outbox, _read_task(outbox / job_id), frozenset(cls._dups(outbox, job_id))
+        )
 
     @staticmethod
     def _dups(outbox: Path, job_id: str) -> set[str]:

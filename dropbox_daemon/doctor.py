@@ -21,7 +21,8 @@ from dropbox_daemon.media.frame_store import FrameStore
 from dropbox_daemon.watcher import mount_of, watch_mode
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dropbox-daemon.service"
-INSTALLED_UNIT = Path("/etc/systemd/system/dropbox-daemon.service")
+UNIT_NAME = "dropbox-daemon.service"
+UNIT_FOLDERS = (Path("/etc/systemd/system"), Path("/lib/systemd/system"))
 MIN_INOTIFY_WATCHES = 8192
 
 
@@ -44,20 +45,53 @@ def _writable(path: Path) -> str | None:
     return None
 
 
+def existing_parent(path: Path) -> Path:
+    """The nearest path above `path` (or itself) that exists (a file there stops a mkdir)."""
+    p = path
+    while not (p.exists() or p.is_symlink()) and p != p.parent:
+        p = p.parent
+    return p
+
+
 def check_folders(cfg: Config) -> list[Check]:
+    """Each folder writable, or, before the first start, creatable: the daemon makes the
+    outbox, the state folder and every inbox itself (0750) when it starts."""
     out = []
     folders = [("outbox", cfg.daemon.outbox), ("state", cfg.daemon.state_dir)]
     folders += [(f"inbox {i.name}", i.path) for i in cfg.inbox]
     for name, path in folders:
-        if not path.is_dir():
+        if path.exists() and not path.is_dir():
             out.append(
                 Check(
                     f"{name} folder",
                     "fail",
-                    f"{path} does not exist",
-                    f"mkdir -p {path} and give the service user write access",
+                    f"{path} exists and is not a folder",
+                    f"move it away, or point the config at a folder for the {name}",
                 )
             )
+            continue
+        if not path.is_dir():
+            parent = existing_parent(path)
+            why = _writable(parent) if parent.is_dir() else "it is not a folder"
+            if why:
+                out.append(
+                    Check(
+                        f"{name} folder",
+                        "fail",
+                        f"{path} does not exist and cannot be created: {parent} is not "
+                        f"writable ({why})",
+                        f"mkdir -p {path} and give the service user write access",
+                    )
+                )
+            else:
+                out.append(
+                    Check(
+                        f"{name} folder",
+                        "ok",
+                        f"{path} does not exist yet: the daemon creates it at its first start "
+                        f"({parent} is writable)",
+                    )
+                )
             continue
         why = _writable(path)
         if why:
@@ -79,6 +113,13 @@ def check_claims(cfg: Config) -> list[Check]:
     out = []
     for inbox in cfg.inbox:
         if not inbox.path.is_dir():
+            out.append(
+                Check(
+                    f"claims in inbox {inbox.name}",
+                    "ok",
+                    f"checked once {inbox.path} exists (the daemon creates it at its first start)",
+                )
+            )
             continue
         root = claims_root(inbox.path)
         try:
@@ -266,7 +307,7 @@ def check_disk(cfg: Config) -> list[Check]:
     out = []
     for name, path in (("outbox", cfg.daemon.outbox), ("state", cfg.daemon.state_dir)):
         try:
-            free = shutil.disk_usage(path).free
+            free = shutil.disk_usage(existing_parent(path)).free
         except OSError:
             continue
         status = (
@@ -330,51 +371,96 @@ def check_inotify(cfg: Config) -> list[Check]:
     return [Check("inotify", "ok", f"max_user_watches {watches}")]
 
 
-def check_unit(cfg: Config) -> list[Check]:
-    """The unit's ReadWritePaths= must cover every folder the daemon writes to."""
-    unit = INSTALLED_UNIT if INSTALLED_UNIT.exists() else UNIT
-    if not unit.exists():
-        return [
-            Check(
-                "systemd unit",
-                "warn",
-                "no unit file found",
-                f"install {UNIT.name} (docs/operations.md)",
+def installed_unit(name: str = UNIT_NAME) -> tuple[str, str] | None:
+    """(where, text) of the unit systemd would run: `systemctl cat` (with its drop-ins), or
+    the file in /etc/systemd/system or /lib/systemd/system where systemd is not running."""
+    import subprocess
+
+    systemctl = shutil.which("systemctl")
+    if systemctl:
+        try:
+            r = subprocess.run(
+                [systemctl, "cat", "--no-pager", name], capture_output=True, text=True, timeout=10
             )
-        ]
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
-    try:
-        parser.read(unit)
-        paths = [Path(p) for p in parser.get("Service", "ReadWritePaths", fallback="").split()]
-        state_dir = parser.get("Service", "StateDirectory", fallback="")
-    except configparser.Error as e:
-        return [Check("systemd unit", "warn", f"{unit} cannot be read: {e}", "")]
-    if state_dir:
-        paths.append(Path("/var/lib") / state_dir)
+            if r.returncode == 0 and r.stdout.strip():
+                return f"systemctl cat {name}", r.stdout
+        except (OSError, subprocess.SubprocessError):
+            pass
+    for folder in UNIT_FOLDERS:
+        path = folder / name
+        try:
+            return str(path), path.read_text()
+        except OSError:
+            continue
+    return None
+
+
+def unit_paths(text: str) -> list[Path]:
+    """The folders a unit lets the service write: every ReadWritePaths= of [Service] (they
+    add up; an empty one resets, as in systemd), and StateDirectory= under /var/lib."""
+    paths: list[Path] = []
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, sep, value = line.partition("=")
+        if section != "Service" or not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if key == "ReadWritePaths":
+            if not value:
+                paths = []
+            paths += [Path(p.lstrip("-+")) for p in value.split()]
+        elif key == "StateDirectory":
+            paths += [Path("/var/lib") / d for d in value.split()]
+    return paths
+
+
+def check_unit(cfg: Config, unit: str | None = None) -> list[Check]:
+    """The unit's ReadWritePaths= must cover every folder the daemon writes to: the
+    installed unit's, or the file `unit` names (doctor --unit)."""
+    if unit is not None and Path(unit).is_file():
+        where, text = unit, Path(unit).read_text()
+    else:
+        found = installed_unit(unit or UNIT_NAME)
+        if found is None:
+            return [
+                Check(
+                    "systemd unit",
+                    "ok",
+                    f"no {unit or UNIT_NAME} installed (not run by systemd here); "
+                    f"`doctor --unit {UNIT}` checks the repository's unit against this config",
+                )
+            ]
+        where, text = found
+    paths = unit_paths(text)
     needed = [cfg.daemon.outbox, cfg.daemon.state_dir, *(i.path for i in cfg.inbox)]
     missing = [str(p) for p in needed if not any(p == q or p.is_relative_to(q) for q in paths)]
-    status = (
-        "warn" if unit == UNIT else "fail"
-    )  # the repo's copy is a template; an installed unit must match
     if missing:
         return [
             Check(
                 "systemd unit",
-                status,
-                f"{unit} does not let the service write to: {', '.join(missing)}",
-                f"add them to ReadWritePaths= in {unit}, or move the folders",
+                "fail",
+                f"{where} does not let the service write to: {', '.join(missing)}",
+                "add them to ReadWritePaths= (systemctl edit dropbox-daemon), or move the folders",
             )
         ]
     return [
-        Check("systemd unit", "ok", f"{unit} covers every inbox, the outbox and the state folder")
+        Check("systemd unit", "ok", f"{where} covers every inbox, the outbox and the state folder")
     ]
 
 
-def run_checks(cfg: Config) -> list[Check]:
+def run_checks(cfg: Config, unit: str | None = None) -> list[Check]:
     checks = check_folders(cfg) + check_claims(cfg) + check_dropbox_private(cfg)
     torch_checks, gpu = check_torch(cfg)
     checks += check_ffmpeg(cfg, gpu) + torch_checks + check_weights(cfg)
-    checks += check_disk(cfg) + check_template_cache(cfg) + check_inotify(cfg) + check_unit(cfg)
+    checks += (
+        check_disk(cfg) + check_template_cache(cfg) + check_inotify(cfg) + check_unit(cfg, unit)
+    )
     return checks + check_store(cfg)
 
 

@@ -7,11 +7,13 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 from support import put_file, put_manifest, wait_for
 from test_web import free_port
 
+REPO = Path(__file__).resolve().parents[2]
 AGREE_WITHIN = 1.0  # seconds from a transition (the daemon's own log line) to /health saying it
 
 
@@ -116,3 +118,83 @@ def test_status_after_a_kill_says_so(daemon_factory) -> None:  # noqa: ANN001
     r = d.cli("status")
     assert r.returncode == 1 and "did not stop cleanly" in r.stdout, r.stdout
     assert json.loads(d.cli("status", "--json").stdout)["phase"] == "killed"
+
+
+def test_submit_says_what_became_of_its_drop(daemon, media, tmp_path) -> None:  # noqa: ANN001
+    def submit(job_id: str, *extra: str, audio=media.tone):  # noqa: ANN001, ANN202
+        return daemon.cli("submit", str(audio), str(media.image), "--job-id", job_id, *extra)
+
+    r = submit("same", "--wait")
+    assert r.returncode == 0 and "done:" in r.stdout, r.stdout + r.stderr
+    first = daemon.task("same")
+
+    # the same job_id again: not run, and the CLI says so (exit 6), naming the earlier result
+    r = submit("same")
+    assert r.returncode == 0 and "answered as a duplicate" in r.stdout, r.stdout
+    daemon.wait_state("same.dup-1", "duplicate")
+    r = submit("same", "--wait")
+    assert r.returncode == 6, r.stdout + r.stderr
+    assert "duplicate: job same already exists (done)" in r.stdout and "NOT run" in r.stdout
+    assert "same.dup-2" in r.stdout and "earlier result" in r.stdout, r.stdout
+    r = submit("same", "--wait", "--json", "--duplicate-ok")
+    answer = json.loads(r.stdout)
+    assert r.returncode == 0 and answer["answer"] == "duplicate", answer
+    assert answer["job_id"] == "same.dup-3" and answer["earlier"]["trace_id"] == first["trace_id"]
+
+    # --replace runs it again, and --wait follows the new run, not the old record
+    r = submit("same", "--replace", "--wait", "--json")
+    again = json.loads(r.stdout)
+    assert r.returncode == 0 and again["state"] == "done", again
+    assert again["trace_id"] != first["trace_id"] and again["job_id"] == "same"
+
+    # rejected, then fixed under the same job_id: the same job runs, and --wait sees it
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio\n" * 100)
+    r = submit("fixme", "--wait", audio=text)
+    assert r.returncode == 1 and "rejected" in r.stdout, r.stdout
+    r = submit("fixme", "--wait", audio=text)  # still wrong: rejected again, said again
+    assert r.returncode == 1 and "rejected" in r.stdout, r.stdout
+    r = submit("fixme", "--wait")
+    assert r.returncode == 0 and "done:" in r.stdout and "fixme.dup" not in r.stdout, r.stdout
+
+
+def _doctor(d, *extra: str) -> tuple[int, dict]:  # noqa: ANN001
+    r = d.cli("doctor", "--json", *extra)
+    return r.returncode, {c["name"]: c for c in json.loads(r.stdout)}
+
+
+def test_doctor_before_the_first_start(daemon_factory, tmp_path) -> None:  # noqa: ANN001
+    d = daemon_factory()
+    d.inbox.rmdir()  # nothing exists yet: a fresh clone before its first `run`
+    rc, checks = _doctor(d)
+    assert rc == 0, [c for c in checks.values() if c["status"] != "ok"]
+    for name in ("outbox folder", "state folder", "inbox default folder"):
+        assert checks[name]["status"] == "ok", checks[name]
+        assert "creates it at its first start" in checks[name]["detail"], checks[name]
+    assert not d.outbox.exists() and not d.state.exists() and not d.inbox.exists()
+    unit = checks["systemd unit"]
+    assert unit["status"] == "ok" and "no dropbox-daemon.service installed" in unit["detail"]
+
+    # the repository's unit, when asked: its paths are not this config's
+    repo_unit = str(REPO / "systemd" / "dropbox-daemon.service")
+    rc, checks = _doctor(d, "--unit", repo_unit)
+    assert rc == 1 and checks["systemd unit"]["status"] == "fail", checks["systemd unit"]
+    # a unit whose ReadWritePaths= (added up over drop-ins) cover the folders passes
+    good = tmp_path / "good.service"
+    good.write_text(
+        f"[Service]\nReadWritePaths={d.outbox} {d.inbox}\n# a drop-in\n[Service]\n"
+        f"ReadWritePaths=-{d.state}\n"
+    )
+    rc, checks = _doctor(d, "--unit", str(good))
+    assert rc == 0 and checks["systemd unit"]["status"] == "ok", checks["systemd unit"]
+    good.write_text(f"[Service]\nReadWritePaths={d.outbox} {d.inbox} {d.state}\nReadWritePaths=\n")
+    rc, checks = _doctor(d, "--unit", str(good))
+    assert rc == 1, checks["systemd unit"]  # an empty ReadWritePaths= resets the list
+
+    # what would stop a start still fails: the outbox's place is a file
+    blocker = d.root / "blocker"
+    blocker.write_text("x")
+    d.config.write_text(d.config.read_text().replace(str(d.outbox), str(blocker / "outbox")))
+    rc, checks = _doctor(d)
+    c = checks["outbox folder"]
+    assert rc == 1 and c["status"] == "fail" and "not a folder" in c["detail"], c
