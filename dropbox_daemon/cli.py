@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from dropbox_daemon import __version__
 from dropbox_daemon import config as config_mod
@@ -16,9 +16,31 @@ from dropbox_daemon.errors import (
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_TIMEOUT,
+    EXIT_USAGE,
+    CliError,
     ConfigError,
     IllegalTransition,
 )
+
+EXIT_NAMES = {
+    EXIT_OK: "ok",
+    EXIT_FAILURE: "failure",
+    EXIT_USAGE: "usage",
+    EXIT_CONFIG: "config",
+    EXIT_NOT_FOUND: "not_found",
+    EXIT_TIMEOUT: "timeout",
+    EXIT_DUPLICATE: "duplicate",
+}
+
+
+def _error(as_json: bool, message: str, exit_code: int, hint: str = "") -> int:
+    if as_json:
+        name = EXIT_NAMES.get(exit_code, "failure")
+        body = {"message": message, "hint": hint, "exit_code": exit_code, "exit": name}
+        print(json.dumps({"error": body}, indent=2))
+    else:
+        print(f"error: {message}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
+    return exit_code
 
 
 def _out(args: argparse.Namespace, human: str, data: Any) -> None:
@@ -29,9 +51,18 @@ def _out(args: argparse.Namespace, human: str, data: Any) -> None:
 
 
 def _store(cfg: config_mod.Config):  # noqa: ANN202
+    """The jobs database, never created here: a command run before the daemon's first start
+    (or with the wrong --config, or as another user) must not make its state folder."""
     from dropbox_daemon.outbox import Outbox
     from dropbox_daemon.store import open_store
 
+    if not cfg.store.url and not cfg.db_path.exists():
+        raise CliError(
+            f"no jobs database at {cfg.db_path}: no daemon has run with this config yet",
+            EXIT_NOT_FOUND,
+            "start it (dropbox-daemon run, or systemctl start dropbox-daemon), or pass the "
+            "config it runs with (--config)",
+        )
     return open_store(cfg, Outbox(cfg.daemon.outbox))
 
 
@@ -398,29 +429,77 @@ def cmd_smoke(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 def cmd_logs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     path = cfg.daemon.outbox / args.job / "log.txt"
     try:
-        text = path.read_text()
+        text = path.read_text(errors="replace")
     except OSError:
-        print(f"no log for job {args.job!r} at {path}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    print(text, end="")
+        raise CliError(
+            f"no log for job {args.job!r} at {path}",
+            EXIT_NOT_FOUND,
+            "`dropbox-daemon jobs` lists the jobs this daemon knows",
+        ) from None
+    daemon_lines: list[str] = []
+    logfile = cfg.daemon.state_dir / "logs" / "daemon.jsonl"
     if args.daemon:
-        logfile = cfg.daemon.state_dir / "logs" / "daemon.jsonl"
-        print(f"--- daemon log lines of {args.job} ({logfile}) ---")
         try:
             with open(logfile) as f:
                 for line in f:
                     if args.job in line:
                         rec = json.loads(line)["record"]
-                        print(f"{rec['time']['repr']} {rec['level']['name']} {rec['message']}")
+                        daemon_lines.append(
+                            f"{rec['time']['repr']} {rec['level']['name']} {rec['message']}"
+                        )
         except (OSError, ValueError, KeyError):
             pass
+    if args.json:
+        data: dict[str, Any] = {"job_id": args.job, "log": text.splitlines()}
+        if args.daemon:
+            data["daemon_log"] = daemon_lines
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    print(text, end="")
+    if args.daemon:
+        print(f"--- daemon log lines of {args.job} ({logfile}) ---")
+        print("\n".join(daemon_lines))
     return EXIT_OK
+
+
+def _check_filters(args: argparse.Namespace, cfg: config_mod.Config, store: Any) -> None:
+    """A filter value that names nothing is a typo, not an empty queue: a usage error that
+    lists what exists (states by name; inboxes of the config or with jobs; instances of the
+    farm or with jobs)."""
+    from dropbox_daemon.farm import instances_view
+    from dropbox_daemon.store import STATES
+
+    if args.state is not None and args.state not in STATES:
+        raise CliError(
+            f"--state {args.state!r} is not a job state",
+            EXIT_USAGE,
+            "states: " + ", ".join(STATES),
+        )
+    if args.inbox is not None:
+        known = {i.name for i in cfg.inbox}
+        if args.inbox not in known and not store.jobs(inbox=args.inbox, limit=1):
+            raise CliError(
+                f"--inbox {args.inbox!r} is neither configured nor has jobs",
+                EXIT_USAGE,
+                "inboxes: " + ", ".join(sorted(known)),
+            )
+    if args.instance is not None and args.instance != cfg.instance_id:
+        known = {i["instance"] for i in instances_view(cfg, store)} | {cfg.instance_id}
+        if args.instance not in known and not store.jobs(instance=args.instance, limit=1):
+            raise CliError(
+                f"--instance {args.instance!r} is not an instance of this farm and has no jobs",
+                EXIT_USAGE,
+                "instances: " + ", ".join(sorted(known)),
+            )
+    if args.limit < 1:
+        raise CliError("--limit must be 1 or more", EXIT_USAGE)
 
 
 def cmd_jobs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     from dropbox_daemon.outbox import utc_iso
 
     store = _store(cfg)
+    _check_filters(args, cfg, store)
     rows = store.jobs(state=args.state, inbox=args.inbox, instance=args.instance, limit=args.limit)
     if args.json:
         print(json.dumps([j.record() for j in rows], indent=2, default=str))
@@ -445,10 +524,13 @@ def cmd_show(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     try:
         rec = json.loads((folder / "task.json").read_text())
     except (OSError, ValueError) as e:
-        job = _store(cfg).get(args.job) if cfg.db_path.exists() else None
+        job = _store(cfg).get(args.job) if cfg.store.url or cfg.db_path.exists() else None
         if job is None:
-            print(f"no job {args.job!r} in {cfg.daemon.outbox}", file=sys.stderr)
-            return EXIT_NOT_FOUND
+            raise CliError(
+                f"no job {args.job!r} in {cfg.daemon.outbox}",
+                EXIT_NOT_FOUND,
+                "`dropbox-daemon jobs` lists the jobs this daemon knows",
+            ) from None
         print(
             f"(task.json of {args.job} is unreadable: {e}; showing the database's record)",
             file=sys.stderr,
@@ -488,11 +570,11 @@ def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             detail="retried by an operator",
         )
     except IllegalTransition as e:
-        print(
-            f"cannot retry: {e.message} (only failed or cancelled jobs are retried)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        raise CliError(
+            f"cannot retry {job.job_id}: {e.message}",
+            hint="only failed or cancelled jobs are retried; a rejected one is fixed and "
+            "dropped again",
+        ) from None
     store.outbox.clear_previous_run(job.job_id)  # error.json and input/ of the failed run
     _out(args, f"{job.job_id} queued again", job.record())
     return EXIT_OK
@@ -520,8 +602,10 @@ def cmd_cancel(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             {"job_id": job.job_id, "cancel_requested": True},
         )
         return EXIT_OK
-    print(f"{job.job_id} is {job.state}: nothing to cancel", file=sys.stderr)
-    return EXIT_FAILURE
+    raise CliError(
+        f"{job.job_id} is {job.state}: nothing to cancel",
+        hint="only queued and running jobs are cancelled",
+    )
 
 
 def cmd_demo(args: argparse.Namespace, cfg: config_mod.Config) -> int:
@@ -531,8 +615,21 @@ def cmd_demo(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as JSON when --json was given."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            _error(True, f"{self.prog}: {message}", EXIT_USAGE, f"{self.prog} --help")
+            raise SystemExit(EXIT_USAGE)
+        super().error(message)
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    _Parser.json_errors = json_errors
+    p = _Parser(
         prog="dropbox-daemon",
         description="Turns job drops on folders into lip-synced videos. See README.md.",
     )
@@ -627,22 +724,39 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in argv
+    try:
+        args = build_parser(json_errors=as_json).parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) or a usage error, already printed
+        return int(e.code or 0)
     try:
         cfg = config_mod.load(args.config)
     except ConfigError as e:
-        print(f"config error: {e.message}\nhint: {e.hint}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _error(as_json, f"config: {e.message}", EXIT_CONFIG, e.hint)
     try:
         return COMMANDS[args.command](args, cfg)
+    except CliError as e:
+        return _error(as_json, e.message, e.exit_code, e.hint)
     except ConfigError as e:
-        print(f"error: {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""), file=sys.stderr)
-        return EXIT_CONFIG
+        return _error(as_json, e.message, EXIT_CONFIG, e.hint)
     except NoSuchJob as e:
-        print(f"no job {e.args[0]!r} in {cfg.db_path}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        return _error(
+            as_json,
+            f"no job {e.args[0]!r} in {cfg.store.url and 'the farm database' or cfg.db_path}",
+            EXIT_NOT_FOUND,
+            "`dropbox-daemon jobs` lists the jobs this daemon knows",
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _error(as_json, str(e), EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if not as_json:
+            raise  # the traceback, for a person
+        return _error(
+            as_json,
+            f"{type(e).__name__}: {e}",
+            EXIT_FAILURE,
+            "unexpected: run the command without --json for the traceback",
+        )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dropbox_daemon import client
 from dropbox_daemon.config import Config
+from dropbox_daemon.errors import CliError
 from dropbox_daemon.health import disk_free, holding
 from dropbox_daemon.media.encode import ffmpeg_binary
 
@@ -47,7 +48,9 @@ def start_daemon(cfg: Config) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 60
     while read_pid(cfg) != proc.pid:
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the daemon did not start; run `dropbox-daemon run` to see why")
+            raise CliError(
+                "the demo's daemon did not start", hint="run `dropbox-daemon run` to see why"
+            )
         time.sleep(0.1)
     return proc
 
@@ -59,13 +62,11 @@ def run(cfg: Config, *, json_out: bool = False) -> int:
         {"outbox": disk_free(cfg.daemon.outbox), "state": disk_free(cfg.daemon.state_dir)}, cfg
     )
     if low:  # the daemon would hold the job until there is room: say so now, not in 600 s
-        print(
+        raise CliError(
             f"demo: {low}, under [health] disk_fail_bytes ({cfg.health.disk_fail_bytes >> 20} "
-            "MiB): the daemon takes no new work with so little space; free some, or lower "
-            "disk_fail_bytes in the config",
-            file=sys.stderr,
+            "MiB): the daemon takes no new work with so little space",
+            hint="free some, or lower disk_fail_bytes in the config",
         )
-        return 1
     samples = make_samples(cfg.daemon.state_dir / "demo", ffmpeg_binary(cfg.media.ffmpeg))
     proc = None if read_pid(cfg) else start_daemon(cfg)
     try:
@@ -74,8 +75,10 @@ def run(cfg: Config, *, json_out: bool = False) -> int:
         try:
             rec = handle.wait(timeout=600)
         except client.JobFailed as e:
-            print(f"demo job {e.record['state']}: {e.error.get('message')}", file=sys.stderr)
-            return 1
+            raise CliError(
+                f"demo job {e.record['state']}: {e.error.get('message')}",
+                hint=e.error.get("hint") or f"see {handle.folder / 'log.txt'}",
+            ) from None
         result = handle.folder / rec["output"]["name"]
         if json_out:
             print(json.dumps(rec, indent=2))

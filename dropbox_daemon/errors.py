@@ -101,3 +101,13 @@ class IllegalTransition(DaemonError):
 
     code = "illegal_transition"
     stage = "store"
+
+
+class CliError(Exception):
+    """A command's refusal: what happened, what to do, and its exit code. The CLI prints it
+    to stderr, or with --json as {"error": {...}} on stdout, so a script can always parse
+    the answer."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE, hint: str = "") -> None:
+        super().__init__(message)
+        self.message, self.exit_code, self.hint = message, exit_code, hint

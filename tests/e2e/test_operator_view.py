@@ -198,3 +198,58 @@ def test_doctor_before_the_first_start(daemon_factory, tmp_path) -> None:  # noq
     rc, checks = _doctor(d)
     c = checks["outbox folder"]
     assert rc == 1 and c["status"] == "fail" and "not a folder" in c["detail"], c
+
+
+def test_every_command_answers_json_errors_included(daemon, media) -> None:  # noqa: ANN001
+    from dropbox_daemon.cli import COMMANDS, EXIT_NAMES, build_parser
+
+    tone, image = str(media.tone), str(media.image)
+    r = daemon.cli("submit", tone, image, "--job-id", "j1", "--wait")
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = {  # each command once, as quick as it can answer; errors are answers too
+        "run": [],  # this state folder's daemon already runs: a config error
+        "submit": [tone, image, "--job-id", "j2"],
+        "status": [],
+        "jobs": ["--state", "done"],
+        "show": ["j1"],
+        "retry": ["j1"],  # done: not retried
+        "cancel": ["j1"],  # done: nothing to cancel
+        "demo": [],
+        "doctor": [],
+        "smoke": [],
+        "db": ["status"],  # SQLite: no database to migrate
+        "logs": ["j1", "--daemon"],
+    }
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == set(runs) == set(COMMANDS), "a command without a JSON check"
+    for command, args in [
+        *runs.items(),
+        ("show", ["nosuch"]),
+        ("logs", ["nosuch"]),
+        ("jobs", ["--state", "nosuchstate"]),
+        ("jobs", ["--inbox", "nosuch"]),
+        ("jobs", ["--instance", "nosuch"]),
+        ("jobs", ["--limit", "many"]),  # argparse's own usage error
+    ]:
+        r = daemon.cli(command, *args, "--json")
+        try:
+            answer = json.loads(r.stdout)
+        except ValueError:
+            raise AssertionError(
+                f"{command} {args} --json: not JSON: {r.stdout!r} {r.stderr[-500:]}"
+            )
+        err = answer.get("error") if isinstance(answer, dict) else None
+        assert r.returncode in (0, 1) or isinstance(err, dict), (command, args, answer)
+        if isinstance(err, dict) and "exit_code" in err:
+            assert r.returncode == err["exit_code"] != 0, (command, args, answer)
+            assert err["exit"] == EXIT_NAMES[r.returncode] and err["message"], answer
+    usage = {"exit_code": 2, "exit": "usage"}
+    for flag, value in (("--state", "nosuchstate"), ("--inbox", "nosuch"), ("--instance", "x")):
+        r = daemon.cli("jobs", flag, value)
+        assert r.returncode == 2 and flag in r.stderr and "(no jobs)" not in r.stdout, r.stderr
+        err = json.loads(daemon.cli("jobs", flag, value, "--json").stdout)["error"]
+        assert usage.items() <= err.items() and value in err["message"], err
+    err = json.loads(daemon.cli("show", "nosuch", "--json").stdout)["error"]
+    assert err["exit"] == "not_found" and "nosuch" in err["message"]
+    log = json.loads(daemon.cli("logs", "j1", "--json").stdout)
+    assert log["job_id"] == "j1" and any("-> done" in line for line in log["log"]), log
