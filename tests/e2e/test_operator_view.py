@@ -237,7 +237,7 @@ def test_every_command_answers_json_errors_included(daemon, media) -> None:  # n
         except ValueError:
             raise AssertionError(
                 f"{command} {args} --json: not JSON: {r.stdout!r} {r.stderr[-500:]}"
-            )
+            ) from None
         err = answer.get("error") if isinstance(answer, dict) else None
         assert r.returncode in (0, 1) or isinstance(err, dict), (command, args, answer)
         if isinstance(err, dict) and "exit_code" in err:
