@@ -18,6 +18,7 @@ import hmac
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -25,7 +26,7 @@ from loguru import logger
 
 from dropbox_daemon import __version__, redact
 from dropbox_daemon.config import CallbacksConfig, Config
-from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.outbox import Outbox, utc_iso
 from dropbox_daemon.retry import delay, parse_retry_after, retryable_status
 from dropbox_daemon.store import Store, StoreUnavailable, open_store
 
@@ -208,6 +209,17 @@ class Deliverer:
             row["job_id"], row["trace_id"] or "-", f"callback: {message}", at=time.time()
         )
 
+    def _note(self, row: dict, state: str, reason: str | None, **more: Any) -> None:
+        """The outcome so far in the job's task.json (`callback`), for readers of the outbox
+        and JobHandle.callback()."""
+        outcome = {"state": state, "reason": reason, "url": redact.endpoint(row["url"]), **more}
+        try:
+            self.outbox.note_callback(row["job_id"], row["trace_id"], outcome)
+        except OSError as e:
+            logger.warning(
+                "callback outcome of job {} not written to task.json: {}", row["job_id"], e
+            )
+
     def record(self, row: dict, send: Send, now: float) -> None:
         """One try of one delivery, recorded in the database and in log.txt."""
         assert self.store is not None
@@ -216,6 +228,15 @@ class Deliverer:
         if send.refused:
             self.store.finish_delivery(row["id"], "refused", error=send.refused)
             self._log(row, f"not sent to {shown}: {send.refused}")
+            self._note(row, "refused", send.refused, attempts=0)
+            self.on_give_up()
+            logger.bind(job_id=row["job_id"], trace_id=row["trace_id"]).warning(
+                "callback for job {} not sent to {}: {}; the job itself ended as recorded "
+                "(add the host to [callbacks] allow_hosts if it is trusted)",
+                row["job_id"],
+                shown,
+                send.refused,
+            )
             return
         n = row["attempts"] + 1
         status, error, retry_after, took = send.status, send.error, send.retry_after, send.took
@@ -223,6 +244,7 @@ class Deliverer:
         if status is not None and 200 <= status < 300 and error is None:
             self.store.finish_delivery(row["id"], "delivered", status=status, attempts=n)
             self._log(row, f"attempt {n} to {shown}: {status} in {took:.2f} s; delivered")
+            self._note(row, "delivered", None, attempts=n, status=status)
             return
         what = error or f"HTTP {status}"
         final = error is not None and status is not None  # a refused redirect
@@ -233,6 +255,7 @@ class Deliverer:
         if final:
             self.store.finish_delivery(row["id"], "failed", status=status, error=what, attempts=n)
             self._log(row, f"attempt {n} to {shown}: {what} in {took:.2f} s; giving up")
+            self._note(row, "failed", what, attempts=n, status=status)
             self.on_give_up()
             logger.bind(job_id=row["job_id"], trace_id=row["trace_id"]).warning(
                 "callback for job {} to {} failed for good: {}", row["job_id"], shown, what
@@ -242,3 +265,6 @@ class Deliverer:
             row["id"], attempts=n, next_at=answered + wait, status=status, error=what
         )
         self._log(row, f"attempt {n} to {shown}: {what} in {took:.2f} s; retry in {wait:.1f} s")
+        self._note(
+            row, "pending", what, attempts=n, status=status, next_at=utc_iso(answered + wait)
+        )

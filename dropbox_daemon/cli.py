@@ -564,9 +564,15 @@ def cmd_retry(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             job.job_id,
             "queued",
             expect=("failed", "cancelled"),
+            # a new run: nothing of the earlier one's outcome stays in task.json
             attempts=0,
             error=None,
             output=None,
+            started_at=None,
+            finished_at=None,
+            timings={},
+            stage=None,
+            progress=0.0,
             detail="retried by an operator",
         )
     except IllegalTransition as e:

@@ -18,11 +18,11 @@ from dropbox_daemon.boundary import MAX_DEPTH, MAX_ENTRIES, Refused, shown, walk
 from dropbox_daemon.config import Config, InboxConfig
 from dropbox_daemon.drops import (
     Claim,
-    base_claim_id,
     claim_generation,
     move_job_folder,
     move_named,
     note_job,
+    read_owner,
     same_claim,
 )
 from dropbox_daemon.errors import IllegalTransition, RejectedDrop
@@ -104,10 +104,18 @@ def _take_record(store: Store, prior: Job, claim_dir: str, instance: str, why: s
         return None
 
 
-def generated_id(stem: str, claim_id: str) -> str:
-    """A job id for a drop that brought none: its file name plus a unique suffix."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_")[:40] or "job"
-    return f"{safe}-{base_claim_id(claim_id)[-10:]}"  # the same id after a takeover
+MAX_NAME_REUSES = 10_000  # <name>.2, <name>.3, ... for one drop name
+
+
+def name_id(stem: str) -> str:
+    """A job id from a drop's name (its folder's, or a loose manifest's stem) for a drop
+    that names none: transliterated to ASCII (`Démo été 01` -> `Demo-ete-01`, `日本語` ->
+    `RiBenYu`), anything else outside [A-Za-z0-9_-] made `-` (a `.` too: `.<n>` counts the
+    name's reuses, so no name can look like a reuse of another)."""
+    from anyascii import anyascii
+
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", anyascii(stem)).strip("-_")[:48].strip("-_")
+    return safe or "job"
 
 
 def _raw_media_names(path: Path, cfg: Config) -> list[str]:
@@ -196,12 +204,43 @@ class Intake:
                     hint="drop the files again, and do not change them once the manifest is in",
                 )
                 return self._reject(inbox, cl, err, recovered=recovered)
-        job_id = manifest.job_id or generated_id(cl.candidate.stem, cl.claim_id)
-        # a recovered intake may find the outbox folder it reserved itself before failing
-        if self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id)):
+        if manifest.job_id:
+            job_id = manifest.job_id
+            # a recovered intake may find the outbox folder it reserved itself before failing
+            fresh = self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id))
+        else:
+            job_id, fresh = self._named(cl, recovered)
+        if fresh:
             note_job(cl.dir, job_id, manifest.priority)
             return self._queue_new(inbox, cl, manifest, job_id)
         return self._existing(inbox, cl, manifest, job_id)
+
+    def _named(self, cl: Claim, recovered: bool, *, rerun: bool = True) -> tuple[str, bool]:
+        """(job id, reserved now) for a drop that names no job_id: its name's. The last job
+        of that name, if it was rejected, is this drop's again (not reserved: the caller runs
+        or rejects it once more); a name whose last job ended otherwise, or still runs,
+        starts a new job, `<name>.2`, `<name>.3`: never a duplicate, since nothing promised
+        idempotency. The id is noted in the claim before its folder is made, so a takeover
+        after a crash in between finds the same one."""
+        noted = (read_owner(cl.dir) or {}).get("job_id") if recovered else None
+        if noted:
+            return noted, self.outbox.reserve(noted) or self._reserved_earlier(noted)
+        base = name_id(cl.candidate.stem)
+        last = None
+        for n in range(1, MAX_NAME_REUSES):
+            job_id = base if n == 1 else f"{base}.{n}"
+            if self.outbox.job_dir(job_id).exists() or self.store.exists(job_id):
+                last = job_id
+                continue
+            if last is not None and rerun:
+                prior = self.store.get(last)
+                if prior is not None and prior.state == "rejected":
+                    return last, False
+            note_job(cl.dir, job_id)
+            if self.outbox.reserve(job_id):
+                return job_id, True
+            last = job_id  # made by a peer just now: a new job of its own
+        raise RuntimeError(f"more than {MAX_NAME_REUSES} jobs named {base}")
 
     def adopt(self, inbox: InboxConfig, cl: Claim, owner: dict, why: str) -> Job | None:
         """A job taken over from a dead peer: recorded here under its own job id, attempt kept.
@@ -399,12 +438,13 @@ class Intake:
         # only the files that pass the same checks as a valid drop's move; the rest stay
         left = self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
         job_id = salvage_job_id(cl.manifest, self.cfg.limits)
-        reserved = job_id is not None and (
-            self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id))
-        )
-        if job_id is None or not reserved:
-            prior = self.store.get(job_id) if job_id else None
-            if job_id and prior is not None and prior.state == "rejected":
+        if job_id is not None:
+            reserved = self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id))
+        else:
+            job_id, reserved = self._named(cl, recovered)
+        if not reserved:
+            prior = self.store.get(job_id)
+            if prior is not None and prior.state == "rejected":
                 # a re-drop that is still wrong: answer in the same folder
                 note_job(cl.dir, job_id)
                 self.outbox.clear_previous_run(job_id)
@@ -417,8 +457,8 @@ class Intake:
                     finished_at=time.time(),
                     log=f"rejected again: {err.message}",
                 )
-            job_id = generated_id(cl.candidate.stem, cl.claim_id)
-            self.outbox.reserve(job_id)
+            # the named id is another job's: this drop is a new job of its name
+            job_id, _ = self._named(cl, recovered=False, rerun=False)
         note_job(cl.dir, job_id)  # a peer taking the claim over sees it was answered
         job = self.store.create(
             self._base_job(inbox, cl, job_id, None).model_copy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -68,3 +69,33 @@ def setup(cfg: Config, *, to_file: bool = True) -> None:
             backtrace=False,
             diagnose=False,
         )
+    # libraries that log through the standard library (APScheduler, watchdog, httpx) go to
+    # the same sinks, in the same format, instead of raw lines on stderr
+    logging.basicConfig(handlers=[StdlibToLoguru()], level=logging.WARNING, force=True)
+
+
+# what APScheduler says, in the daemon's words: which job, and what it means
+SCHEDULER_SAYS = {
+    "maximum number of running instances reached": (
+        "its previous run is still going (a slow database or disk); this run is skipped and "
+        "the next one comes at its interval"
+    ),
+    "was missed by": "it ran late (the host was busy or suspended); it runs at the next interval",
+}
+
+
+class StdlibToLoguru(logging.Handler):
+    """A standard-library log record as a loguru line, naming the library."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        message = record.getMessage()
+        if record.name.startswith("apscheduler"):
+            for key, meaning in SCHEDULER_SAYS.items():
+                if key in message:
+                    message = f"{message}: {meaning}"
+                    break
+        logger.opt(exception=record.exc_info).log(level, "{}: {}", record.name, message)

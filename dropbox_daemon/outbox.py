@@ -22,6 +22,9 @@ INPUT_DIR = "input"
 POSTER = "poster.jpg"
 
 
+CALLBACK_ENDS = ("done", "failed", "cancelled", "rejected")  # the states a callback tells
+
+
 def utc_iso(ts: float | None) -> str | None:
     """An epoch time as an ISO-8601 UTC string (None stays None)."""
     if ts is None:
@@ -114,9 +117,25 @@ class Outbox:
         return d
 
     def write_task(self, record: dict[str, Any]) -> None:
-        """Rewrite task.json atomically."""
+        """Rewrite task.json atomically (a callback's outcome, written by the sender, stays
+        while it is the same run's record)."""
         d = self.ensure(record["job_id"])
+        if "callback" not in record and record.get("state") in CALLBACK_ENDS:
+            old = self.read_task(record["job_id"]) or {}
+            if old.get("callback") and old.get("trace_id") == record.get("trace_id"):
+                record = {**record, "callback": old["callback"]}
         atomic_write_json(d / TASK_JSON, record)
+
+    def note_callback(self, job_id: str, trace_id: str | None, outcome: dict[str, Any]) -> None:
+        """task.json's `callback`: {state: pending | delivered | refused | failed, reason,
+        attempts, status}; only on the run it belongs to (a retried or re-run job's record
+        is left alone)."""
+        task = self.read_task(job_id)
+        if task is None or task.get("trace_id") != trace_id:
+            return
+        if task.get("state") not in CALLBACK_ENDS:
+            return
+        atomic_write_json(self.job_dir(job_id) / TASK_JSON, {**task, "callback": outcome})
 
     def read_task(self, job_id: str) -> dict[str, Any] | None:
         try:

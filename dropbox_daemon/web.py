@@ -201,10 +201,10 @@ class Web:
     def ready(self) -> tuple[int, dict[str, Any]]:
         v = self.view
         reasons = []
-        if not v.ready:
-            reasons.append(f"worker not ready ({v.worker_state}: loading its models)")
         if v.stopping:
-            reasons.append("the daemon is stopping")
+            reasons.append(f"the daemon is stopping ({v.stop_reason}); no new job starts")
+        elif not v.ready:
+            reasons.append(f"worker not ready ({v.worker_state}: loading its models)")
         if not v.watch_modes:
             reasons.append("inboxes not watched yet")
         try:

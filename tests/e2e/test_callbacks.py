@@ -99,6 +99,8 @@ def test_retries_503_503_429_then_200_and_the_signature_verifies(daemon_factory,
         ).fetchall()
         assert rows == [("delivered", 4, 200)]
         assert len(server.requests) == 4
+        cb = wait_for(lambda: (d.task("cb1") or {}).get("callback"), 10, "task.json's callback", d)
+        assert (cb["state"], cb["attempts"], cb["status"]) == ("delivered", 4, 200), cb
     finally:
         server.stop()
 
@@ -139,6 +141,14 @@ def test_host_not_on_the_allowlist_is_never_called(daemon_factory, media) -> Non
         )
         assert "'127.0.0.1' is not in [callbacks] allow_hosts" in log
         assert server.requests == []
+        # not only in the job's log: the daemon's log warns, task.json and the client say it
+        line = next(x for x in d.log_text().splitlines() if "callback for job cb3" in x)
+        assert "WARNING" in line and "not sent" in line and "allow_hosts" in line, line
+        from dropbox_daemon.client import JobHandle
+
+        outcome = JobHandle("cb3", d.outbox).callback(timeout=10)
+        assert outcome["state"] == "refused" and "allow_hosts" in outcome["reason"], outcome
+        assert d.task("cb3")["callback"] == outcome and d.task("cb3")["state"] == "done"
     finally:
         server.stop()
 

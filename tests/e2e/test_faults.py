@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -95,8 +96,12 @@ def test_retry_reruns_a_failed_job(daemon_factory, media) -> None:  # noqa: ANN0
         )
     )
     d.start()
-    r = d.cli("retry", "r")
+    r = d.cli("retry", "r", "--json")
     assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)  # nothing of the failed run's outcome stays
+    assert again["state"] == "queued" and again["attempts"] == 0, again
+    assert again["finished_at"] is None and again["started_at"] is None, again
+    assert again["error"] is None and again["timings"] == {}, again
     task = wait_for(
         lambda: (t := d.task("r")) and t["state"] == "done" and t, 60, "retried job done", d
     )

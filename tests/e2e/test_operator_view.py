@@ -253,3 +253,62 @@ def test_every_command_answers_json_errors_included(daemon, media) -> None:  # n
     assert err["exit"] == "not_found" and "nosuch" in err["message"]
     log = json.loads(daemon.cli("logs", "j1", "--json").stdout)
     assert log["job_id"] == "j1" and any("-> done" in line for line in log["log"]), log
+
+
+def _drop_folder(d, name: str, audio, template, **manifest) -> None:  # noqa: ANN001, ANN003
+    tmp = d.inbox / f".{name}.partial"
+    tmp.mkdir()
+    put_file(tmp / "speech.wav", audio)
+    put_file(tmp / "face.png", template)
+    put_manifest(tmp / "job.json", {"audio": "speech.wav", "template": "face.png", **manifest})
+    tmp.rename(d.inbox / name)
+
+
+def test_folder_drops_get_ids_from_their_names(daemon, media, tmp_path) -> None:  # noqa: ANN001
+    name = "Démo été 01"
+    _drop_folder(daemon, name, media.tone, media.image)
+    assert daemon.wait_state("Demo-ete-01")["state"] == "done"
+    wait_for(lambda: not (daemon.inbox / name).exists(), 10, "the folder taken", daemon)
+
+    # the same name after its job ended: a new job, not a duplicate
+    _drop_folder(daemon, name, media.tone, media.image)
+    assert daemon.wait_state("Demo-ete-01.2")["state"] == "done"
+
+    # rejected, then fixed and dropped again: the same job runs, no new id
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio\n" * 100)
+    _drop_folder(daemon, name, bad, media.image)
+    assert daemon.wait_state("Demo-ete-01.3")["state"] == "rejected"
+    wait_for(lambda: not (daemon.inbox / name).exists(), 10, "the folder taken", daemon)
+    _drop_folder(daemon, name, bad, media.image)  # still wrong: answered in the same job
+    wait_for(
+        lambda: (daemon.outbox / "Demo-ete-01.3" / "log.txt").read_text().count("-> rejected") == 2,
+        30,
+        "the second rejection",
+        daemon,
+    )
+    wait_for(lambda: not (daemon.inbox / name).exists(), 10, "the folder taken", daemon)
+    first = daemon.task("Demo-ete-01.3")
+    _drop_folder(daemon, name, media.tone, media.image)
+    task = daemon.wait_state("Demo-ete-01.3", "done")
+    assert task["trace_id"] != first["trace_id"]
+    ids = sorted(t["job_id"] for t in daemon.tasks())
+    assert ids == ["Demo-ete-01", "Demo-ete-01.2", "Demo-ete-01.3"], ids
+
+    # other scripts are spelled out, not lost; a name with nothing left is "job"
+    _drop_folder(daemon, "日本語 ニュース", media.tone, media.image)
+    assert daemon.wait_state("RiBenYu-niyusu")["state"] == "done"
+
+
+def test_a_folder_rejected_at_intake_is_the_same_job_when_fixed(daemon, media) -> None:  # noqa: ANN001
+    tmp = daemon.inbox / ".partial"
+    tmp.mkdir()
+    put_file(tmp / "speech.wav", media.tone)
+    put_manifest(tmp / "job.json", {"audio": "speech.wav"})  # no template
+    tmp.rename(daemon.inbox / "no template")
+    task = daemon.wait_state("no-template")
+    assert task["state"] == "rejected", task
+    wait_for(lambda: not (daemon.inbox / "no template").exists(), 10, "the folder taken", daemon)
+    _drop_folder(daemon, "no template", media.tone, media.image)
+    assert daemon.wait_state("no-template", "done")["state"] == "done"
+    assert [t["job_id"] for t in daemon.tasks()] == ["no-template"]
