@@ -215,6 +215,13 @@ class Intake:
             return self._queue_new(inbox, cl, manifest, job_id)
         return self._existing(inbox, cl, manifest, job_id)
 
+    def _renamed(self, inbox: InboxConfig, cl: Claim, m: Manifest) -> Job:
+        """A drop without a job_id whose name's id turned out taken (a farm daemon with its
+        own outbox recorded it just now): the next id of its name; never a duplicate."""
+        job_id, _ = self._named(cl, recovered=False, rerun=False)
+        note_job(cl.dir, job_id, m.priority)
+        return self._queue_new(inbox, cl, m, job_id)
+
     def _named(self, cl: Claim, recovered: bool, *, rerun: bool = True) -> tuple[str, bool]:
         """(job id, reserved now) for a drop that names no job_id: its name's. The last job
         of that name, if it was rejected, is this drop's again (not reserved: the caller runs
@@ -400,6 +407,8 @@ class Intake:
                 config_hash=self.config_hash,
                 stage=None,
             )
+        if not m.job_id:
+            return self._renamed(inbox, cl, m)
         if prior is None and m.replace:
             reason = (
                 "its outbox folder exists but this daemon has no record of it (another host's job?)"

@@ -70,10 +70,21 @@ def test_status_and_health_follow_each_transition(daemon_factory, media) -> None
     log_at = 0
     d.start(wait_ready=False)
     wait_for(lambda: _said(d, "started as instance", log_at), 60, "the daemon's start", d)
-    # the worker is still loading the model (wav2lip weights): starting, and it says so
-    if not _said(d, "worker ready", log_at):
-        s = agree("starting", "starting", {"ok", "degraded"})
-        assert s["running"] and "starting" in s["summary"], s["summary"]
+    # the worker is still loading the model (wav2lip weights, seconds): starting, said so
+    t0 = time.monotonic()
+    seen = wait_for(
+        lambda: (
+            ("starting" if _health(c).get("phase") == "starting" else None)
+            or ("ready" if _said(d, "worker ready", log_at) else None)
+        ),
+        30,
+        "/health: starting",
+        d,
+    )
+    if seen == "starting":  # (a worker that loads faster than the first beat is not a fault)
+        assert time.monotonic() - t0 <= AGREE_WITHIN
+        s = json.loads(d.cli("status", "--json").stdout)
+        assert s["running"] and s["phase"] in ("starting", "running"), s["summary"]
     wait_for(lambda: _said(d, "worker ready", log_at), 60, "worker ready", d)
     s = agree("ready", "running", {"ok"}, worker="idle")
     assert s["healthy"] and s["running"]
