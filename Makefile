@@ -6,10 +6,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-avx2 lint bench bench-gpu bench-farm soak clean
 
-$(STAMP): pyproject.toml constraints.txt
+# A GPU host keeps its CUDA build of torch: TORCH_INDEX installs one first (e.g.
+# TORCH_INDEX=https://download.pytorch.org/whl/cu126), and a venv that already has one (README,
+# GPU hosts) installs with constraints-gpu.txt, which does not pin torch; constraints.txt's
+# torch==2.13.0 would replace it with the registry's build of that version.
+TORCH_INDEX ?=
+$(STAMP): pyproject.toml constraints.txt constraints-gpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	if [ -n "$(TORCH_INDEX)" ]; then $(BIN)/python -m pip install --quiet torch --index-url "$(TORCH_INDEX)"; fi
+	if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
+	  $(BIN)/python -m pip install --quiet -c constraints-gpu.txt -e '.[dev]'; \
+	else \
+	  $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'; \
+	fi
 	touch $(STAMP)
 
 demo: $(STAMP)

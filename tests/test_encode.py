@@ -46,6 +46,23 @@ def test_nvenc_gets_constant_quality_and_a_p_preset() -> None:
     assert option(a, "-preset") == "p5"
 
 
+def test_the_bundled_ffmpeg_has_nvenc() -> None:
+    """pyproject's imageio-ffmpeg floor is a release whose binary has h264_nvenc (0.8; the
+    binaries of 0.5 to 0.7 have none): a GPU host needs no other ffmpeg."""
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("imageio-ffmpeg's NVENC build is x86_64's")
+    r = subprocess.run([FFMPEG, "-hide_banner", "-encoders"], capture_output=True, text=True)
+    assert " h264_nvenc " in r.stdout and " libx264 " in r.stdout
+    floor = next(
+        line
+        for line in (Path(__file__).parents[1] / "pyproject.toml").read_text().splitlines()
+        if '"imageio-ffmpeg' in line
+    )
+    assert '"imageio-ffmpeg>=0.8"' in floor, floor
+
+
 def test_ffmpeg_accepts_the_nvenc_options() -> None:
     """Parsed by the real ffmpeg: without a GPU it stops at loading CUDA, after the options."""
     a = args("h264_nvenc")

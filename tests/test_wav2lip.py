@@ -254,3 +254,67 @@ def test_cuda_batch_fits_free_memory_and_async_equals_sync(checkpoint) -> None: 
     mel, faces = real_inputs(8, seed=3)
     first, second = fast.submit(mel, faces), fast.submit(mel[::-1].copy(), faces[::-1].copy())
     assert np.array_equal(second.result()[::-1], first.result())
+
+
+class _TightGpu:
+    """A model whose device holds `room` frames a batch; beyond that it fails as CUDA does."""
+
+    def __init__(self, room: int, error: BaseException) -> None:
+        self.room, self.error, self.calls = room, error, []
+
+    def submit(self, mel, faces):  # noqa: ANN001, ANN201
+        import sys
+
+        from dropbox_daemon.engines.wav2lip import Pending
+
+        # a retry inside the `except` would still hold the failed call's frames
+        self.calls.append((len(mel), sys.exc_info()[0] is None))
+        if len(mel) > self.room:
+            raise self.error
+        return Pending(np.repeat(mel[:, :1, :1, None], 3, axis=3).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+        RuntimeError("CUDA error: out of memory (pinned host allocation)"),
+    ],
+)
+def test_out_of_memory_halves_outside_the_except_and_grows_back(error) -> None:  # noqa: ANN001
+    from dropbox_daemon.engines import wav2lip as W
+
+    engine = W.Wav2LipEngine(None, batch=64)
+    gpu = _TightGpu(16, error)
+    engine.model = gpu  # type: ignore[assignment]
+    mel = np.arange(64, dtype=np.float32)[:, None, None].repeat(80, 1).repeat(16, 2)
+    faces = np.zeros((64, 96, 96, 6), np.float32)
+    out = engine._submit(mel, faces).result()
+    assert out[:, 0, 0, 0].tolist() == list(range(64))  # every frame, in order
+    assert engine.batch == 16 and all(clean for _, clean in gpu.calls), gpu.calls
+    gpu.room = 64  # memory is back: the batch doubles after GROW_AFTER batches that fit
+    for _ in range(W.GROW_AFTER):
+        engine._submit(mel[:16], faces[:16])
+    assert engine.batch == 32
+    for _ in range(W.GROW_AFTER):
+        engine._submit(mel[:16], faces[:16])
+    assert engine.batch == 64  # never past the batch the load fitted
+    for _ in range(W.GROW_AFTER):
+        engine._submit(mel[:16], faces[:16])
+    assert engine.batch == 64
+
+
+def test_other_gpu_errors_are_not_taken_for_out_of_memory() -> None:
+    from dropbox_daemon.engines import wav2lip as W
+
+    engine = W.Wav2LipEngine(None, batch=8)
+    engine.model = _TightGpu(1, RuntimeError("CUDA error: an illegal memory access"))  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        engine._submit(np.zeros((8, 80, 16), np.float32), np.zeros((8, 96, 96, 6), np.float32))
+
+
+def test_fp32_is_not_tf32(checkpoint) -> None:  # noqa: ANN001
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    FastWav2Lip(checkpoint[1], precision="fp32")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32

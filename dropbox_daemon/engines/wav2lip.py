@@ -161,6 +161,14 @@ EXACT_FROM = 4 * LOWER_CROP + 10  # 34: the first output row used; the paste-bac
 CROP_BLOCK = 5  # the first decoder block that runs on the crop
 
 
+def exact_fp32() -> None:
+    """fp32 means fp32 on the GPU too: no TF32 (cuDNN's default for convolutions on Ampere and
+    later), which would round the exact blocks, `precision = "fp32"` and the bench's fp32
+    column to 10 mantissa bits."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 class FastWav2Lip:
     """The inference model: folded, channels_last, on its device and precision. With
     `lower_only`, rows above EXACT_FROM are not generated but copied from the input face."""
@@ -171,6 +179,7 @@ class FastWav2Lip:
         self.device = device
         self.lower_only = lower_only
         self.dtype = choose_dtype(precision, device)
+        exact_fp32()
         net = fold_batchnorm(load_reference(path)).to(device, memory_format=torch.channels_last)
         for i, block in enumerate(net.face_encoder_blocks):
             if i >= EXACT_FACE_BLOCKS:
@@ -199,7 +208,7 @@ class FastWav2Lip:
             return Pending(out.float().numpy())
         host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
         host.copy_(out, non_blocking=True)
-        done = torch.cuda.Event()
+        done = torch.cuda.Event(blocking=True)  # result() sleeps on it instead of spinning a core
         done.record()
         return Pending(host, done, keep=(m, f))
 
@@ -268,6 +277,7 @@ class Wav2LipEngine(Engine):
         self.model: FastWav2Lip | None = None
         self.in_flight = 0  # batches started ahead of the one being pasted back (1 on CUDA)
         self.loads = 0
+        self.fitted, self._fits = batch, 0  # the batch the load chose; batches since an OOM
 
     def load(self) -> None:
         if self.weights is None:
@@ -301,6 +311,7 @@ class Wav2LipEngine(Engine):
                 self.cuda_batch,
                 torch.cuda.mem_get_info()[0] / 2**30,
             )
+        self.fitted, self._fits = self.batch, 0
         self.loads += 1
 
     def render(
@@ -351,20 +362,55 @@ class Wav2LipEngine(Engine):
             yield Patch(ff.box, pixels, lower_face_mask(x1 - x0, y1 - y0))
 
     def _submit(self, mel: np.ndarray, faces: np.ndarray) -> Pending:
-        """Start the model, splitting the batch in halves for as long as the GPU runs out of memory."""
+        """Start the model, splitting the batch in halves for as long as the GPU runs out of
+        memory. The split runs after the failed call's frames are gone (inside the `except`
+        its activations would still be held by the traceback); after GROW_AFTER batches in a
+        row that fit, the batch doubles back towards the one the load fitted."""
         assert self.model is not None
         try:
-            return self.model.submit(mel, faces)
-        except torch.OutOfMemoryError:
-            if len(mel) == 1:
+            started = self.model.submit(mel, faces)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
+            if not out_of_memory(e) or len(mel) == 1:
                 raise
-            torch.cuda.empty_cache()
-            half = len(mel) // 2
-            self.batch = max(1, half)
-            logger.warning("GPU out of memory: wav2lip batch now {}", self.batch)
-            return Pending(
-                [self._submit(mel[:half], faces[:half]), self._submit(mel[half:], faces[half:])]
-            )
+            started = None
+        if started is not None:
+            self._fits += 1
+            if self._fits >= GROW_AFTER and self.batch < self.fitted:
+                self.batch, self._fits = min(self.fitted, self.batch * 2), 0
+                logger.info("wav2lip batch back up to {} after {} that fit", self.batch, GROW_AFTER)
+            return started
+        release_cached_memory()
+        half = len(mel) // 2
+        self.batch, self._fits = max(1, min(self.batch, half)), 0
+        logger.warning("GPU out of memory: wav2lip batch now {}", self.batch)
+        return Pending(
+            [self._submit(mel[:half], faces[:half]), self._submit(mel[half:], faces[half:])]
+        )
+
+
+GROW_AFTER = 32  # batches in a row that fit before a halved batch doubles again
+# what CUDA libraries say when an allocation fails, where torch raises a RuntimeError and not
+# its OutOfMemoryError (cuBLAS and cuDNN workspaces, page-locked host memory)
+OOM_WORDS = (
+    "out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "cudaErrorMemoryAllocation",
+    "CUDA_ERROR_OUT_OF_MEMORY",
+)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A failed GPU or page-locked allocation, by any of the ways torch reports one."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(e, oom):
+        return True
+    return isinstance(e, RuntimeError) and any(w in str(e) for w in OOM_WORDS)
+
+
+def release_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def lower_face_mask(w: int, h: int) -> np.ndarray:

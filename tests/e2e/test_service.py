@@ -172,7 +172,8 @@ def test_unit_verifies_and_is_hardened(unit: Path, tmp_path: Path) -> None:
         "TasksMax=",
         "LimitNOFILE=",
         "UMask=0027",
-        "DeviceAllow=char-nvidia-frontend rw",
+        "DeviceAllow=char-nvidia* rw",
+        "Wants=network-online.target dropbox-daemon-gpu.service",
         "CapabilityBoundingSet=\n",
         "SystemCallFilter=@system-service",
         "NoNewPrivileges=yes",
@@ -314,3 +315,54 @@ def test_a_main_loop_that_cannot_get_through_is_degraded_with_why_and_recovers(
         lock.close()
     wait_for(lambda: beat()["status"] == "ok", 30, "health to recover", d)
     assert d.wait_state("held", "done", timeout=180)["state"] == "done"
+
+
+# /proc/devices of NVIDIA drivers: current ones (major 195 as nvidia and nvidiactl) and older
+# ones (nvidia-frontend); nvidia-uvm, nvidia-caps and nvidia-nvswitch take dynamic majors
+PROC_DEVICES = {
+    "current": "Character devices:\n  1 mem\n  4 tty\n195 nvidia\n195 nvidiactl\n"
+    "236 nvidia-nvswitch\n237 nvidia-caps\n511 nvidia-uvm\n\nBlock devices:\n  8 sd\n",
+    "older": "Character devices:\n  1 mem\n195 nvidia-frontend\n240 nvidia-uvm\n"
+    "241 nvidia-caps\n\nBlock devices:\n",
+}
+
+
+def allowed_groups(unit_text: str, proc_devices: str) -> set[str]:
+    """The character device groups a unit's DeviceAllow=char-<glob> lines let through, as
+    systemd matches them against /proc/devices (fnmatch)."""
+    import fnmatch
+
+    patterns = [
+        line.split("=", 1)[1].split()[0].removeprefix("char-")
+        for line in unit_text.splitlines()
+        if line.startswith("DeviceAllow=char-")
+    ]
+    chars = proc_devices.split("Block devices:")[0].splitlines()[1:]
+    groups = {line.split()[1] for line in chars if line.strip()}
+    return {g for g in groups if any(fnmatch.fnmatchcase(g, p) for p in patterns)}
+
+
+@pytest.mark.parametrize("unit", [UNIT, UNIT.with_name("dropbox-daemon@.service")])
+@pytest.mark.parametrize("driver", sorted(PROC_DEVICES))
+def test_units_let_every_nvidia_device_through(unit: Path, driver: str) -> None:
+    text = unit.read_text()
+    got = allowed_groups(text, PROC_DEVICES[driver])
+    want = {
+        "nvidia",
+        "nvidiactl",
+        "nvidia-frontend",
+        "nvidia-uvm",
+        "nvidia-caps",
+        "nvidia-nvswitch",
+    }
+    assert got == want & set(PROC_DEVICES[driver].split()), got  # and nothing else (mem, tty)
+    # the groups are read at start: the modules are loaded before, by a unit that may
+    assert "After=network-online.target remote-fs.target dropbox-daemon-gpu.service" in text
+    gpu = (UNIT.parent / "dropbox-daemon-gpu.service").read_text()
+    assert "nvidia-modprobe -u" in gpu and "Type=oneshot" in gpu
+
+
+def test_gpu_units_count_gpus_as_nvidia_smi_does() -> None:
+    text = UNIT.with_name("dropbox-daemon@.service").read_text()
+    assert "Environment=CUDA_DEVICE_ORDER=PCI_BUS_ID" in text
+    assert text.index("CUDA_DEVICE_ORDER=") < text.index("Environment=CUDA_VISIBLE_DEVICES=%i")
