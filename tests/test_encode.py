@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from dropbox_daemon.errors import RenderError
+from dropbox_daemon.errors import MediaError, RenderError
 from dropbox_daemon.media import encode as E
 
 FFMPEG = E.ffmpeg_binary(None)
@@ -77,7 +78,7 @@ def test_auto_without_an_nvidia_device_is_libx264_and_forced_nvenc_says_why(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(E, "NVIDIA_DEVICE", tmp_path / "nvidiactl")
-    E.nvenc_problem.cache_clear()
+    E._probed.clear()
     try:
         assert E.video_encoder(FFMPEG, "auto") == (
             "libx264",
@@ -88,4 +89,73 @@ def test_auto_without_an_nvidia_device_is_libx264_and_forced_nvenc_says_why(
             E.video_encoder(FFMPEG, "h264_nvenc")
         assert e.value.code == "encoder_unavailable" and "is absent" in e.value.message
     finally:
-        E.nvenc_problem.cache_clear()
+        E._probed.clear()
+
+
+def test_a_failed_test_encode_is_tried_again_later_a_success_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = iter(["a test encode with h264_nvenc failed: OpenEncodeSessionEx failed", None])
+    calls = []
+    monkeypatch.setattr(E, "_test_encode", lambda exe: calls.append(exe) or next(answers))
+    E._probed.clear()
+    try:
+        assert "OpenEncodeSessionEx" in E.nvenc_problem(FFMPEG, now=0.0)
+        assert "OpenEncodeSessionEx" in E.nvenc_problem(FFMPEG, now=60.0)  # remembered a while
+        assert E.nvenc_problem(FFMPEG, now=E.NVENC_RETRY_SECONDS + 1) is None  # tried again
+        assert E.nvenc_problem(FFMPEG, now=10 * E.NVENC_RETRY_SECONDS) is None  # kept
+        assert len(calls) == 2
+    finally:
+        E._probed.clear()
+
+
+def test_sizes_nvenc_cannot_encode_go_to_libx264(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(E, "nvenc_problem", lambda exe: None)  # a GPU whose NVENC works
+    assert E.video_encoder(FFMPEG, "auto", (1280, 720))[0] == "h264_nvenc"
+    for size in ((64, 48), (144, 720), (8192, 4320)):
+        codec, why = E.video_encoder(FFMPEG, "auto", size)
+        assert codec == "libx264" and "outside NVENC's H.264 sizes" in why, why
+    with pytest.raises(RenderError, match="outside NVENC"):
+        E.video_encoder(FFMPEG, "h264_nvenc", (64, 48))
+
+
+@pytest.mark.parametrize("frames", [3, 60])  # a job shorter than the pipe, and a longer one
+def test_an_nvenc_that_does_not_open_falls_back_to_libx264(tmp_path: Path, frames: int) -> None:
+    """The real ffmpeg's h264_nvenc cannot open on this host (no GPU, or no session free on
+    one): the kept frames go to libx264 and the file is whole."""
+    import av
+
+    def cmd(codec: str) -> list[str]:
+        return E.encode_args(
+            FFMPEG, tmp_path / "out.mp4", size=(320, 240), fps=25.0,
+            audio_path=tmp_path / "a.wav", duration=frames / 25, crf=23, preset="veryfast",
+            audio_bitrate="64k", metadata={}, vcodec=codec,
+        )  # fmt: skip
+
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=d=3", "-y", str(tmp_path / "a.wav")],
+        check=True,
+    )
+    said: list[str] = []
+    enc = E.Encoder(cmd("h264_nvenc"), tmp_path / "ffmpeg.log", cmd("libx264"), said.append)
+    for i in range(frames):
+        enc.write(np.full((240, 320, 3), i % 255, np.uint8))
+    enc.close()
+    assert len(said) == 1 and said[0], said  # ffmpeg's own words for why
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert sum(1 for _ in c.decode(video=0)) == frames
+
+
+def test_without_a_fallback_an_encoder_that_fails_is_the_jobs_error(tmp_path: Path) -> None:
+    args = E.encode_args(
+        FFMPEG, tmp_path / "out.mp4", size=(320, 240), fps=25.0, audio_path=tmp_path / "none.wav",
+        duration=1.0, crf=23, preset="veryfast", audio_bitrate="64k", metadata={},
+    )  # fmt: skip
+    enc = E.Encoder(args, tmp_path / "ffmpeg.log")
+    with pytest.raises(MediaError) as e:
+        for _ in range(200):
+            enc.write(np.zeros((240, 320, 3), np.uint8))
+        enc.close()
+    assert e.value.code == "encode_failed"

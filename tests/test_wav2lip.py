@@ -231,7 +231,52 @@ def test_batches_in_flight_give_the_same_patches_in_order(checkpoint) -> None:  
     assert max(np.abs(s.astype(int) - shown[0]).mean() for s in shown) > 1.0
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+REQUIRE_CUDA = "DROPBOX_TEST_REQUIRE_CUDA"  # =1 on a GPU host: a missing GPU fails, not skips
+
+
+@pytest.fixture
+def cuda_gpu() -> None:
+    if torch.cuda.is_available():
+        return
+    if os.environ.get(REQUIRE_CUDA) == "1":
+        pytest.fail(f"no CUDA GPU, and {REQUIRE_CUDA}=1 (torch {torch.__version__})")
+    pytest.skip("no CUDA GPU on this machine")
+
+
+cuda = pytest.mark.usefixtures("cuda_gpu")
+
+
+@cuda
+def test_cuda_engine_loads_renders_and_splits_out_of_memory(checkpoint, monkeypatch) -> None:  # noqa: ANN001
+    """The engine as the worker runs it on a GPU: load (fp16, batch fitted), the lower-face
+    path with a batch in flight, and a batch split when CUDA runs out of memory; the patches
+    match the CPU engine's within fp16's rounding."""
+    _, path = checkpoint
+    t = np.arange(2 * A.SAMPLE_RATE) / A.SAMPLE_RATE
+    samples = (0.3 * np.sin(2 * np.pi * 220 * t) * (t % 0.5 < 0.25)).astype(np.float32)
+    audio = AudioFeatures(samples, 25.0, 23)
+    ctx = RenderContext("j", Path("a.wav"), 0.92, 25.0, 23, (512, 512), Path("."))
+    gpu = Wav2LipEngine(path, cuda_batch=8)
+    gpu.load()
+    assert gpu.device == "cuda/fp16" and gpu.in_flight == 1 and 1 <= gpu.batch <= 8
+    real = gpu.model.submit
+    fails = {"left": 1}
+
+    def tight(mel, faces):  # noqa: ANN001, ANN202
+        if len(mel) > 2 and fails["left"]:
+            fails["left"] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return real(mel, faces)
+
+    monkeypatch.setattr(gpu.model, "submit", tight)
+    on_gpu = list(gpu.render(iter(_frames(23)), audio, ctx))
+    cpu = Wav2LipEngine(path, precision="fp32", batch=4)
+    cpu.load()
+    on_cpu = list(cpu.render(iter(_frames(23)), audio, ctx))
+    for a, b in zip(on_gpu, on_cpu, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert np.abs(a.pixels.astype(int) - b.pixels).mean() < 2.0
 
 
 @cuda

@@ -6,8 +6,10 @@ stderr goes to a log file whose tail becomes the error message on failure.
 
 from __future__ import annotations
 
-import functools
 import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import ffmpeg
@@ -40,10 +42,27 @@ def ffmpeg_binary(configured: str | None) -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-@functools.cache
-def nvenc_problem(ffmpeg_bin: str) -> str | None:
-    """None when a short test encode with h264_nvenc succeeds here, else why not (once per
-    process: the worker decides at its first job and keeps the answer)."""
+# NVENC's H.264 frame sizes (NVIDIA's Video Codec SDK support matrix: 145x49 up to 4096x4096
+# from Pascal on); outside them ffmpeg cannot open the encoder
+NVENC_MIN, NVENC_MAX = (145, 49), (4096, 4096)
+NVENC_RETRY_SECONDS = 600.0  # a failed test encode is tried again after this long
+_probed: dict[str, tuple[str | None, float]] = {}  # ffmpeg -> (problem, when), per process
+
+
+def nvenc_problem(ffmpeg_bin: str, now: float | None = None) -> str | None:
+    """None when a short test encode with h264_nvenc succeeds here, else why not. A success
+    holds for the worker's life; a failure (a busy GPU, the sessions of a GeForce card all
+    taken) is tested again after NVENC_RETRY_SECONDS, so one bad moment does not pin libx264."""
+    now = time.monotonic() if now is None else now
+    seen = _probed.get(ffmpeg_bin)
+    if seen is not None and (seen[0] is None or now - seen[1] < NVENC_RETRY_SECONDS):
+        return seen[0]
+    problem = _test_encode(ffmpeg_bin)
+    _probed[ffmpeg_bin] = (problem, now)
+    return problem
+
+
+def _test_encode(ffmpeg_bin: str) -> str | None:
     if not NVIDIA_DEVICE.exists():
         return f"no NVIDIA device ({NVIDIA_DEVICE} is absent)"
     probe = [
@@ -72,12 +91,24 @@ def nvenc_problem(ffmpeg_bin: str) -> str | None:
     return None
 
 
-def video_encoder(ffmpeg_bin: str, wanted: str) -> tuple[str, str]:
-    """The H.264 encoder to use and why: `auto` takes h264_nvenc where a test encode works,
-    else libx264; a forced h264_nvenc that cannot work here is a RenderError naming why."""
+def nvenc_size_problem(size: tuple[int, int] | None) -> str | None:
+    if size is None:
+        return None
+    (w, h), (w0, h0), (w1, h1) = size, NVENC_MIN, NVENC_MAX
+    if w < w0 or h < h0 or w > w1 or h > h1:
+        return f"{w}x{h} is outside NVENC's H.264 sizes ({w0}x{h0} to {w1}x{h1})"
+    return None
+
+
+def video_encoder(
+    ffmpeg_bin: str, wanted: str, size: tuple[int, int] | None = None
+) -> tuple[str, str]:
+    """The H.264 encoder to use and why: `auto` takes h264_nvenc where a test encode works
+    and the frame size is one NVENC encodes, else libx264; a forced h264_nvenc that cannot
+    work here is a RenderError naming why."""
     if wanted == "libx264":
         return "libx264", 'forced by [media] video_encoder = "libx264"'
-    problem = nvenc_problem(ffmpeg_bin)
+    problem = nvenc_size_problem(size) or nvenc_problem(ffmpeg_bin)
     if problem is None:
         return "h264_nvenc", "GPU encode (a test encode works)"
     if wanted == "h264_nvenc":
@@ -142,26 +173,91 @@ def encode_args(
     return [*head, *args[1:-1], *meta, args[-1]]
 
 
-class Encoder:
-    """One running ffmpeg encode; write() frames in order, then close()."""
+@dataclass(frozen=True)
+class EncodeCommand:
+    """The result's ffmpeg command, and libx264's where `auto` chose NVENC (used if NVENC
+    fails to open)."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    args: list[str]
+    fallback: list[str] | None = None
+
+
+HOLD_BYTES = 256 << 20  # frames kept for a fallback until the encoder has shown it opened
+
+
+class Encoder:
+    """One running ffmpeg encode; write() frames in order, then close().
+
+    With `fallback` (libx264's command, where `auto` chose NVENC), the first frames are also
+    kept until ffmpeg has written output: an NVENC that fails to open (no free session on a
+    GeForce card, the GPU's memory full) is replaced by the fallback, the kept frames are
+    replayed, and `on_fallback` is told why. A failure after that is the job's."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        fallback: list[str] | None = None,
+        on_fallback: Callable[[str], None] | None = None,
+    ) -> None:
+        self.args, self.log_path = args, log_path
+        self.fallback, self.on_fallback = fallback, on_fallback or (lambda why: None)
+        self.held: list[np.ndarray] | None = [] if fallback else None
+        self.held_bytes = 0
+        self.frames = 0
+        self._start(args)
+
+    def _start(self, args: list[str]) -> None:
         self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in close()/kill()
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()/kill()
         self.proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
         )
-        self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
-        assert self.proc.stdin is not None
+        if self.held is not None:
+            self.held.append(frame.copy())
+            self.held_bytes += frame.nbytes
         try:
-            self.proc.stdin.write(frame.data)
+            self._put(frame)
+        except BrokenPipeError as e:
+            self.proc.wait()
+            if not self._fall_back():
+                raise self._error("ffmpeg stopped while taking frames") from e
+            return
+        if self.held is not None and (self._opened() or self.held_bytes > HOLD_BYTES):
+            self.held = None  # it encodes: a failure from here on is the job's
+
+    def _put(self, frame: np.ndarray) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(frame.data)
+        self.frames += 1
+
+    def _opened(self) -> bool:
+        try:
+            return Path(self.args[-1]).stat().st_size > 0
+        except OSError:
+            return False
+
+    def _fall_back(self) -> bool:
+        """ffmpeg ended while frames were still kept: start the fallback and replay them."""
+        if self.held is None or self.fallback is None:
+            return False
+        why = self._tail()[-300:] or f"exit status {self.proc.returncode}"
+        held, fallback = self.held, self.fallback
+        self.held, self.fallback = None, None
+        self._log.close()
+        Path(self.args[-1]).unlink(missing_ok=True)
+        self.on_fallback(" ".join(why.split()))
+        self._start(fallback)
+        self.frames = 0
+        try:
+            for frame in held:
+                self._put(frame)
         except BrokenPipeError as e:
             self.proc.wait()
             raise self._error("ffmpeg stopped while taking frames") from e
-        self.frames += 1
+        return True
 
     def close(self, timeout: float = 600) -> None:
         """Finish the file; MediaError with ffmpeg's words if it failed."""
@@ -175,9 +271,18 @@ class Encoder:
         except subprocess.TimeoutExpired as e:
             self.kill()
             raise self._error(f"ffmpeg did not finish within {timeout:.0f} s") from e
+        if rc != 0 and self._fall_back():  # a short job: all its frames were still kept
+            self.close(timeout)
+            return
         self._log.close()
         if rc != 0:
             raise self._error(f"ffmpeg exited with status {rc}")
+
+    def _tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-STDERR_TAIL:].strip()
+        except OSError:
+            return ""
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -187,10 +292,7 @@ class Encoder:
             self._log.close()
 
     def _error(self, what: str) -> MediaError:
-        try:
-            tail = self.log_path.read_text(errors="replace")[-STDERR_TAIL:].strip()
-        except OSError:
-            tail = ""
+        tail = self._tail()
         if "No space left on device" in tail:
             return MediaError(
                 f"{what}: the disk is full: {tail[-300:]}",

@@ -18,7 +18,7 @@ import numpy as np
 from dropbox_daemon import compose
 from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
 from dropbox_daemon.errors import JobCancelled, MediaError
-from dropbox_daemon.media.encode import Encoder
+from dropbox_daemon.media.encode import EncodeCommand, Encoder
 from dropbox_daemon.media.frames import TemplateFrames
 from dropbox_daemon.render.inputs import Emit
 from dropbox_daemon.render.track import FaceBoxes
@@ -90,7 +90,7 @@ class StageChain:
             yield frame
 
     def run(
-        self, args: list[str], ffmpeg_log: Path, emit: Emit, cancel: threading.Event
+        self, command: EncodeCommand, ffmpeg_log: Path, emit: Emit, cancel: threading.Event
     ) -> Rendered:
         """Run the chain into one ffmpeg encode; on any error every stage is stopped, the
         encoder killed, and the partial file removed by the caller."""
@@ -102,7 +102,18 @@ class StageChain:
             frames = self.boxed(iter(stages[-1]))
         stages.append(Threaded(self.generated(frames), "engine", QUEUE_FRAMES))
         stages.append(Threaded(self.composed(iter(stages[-1])), "compose", QUEUE_FRAMES))
-        encoder = Encoder(args, ffmpeg_log)
+        encoder = Encoder(
+            command.args,
+            ffmpeg_log,
+            command.fallback,
+            on_fallback=lambda why: emit(
+                {
+                    "type": "log",
+                    "message": f"video encoder h264_nvenc did not open ({why}); this job is "
+                    "encoded with libx264",
+                }
+            ),
+        )
         try:
             rendered = self._write(iter(stages[-1]), encoder, emit, cancel)
             rendered.close_started = time.monotonic()

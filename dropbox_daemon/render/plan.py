@@ -13,7 +13,7 @@ from dropbox_daemon import compose
 from dropbox_daemon.config import Config
 from dropbox_daemon.engines.base import RenderContext
 from dropbox_daemon.errors import MediaError
-from dropbox_daemon.media.encode import encode_args, ffmpeg_binary, video_encoder
+from dropbox_daemon.media.encode import EncodeCommand, encode_args, ffmpeg_binary, video_encoder
 from dropbox_daemon.media.frames import frame_count, output_size
 from dropbox_daemon.media.probe import probe_visual
 from dropbox_daemon.render.inputs import Emit, Inputs
@@ -98,27 +98,35 @@ def overlays_for(
     return overlays
 
 
-def encoder_args(plan: Plan, found: Inputs, cfg: Config, emit: Emit) -> list[str]:
+def encoder_args(plan: Plan, found: Inputs, cfg: Config, emit: Emit) -> EncodeCommand:
     """ffmpeg's arguments for the result: the encoder chosen (and why, in the log), the
-    job's audio muxed in, the AI-generated tag when the label is on."""
+    job's audio muxed in, the AI-generated tag when the label is on; with `auto` choosing
+    NVENC, libx264's too, for an NVENC that fails to open."""
     ffmpeg_bin = ffmpeg_binary(cfg.media.ffmpeg)
-    vcodec, why = video_encoder(ffmpeg_bin, cfg.media.video_encoder)
+    vcodec, why = video_encoder(ffmpeg_bin, cfg.media.video_encoder, plan.size)
     emit({"type": "log", "message": f"video encoder {vcodec}: {why}"})
     tagged = plan.opts["ai_label"]
-    return encode_args(
-        ffmpeg_bin,
-        plan.partial,
-        size=plan.size,
-        fps=plan.fps,
-        audio_path=found.audio_path,
-        duration=found.audio.duration,
-        crf=plan.opts["crf"],
-        preset=plan.opts["preset"],
-        audio_bitrate=cfg.media.audio_bitrate,
-        metadata={"comment": cfg.overlay.metadata_tag, "ai_generated": "true"} if tagged else {},
-        threads=cfg.media.encode_threads,
-        vcodec=vcodec,
-    )
+
+    def args(codec: str) -> list[str]:
+        return encode_args(
+            ffmpeg_bin,
+            plan.partial,
+            size=plan.size,
+            fps=plan.fps,
+            audio_path=found.audio_path,
+            duration=found.audio.duration,
+            crf=plan.opts["crf"],
+            preset=plan.opts["preset"],
+            audio_bitrate=cfg.media.audio_bitrate,
+            metadata={"comment": cfg.overlay.metadata_tag, "ai_generated": "true"}
+            if tagged
+            else {},
+            threads=cfg.media.encode_threads,
+            vcodec=codec,
+        )
+
+    auto_nvenc = vcodec == "h264_nvenc" and cfg.media.video_encoder == "auto"
+    return EncodeCommand(args(vcodec), args("libx264") if auto_nvenc else None)
 
 
 def render_context(

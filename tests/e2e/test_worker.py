@@ -54,9 +54,13 @@ def test_wav2lip_renders_and_loads_the_model_once(daemon_factory, media) -> None
         assert task["state"] == "done" and task["engine"] == "wav2lip", task
     # the precision and batch of this CPU's class (make test-avx2 caps a bf16 host to fp32)
     precision = "bf16" if cpu_has_bf16() else "fp32"
-    assert task["device"] == f"cpu/{precision}", task["device"]
-    batch = CPU_BATCH[torch.bfloat16 if precision == "bf16" else torch.float32]
-    assert f"wav2lip batch {batch} on the CPU in {precision}" in d.log_text()
+    if torch.cuda.is_available():  # a GPU host: fp16 on CUDA, the batch fitted to its memory
+        assert task["device"] == "cuda/fp16", task["device"]
+        assert "wav2lip batch" in d.log_text() and "on the GPU" in d.log_text()
+    else:
+        assert task["device"] == f"cpu/{precision}", task["device"]
+        batch = CPU_BATCH[torch.bfloat16 if precision == "bf16" else torch.float32]
+        assert f"wav2lip batch {batch} on the CPU in {precision}" in d.log_text()
     with av.open(str(d.outbox / "w9" / "result.mp4")) as c:
         assert c.streams.video[0].frames == task["output"]["frames"] == 50
     assert d.log_text().count("engine wav2lip loaded") == 1  # at start, before READY
