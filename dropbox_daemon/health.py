@@ -225,6 +225,10 @@ def evaluate(
         failing.append(f"worker is {view.worker_state}")
     elif view.worker_state == "starting":
         degraded.append("worker is starting (loading models)")
+    elif view.worker_state == "restarting":  # not failing: a daemon restart mends nothing
+        degraded.append(
+            "worker keeps dying before it is ready; the next start is held back (the log says why)"
+        )
     if view.worker_restarts:
         degraded.append(f"worker restarted {view.worker_restarts} time(s) since start")
     for name, free in disks.items():

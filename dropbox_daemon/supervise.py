@@ -17,6 +17,17 @@ if TYPE_CHECKING:
     from dropbox_daemon.daemon import Daemon
 
 CANCEL_GRACE = 1.5  # seconds a worker gets to stop a cancelled job before it is killed
+MAX_RESTART_DELAY = 60.0  # seconds, for a worker that keeps dying before it is ready
+
+
+def restart_delay(early_deaths: int) -> float:
+    """Seconds before the next worker start: none after a worker that had been ready (a crash
+    mid-job); 1, 2, 4, ... up to MAX_RESTART_DELAY after each that died before it was ready
+    in a row (a CUDA init error, a kernel image for another GPU, an out-of-memory while
+    loading), so a host that cannot start one is not spun at full speed."""
+    return 0.0 if early_deaths <= 0 else min(MAX_RESTART_DELAY, 2.0 ** (early_deaths - 1))
+
+
 PROGRESS_WRITE_EVERY = 1.0  # seconds between task.json progress rewrites
 
 
@@ -38,6 +49,8 @@ class Supervisor:
     def __init__(self, d: Daemon) -> None:
         self.d = d
         self.last_served: dict[str, float] = {}  # inbox -> when it last had a job started
+        self.early_deaths = 0  # workers in a row that died before they were ready
+        self.restart_at: float | None = None  # monotonic; a start held back by restart_delay
 
     def dispatch(self, now: float) -> None:
         assert self.d.store is not None
@@ -83,6 +96,8 @@ class Supervisor:
         for msg in self.d.worker.poll():
             self.on_message(msg, now)
         if self.d.worker.state in ("starting", "idle", "busy") and not self.d.worker.alive():
+            if self.d.worker.state == "starting":
+                self.early_deaths += 1
             why = self.d.worker.exit_description()
             # its ffmpeg children still hold the output pipe: end them so that the relay reads
             # the worker's last words to the end (a crash report) before the job is recorded
@@ -118,7 +133,23 @@ class Supervisor:
                 self.d.worker.state = "dead"
                 self.d.current = None
                 self.d.outcomes.finish_cancel(cur.job_id, "the worker was killed to stop it")
-        if self.d.worker.state in ("dead", "stopped") and not self.d.flags.stop:
+        if self.d.worker.state in ("dead", "stopped", "restarting") and not self.d.flags.stop:
+            mono = time.monotonic()
+            if self.restart_at is None:
+                delay = restart_delay(self.early_deaths)
+                self.restart_at = mono + delay
+                if delay:
+                    self.d.worker.state = "restarting"
+                    logger.warning(
+                        "worker died before it was ready ({} in a row): the next one starts in "
+                        "{:.0f} s; its last output above says why (a CUDA error, the GPU's "
+                        "memory, the model file); `dropbox-daemon doctor` checks the set-up",
+                        self.early_deaths,
+                        delay,
+                    )
+            if mono < self.restart_at:
+                return
+            self.restart_at = None
             self.d.worker.restarts += 1
             self.d.metrics.worker_restarts.inc()
             self.d.worker.kill()
@@ -136,6 +167,7 @@ class Supervisor:
         if msg.get("worker_pid") != self.d.worker.pid:
             return
         if kind == "ready":
+            self.early_deaths = 0
             self.d.worker.state = "idle" if self.d.current is None else "busy"
             self.d.worker.info = msg
             logger.info("worker ready (pid {}, device {})", msg["pid"], msg["device"])

@@ -152,7 +152,51 @@ class WorkerLoop:
             result = pipeline.run(job, self.cfg, engine, emit, self.cancels[job_id])
             emit({"type": "result", "outcome": "done", "device": engine.device, **result})
         except Exception as e:  # noqa: BLE001 - any bug ends this job, not the worker
+            if sticky := sticky_cuda_error(e):
+                # every later CUDA call in this process fails the same way: a fresh worker
+                # (a new CUDA context) takes the job again, its attempt counted by the daemon
+                logger.bind(job_id=job_id, trace_id=job.get("trace_id")).error(
+                    "job {}: the GPU's context is broken ({}); this worker exits and a new one "
+                    "takes the job again (a recurring one: see the kernel log, nvidia-smi -q, "
+                    "for Xid errors)",
+                    job_id,
+                    sticky,
+                )
+                self.exit(EXIT_GPU_BROKEN)
             emit({"type": "result", **outcome_of(e, job)})
+
+    def exit(self, code: int) -> None:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+EXIT_GPU_BROKEN = 70  # the worker's exit status after a sticky CUDA error
+# CUDA errors that leave the process's context unusable until it exits (CUDA's "sticky" errors)
+STICKY_CUDA = (
+    "illegal memory access",
+    "illegal instruction",
+    "misaligned address",
+    "unspecified launch failure",
+    "device-side assert",
+    "uncorrectable ECC error",
+    "hardware stack error",
+    "an illegal address",
+    "CUDA error: launch failed",
+)
+
+
+def sticky_cuda_error(e: BaseException) -> str | None:
+    """The words of a CUDA error that broke this process's context, anywhere in the
+    exception's chain, else None."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = str(cur)
+        if any(w in text for w in STICKY_CUDA):
+            return " ".join(text.split())[:200]
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def outcome_of(e: Exception, job: dict[str, Any]) -> dict[str, Any]:
@@ -266,7 +310,7 @@ class WorkerHandle:
         self.messages: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.proc: mp.process.BaseProcess | None = None
         self.conn: Connection | None = None
-        self.state = "stopped"  # stopped | starting | idle | busy | dead
+        self.state = "stopped"  # stopped | starting | idle | busy | dead | restarting (held back)
         self.info: dict[str, Any] = {}
         self.started_at = 0.0
         self.restarts = 0

@@ -174,3 +174,37 @@ def test_a_cancel_reaches_the_worker_and_ends_the_job_cancelled(daemon: Daemon, 
     job = store.get("c1")
     assert job is not None and job.state == "cancelled"
     assert not list(daemon.outbox.job_dir("c1").glob(".*.partial"))
+
+
+def test_a_worker_that_dies_before_it_is_ready_is_restarted_with_back_off(daemon: Daemon) -> None:
+    import os
+    import signal
+
+    from dropbox_daemon import supervise
+
+    assert [supervise.restart_delay(n) for n in range(9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
+    wait_for(lambda: worker_idle(daemon), 60, "the worker to be ready")
+
+    def kill_and_see(state: str) -> None:
+        pid = daemon.worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not daemon.worker.alive(), 10, "the worker gone")
+        daemon.supervisor.handle_worker(time.time())
+        assert daemon.worker.state == state, daemon.worker.state
+
+    kill_and_see("starting")  # it had been ready: a crash mid-life restarts at once
+    kill_and_see("restarting")  # died while starting: held back 1 s
+    assert daemon.view.ready  # the daemon stays up; health says degraded, not failing
+    t0 = time.monotonic()
+    wait_for(
+        lambda: daemon.supervisor.handle_worker(time.time()) or daemon.worker.state == "starting",
+        10,
+        "the held-back start",
+    )
+    assert 0.8 <= time.monotonic() - t0 <= 3.0
+    kill_and_see("restarting")  # twice in a row: 2 s
+    held = daemon.supervisor.restart_at - time.monotonic()  # type: ignore[operator]
+    assert 1.5 <= held <= 2.1, held
+    wait_for(lambda: worker_idle(daemon), 60, "a worker ready again")
+    assert daemon.supervisor.early_deaths == 0  # ready: the count starts over

@@ -54,3 +54,46 @@ def test_the_loop_renders_a_job_answers_each_step_and_stops_when_told(
     thread.join(10)
     assert not thread.is_alive()  # stop: the loop ends once no job is left
     assert loop.cancels == {}
+
+
+def test_a_sticky_cuda_error_ends_the_worker_not_only_the_job(monkeypatch) -> None:  # noqa: ANN001
+    """After an illegal memory access every CUDA call of the process fails: the worker exits
+    (its job re-queued by the daemon, as for any worker death) instead of failing each next
+    job; an ordinary error fails only its job."""
+    from dropbox_daemon import worker as W
+    from dropbox_daemon.errors import EngineError
+
+    assert W.sticky_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    wrapped = EngineError("render failed", code="render")
+    wrapped.__cause__ = RuntimeError("CUDA error: device-side assert triggered")
+    assert "device-side assert" in W.sticky_cuda_error(wrapped)
+    assert W.sticky_cuda_error(RuntimeError("CUDA out of memory")) is None
+    assert W.sticky_cuda_error(ValueError("bad frame")) is None
+
+    sent, exits = [], []
+    loop = W.WorkerLoop.__new__(W.WorkerLoop)
+    loop.send = sent.append  # type: ignore[method-assign]
+    loop.cancels = {"j": None}
+    loop.exit = exits.append  # type: ignore[method-assign]
+    loop.cfg = None
+
+    def fails(error):  # noqa: ANN001, ANN202
+        def engine_for(job, emit):  # noqa: ANN001, ANN202
+            raise error
+
+        return engine_for
+
+    monkeypatch.setattr(
+        loop,
+        "engine_for",
+        fails(RuntimeError("CUDA error: an illegal memory access")),
+        raising=False,
+    )
+    loop.run_job({"job_id": "j"})
+    assert exits == [W.EXIT_GPU_BROKEN]
+    monkeypatch.setattr(
+        loop, "engine_for", fails(EngineError("no face", code="no_face")), raising=False
+    )
+    exits.clear()
+    loop.run_job({"job_id": "j"})
+    assert exits == [] and sent[-1]["outcome"] == "failed"
