@@ -290,6 +290,9 @@ class ModelsConfig(_Strict):
     # frames per model call on the CPU; 0: CPU_BATCH by precision (engines/wav2lip.py)
     batch_size: int = Field(default=0, ge=0, le=1024)
     cuda_batch_size: int = Field(default=128, ge=1, le=4096)  # upper bound; fitted to free memory
+    # host memory the full frames of the batches in flight may take (each waits for its
+    # patch): the batch is cut to fit at the job's frame size (1080p: 6 MB a frame)
+    batch_host_bytes: int = Field(default=1 << 30, ge=1 << 24)
 
 
 class Config(_Strict):

@@ -224,8 +224,11 @@ def check_ffmpeg(cfg: Config, gpu: bool) -> list[Check]:
             Check(
                 "video encoder",
                 "warn",
-                f"{vcodec}: {why}; the GPU renders, the CPU encodes",
-                "install the NVIDIA driver's libcuda and an ffmpeg with h264_nvenc (the imageio-ffmpeg binary has it)",
+                f"{vcodec}: {why}; the GPU renders, the CPU encodes (libx264, each daemon of a "
+                "per-GPU set on its share of the cores)",
+                "data-centre GPUs (A100, H100, H200, B200) have no NVENC: that is expected there; "
+                "on GeForce, RTX/Quadro, L4, L40 or T4 install the NVIDIA driver's libcuda "
+                "(the imageio-ffmpeg binary has h264_nvenc)",
             )
         )
     else:

@@ -275,6 +275,17 @@ def worker_main(conn: Connection, cfg: Config, output: Connection | None = None)
     logger.remove()
     logger.configure(patcher=escape_controls)
     logger.add(sys.stderr, level=cfg.daemon.log.level, format=_worker_format)
+    from dropbox_daemon import cpus
+
+    share, every = cpus.this_share(), cpus.usable_cpus()
+    cpus.apply(share)
+    if share < every:
+        logger.info(
+            "this worker uses {} of the host's {} cores: one daemon per GPU, {} GPUs",
+            share,
+            every,
+            cpus.gpus_on_host(),
+        )
     try:
         _serve(conn, cfg)
     except KeyboardInterrupt:

@@ -363,3 +363,13 @@ def test_fp32_is_not_tf32(checkpoint) -> None:  # noqa: ANN001
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     FastWav2Lip(checkpoint[1], precision="fp32")
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+def test_the_batch_is_cut_to_the_host_memory_of_the_frames_it_holds() -> None:
+    engine = Wav2LipEngine(None, batch=128, host_bytes=1 << 30)
+    engine.in_flight = 1  # CUDA's schedule: one batch on the GPU while the next is cropped
+    hd, uhd = 1920 * 1080 * 3, 3840 * 2160 * 3
+    assert engine.host_batch(hd) == (1 << 30) // (2 * hd) == 86
+    assert engine.host_batch(uhd) == 21
+    assert engine.host_batch(640 * 360 * 3) == 128  # small frames: the GPU's batch
+    assert Wav2LipEngine(None, batch=8, host_bytes=1 << 24).host_batch(uhd) == 1

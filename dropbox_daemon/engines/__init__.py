@@ -34,7 +34,11 @@ def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
 
         m = cfg.models
         return Wav2LipEngine(
-            m.wav2lip, precision=m.precision, batch=m.batch_size, cuda_batch=m.cuda_batch_size
+            m.wav2lip,
+            precision=m.precision,
+            batch=m.batch_size,
+            cuda_batch=m.cuda_batch_size,
+            host_bytes=m.batch_host_bytes,
         )
     if name == "http":
         from dropbox_daemon.engines.http import HttpEngine

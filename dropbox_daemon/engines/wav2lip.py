@@ -269,8 +269,10 @@ class Wav2LipEngine(Engine):
         precision: str = "auto",
         batch: int = 0,  # 0: CPU_BATCH by precision
         cuda_batch: int = 128,
+        host_bytes: int = 1 << 30,
     ) -> None:
         self.weights = weights
+        self.host_bytes = host_bytes
         self.precision = precision
         self.batch = batch
         self.cuda_batch = cuda_batch
@@ -287,7 +289,9 @@ class Wav2LipEngine(Engine):
                 stage="preparing",
                 hint="set [models] wav2lip in config.toml, or use engine preview",
             )
-        torch.set_num_threads(os.cpu_count() or 1)
+        from dropbox_daemon import cpus
+
+        cpus.apply(cpus.this_share())  # every core, or this GPU's share of them
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = FastWav2Lip(
             self.weights, device=device, precision=self.precision, lower_only=True
@@ -326,7 +330,7 @@ class Wav2LipEngine(Engine):
         for ff in frames:
             pending.append(ff)
             n_faces += ff.box is not None
-            if n_faces >= self.batch:
+            if n_faces >= self.host_batch(ff.frame.nbytes):
                 started.append((pending, self._start(pending, audio)))
                 pending, n_faces = [], 0
                 while len(started) > self.in_flight:
@@ -335,6 +339,12 @@ class Wav2LipEngine(Engine):
             started.append((pending, self._start(pending, audio)))
         while started:
             yield from self._finish(*started.popleft())
+
+    def host_batch(self, frame_bytes: int) -> int:
+        """The batch, cut so that the full frames held for the batches in flight (each until
+        its patch returns) stay within host_bytes: a GPU batch of 128 at 4K would hold ~9 GB."""
+        held = max(1, frame_bytes) * (self.in_flight + 1)
+        return max(1, min(self.batch, self.host_bytes // held))
 
     def _start(self, items: list[FaceFrame], audio: AudioFeatures) -> Pending | None:
         with_face = [ff for ff in items if ff.box is not None]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dropbox_daemon import compose
+from dropbox_daemon import compose, cpus
 from dropbox_daemon.config import Config
 from dropbox_daemon.engines.base import RenderContext
 from dropbox_daemon.errors import MediaError
@@ -121,7 +121,9 @@ def encoder_args(plan: Plan, found: Inputs, cfg: Config, emit: Emit) -> EncodeCo
             metadata={"comment": cfg.overlay.metadata_tag, "ai_generated": "true"}
             if tagged
             else {},
-            threads=cfg.media.encode_threads,
+            threads=cpus.encode_threads(
+                cfg.media.encode_threads, cpus.this_share(), cpus.usable_cpus()
+            ),
             vcodec=codec,
         )
 

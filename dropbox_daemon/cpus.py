@@ -1,0 +1,57 @@
+"""How many of the host's cores one daemon's worker uses (worker side).
+
+One daemon per GPU (the dropbox-daemon@ unit: CUDA_VISIBLE_DEVICES names one) shares the host
+with the others: each takes its share of the cores for torch, OpenCV and the encoder, instead
+of every one sizing its pools to the whole machine (on A100/H100/H200, which have no NVENC,
+libx264 runs in each). A daemon that sees no GPU, or all of them, keeps every core.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the driver knows
+
+
+def gpus_on_host(root: Path = NVIDIA_GPUS) -> int:
+    try:
+        return sum(1 for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return 0
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what the unit's CPUAffinity= leaves, if set
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_share(cpus: int, gpus: int, visible: str | None) -> int:
+    """Cores for this daemon: cpus / gpus where it renders on one GPU of several, else all."""
+    one = visible is not None and visible.strip() != "" and "," not in visible
+    if gpus <= 1 or not one:
+        return max(1, cpus)
+    return max(1, cpus // gpus)
+
+
+def this_share() -> int:
+    return cpu_share(usable_cpus(), gpus_on_host(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def apply(share: int) -> None:
+    """Size torch's and OpenCV's pools to `share` cores (in the worker, once)."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(share)
+    cv2.setNumThreads(share)
+
+
+def encode_threads(configured: int, share: int, cpus: int) -> int:
+    """libx264's threads: the configured number, else the share where it is not the whole
+    host (0: ffmpeg decides, for all the cores)."""
+    if configured:
+        return configured
+    return share if share < cpus else 0
