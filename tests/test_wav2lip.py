@@ -373,3 +373,21 @@ def test_the_batch_is_cut_to_the_host_memory_of_the_frames_it_holds() -> None:
     assert engine.host_batch(uhd) == 21
     assert engine.host_batch(640 * 360 * 3) == 128  # small frames: the GPU's batch
     assert Wav2LipEngine(None, batch=8, host_bytes=1 << 24).host_batch(uhd) == 1
+
+
+@cuda
+def test_waiting_for_the_gpu_does_not_spin_a_core(checkpoint) -> None:  # noqa: ANN001
+    """result() sleeps on a blocking CUDA event: the CPU time spent waiting for a long batch
+    is a small part of the wall time (a spinning wait would be all of it)."""
+    import time
+
+    _, path = checkpoint
+    fast = FastWav2Lip(path, device="cuda", precision="fp16")
+    mel, faces = real_inputs(256, seed=3)
+    fast(mel, faces)  # warm
+    pending = [fast.submit(mel, faces) for _ in range(8)]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for p in pending:
+        p.result()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert wall > 0.05 and cpu < 0.5 * wall, (wall, cpu)
