@@ -278,8 +278,8 @@ def worker_main(conn: Connection, cfg: Config, output: Connection | None = None)
     from dropbox_daemon import cpus
 
     share, every = cpus.this_share(), cpus.usable_cpus()
-    cpus.apply(share)
-    if share < every:
+    if share < every:  # (torch is imported only then: a passthrough worker never needs it)
+        cpus.apply(share)
         logger.info(
             "this worker uses {} of the host's {} cores: one daemon per GPU, {} GPUs",
             share,
