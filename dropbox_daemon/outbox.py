@@ -22,7 +22,9 @@ INPUT_DIR = "input"
 POSTER = "poster.jpg"
 
 
-CALLBACK_ENDS = ("done", "failed", "cancelled", "rejected")  # the states a callback tells
+# the states a job's callback tells (store/ queues a delivery on them; its outcome is kept
+# in task.json while the record is of one of them)
+CALLBACK_STATES = ("done", "failed", "cancelled", "rejected")
 
 
 def utc_iso(ts: float | None) -> str | None:
@@ -120,7 +122,7 @@ class Outbox:
         """Rewrite task.json atomically (a callback's outcome, written by the sender, stays
         while it is the same run's record)."""
         d = self.ensure(record["job_id"])
-        if "callback" not in record and record.get("state") in CALLBACK_ENDS:
+        if "callback" not in record and record.get("state") in CALLBACK_STATES:
             old = self.read_task(record["job_id"]) or {}
             if old.get("callback") and old.get("trace_id") == record.get("trace_id"):
                 record = {**record, "callback": old["callback"]}
@@ -133,7 +135,7 @@ class Outbox:
         task = self.read_task(job_id)
         if task is None or task.get("trace_id") != trace_id:
             return
-        if task.get("state") not in CALLBACK_ENDS:
+        if task.get("state") not in CALLBACK_STATES:
             return
         atomic_write_json(self.job_dir(job_id) / TASK_JSON, {**task, "callback": outcome})
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from dropbox_daemon import __version__, redact
 from dropbox_daemon.errors import DaemonError, IllegalTransition
-from dropbox_daemon.outbox import Outbox, utc_iso
+from dropbox_daemon.outbox import CALLBACK_STATES, Outbox, utc_iso
 
 RUNNING = ("preparing", "rendering", "encoding")
 TERMINAL = ("done", "failed", "cancelled", "rejected", "duplicate")
@@ -46,8 +46,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 JSON_COLUMNS = ("timings", "inputs", "output", "error", "meta", "manifest")
-
-CALLBACK_STATES = ("done", "failed", "cancelled", "rejected")
 
 
 class Job(BaseModel):
