@@ -78,6 +78,7 @@ class Farm:
         self.next_renew = 0.0
         self.next_sweep = 0.0
         self.renewing_since: float | None = None  # monotonic: renewals unbroken since then
+        self.renewed: float | None = None  # monotonic: when the last renewal got through
 
     # -- the lease -------------------------------------------------------------------
     def register(self, now: float, store: Store) -> None:
@@ -96,13 +97,20 @@ class Farm:
             return False
         self.next_renew = mono + self.lease_every
         if self.leases.renew(now, **fields):
-            if self.renewing_since is None:
-                # when it got through, not when the pass began: a pass held up by the
-                # database must not count its wait as time the lease was being renewed
-                self.renewing_since = time.monotonic()
+            through = time.monotonic()  # when it got through, not when the pass began
+            if self.renewing_since is None or self.late(through):
+                # a renewal held up (the database restarting, the share stalling) is a break
+                # as much as one that failed: whatever held this daemon up may have held its
+                # peers too, whose leases look old now; they get stale seconds to renew
+                self.renewing_since = through
+            self.renewed = through
         else:
             self.renewing_since = None
         return True
+
+    def late(self, through: float) -> bool:
+        """This renewal came more than half of stale_claim_seconds after the last one."""
+        return self.renewed is not None and through - self.renewed > self.stale / 2
 
     def release(self) -> None:
         self.leases.release(time.time())

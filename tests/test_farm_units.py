@@ -253,3 +253,64 @@ def test_claim_generation_reads_the_folder_name() -> None:
     assert drops.same_claim("/i/.dropbox/c1.g3", Path("/j/c1.g4"))
     assert not drops.same_claim("/i/.dropbox/c1.g3", Path("/j/c2"))
     assert not drops.same_claim(None, Path("/j/c1"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Answering:
+    """Lease renewals that get through, or not, as the test says."""
+
+    ok = True
+
+    def renew(self, now: float, **fields: object) -> bool:
+        return self.ok
+
+
+def test_takeover_waits_stale_seconds_after_any_break_in_its_own_renewals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal that failed, and one that got through late (the database restarting under
+    every daemon at once), both restart the wait: the peers were held up too."""
+    from dropbox_daemon import farm as farm_module
+    from dropbox_daemon.config import Config, DaemonConfig
+
+    cfg = Config(
+        daemon=DaemonConfig(state_dir=tmp_path / "s", stale_claim_seconds=4.0),
+        inbox=[InboxConfig(name="a", path=tmp_path / "in")],
+    )
+    clock = Clock()
+    monkeypatch.setattr(farm_module.time, "monotonic", clock)
+    f = farm_module.Farm(cfg)
+    f.leases = Answering()  # type: ignore[assignment]
+    f.renewing_since = clock.t
+    f.next_renew = 0.0
+
+    def beat(dt: float) -> None:
+        clock.t += dt
+        assert f.renew(now=0.0, mono=clock.t)
+
+    for _ in range(4):
+        beat(1.0)
+    assert f.may_take_over(clock.t)  # 4 s of unbroken renewals
+    beat(2.5)  # held up 2.5 s (over half of stale_claim_seconds), then through
+    assert not f.may_take_over(clock.t)
+    for _ in range(3):
+        beat(1.0)
+    assert not f.may_take_over(clock.t)  # 3 s since the late one
+    beat(1.0)
+    assert f.may_take_over(clock.t)
+    beat(1.9)  # a slow pass, under half of stale: no break
+    assert f.may_take_over(clock.t)
+    f.leases.ok = False  # type: ignore[attr-defined]
+    beat(1.0)
+    assert not f.may_take_over(clock.t) and f.renewing_since is None
+    f.leases.ok = True  # type: ignore[attr-defined]
+    beat(1.0)
+    beat(4.5)
+    assert not f.may_take_over(clock.t)  # late again: 5.5 s since it came back, yet a break

@@ -366,6 +366,11 @@ class Link:
         # peers come back well within stale_claim_seconds: none takes over another's jobs
         # because that one was still waiting out its back-off after an outage
         self.max_backoff = max(0.5, min(MAX_BACKOFF, stale_seconds / 4))
+        # how long a call waits for a connection of the pool: after a restart of the server
+        # the pool's own reconnect backs off for seconds; a loop held that long misses its
+        # lease renewals and its peers take over its jobs. Past this the link is down and
+        # the reviver (max_backoff) brings it back.
+        self.wait = min(settings.call_timeout, max(1.0, stale_seconds / 4))
         self.capped_until: float | None = None
         self.last_error: str | None = None
         self.connect_error: str | None = None
@@ -464,7 +469,7 @@ class Link:
             min_size=1,
             max_size=self.settings.pool_size,
             open=False,
-            timeout=self.settings.call_timeout,  # a call waits this long for a connection
+            timeout=self.wait,  # a call waits this long for a connection
             reconnect_timeout=max(2.0, self.settings.connect_timeout),
             max_idle=MAX_IDLE,
             check=self._check,
@@ -501,7 +506,7 @@ class Link:
 
     def _check(self, conn: psycopg.Connection) -> None:
         """The pool's check of a connection before it lends it, under a deadline too."""
-        seconds = min(2.0, self.settings.call_timeout)
+        seconds = min(2.0, self.wait)
         try:
             with DEADLINES.watch(conn, seconds):
                 ConnectionPool.check_connection(conn)
@@ -588,7 +593,7 @@ class Link:
         if why is None:  # connections exist, all busy: the database is slow, not gone
             return StoreUnavailable(
                 f"every connection of this daemon to the database stayed busy for "
-                f"{self.settings.call_timeout:.0f} s"
+                f"{self.wait:.0f} s"
             )
         if _NO_SLOT.search(why):  # keep the connections it has: slots are scarce
             return StoreUnavailable(explain(why))

@@ -180,14 +180,21 @@ def test_an_idle_daemon_takes_the_backlog_and_priority_holds_across_the_share(
         slow["instance"],
         next(instance_of(d) for d in ds if instance_of(d) != slow["instance"]),
     )
-    by_idle = [j for j in quick if tasks[j]["instance"] == idle]
-    assert len(by_idle) >= 15, {j: tasks[j]["instance"] for j in quick}
     assert tasks["urgent"]["state"] == "done"
 
-    def started(t: dict) -> float:
+    def started(t: dict, key: str = "started_at") -> float:
         from datetime import datetime
 
-        return datetime.fromisoformat(t["started_at"].replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(t[key].replace("Z", "+00:00")).timestamp()
+
+    # while the busy one rendered, the idle one took the backlog: the busy one started none
+    # of it (a job it had claimed meanwhile, its prefetch, waited for it) before it was free
+    slow_end = started(tasks["slow"], "finished_at")
+    where = {j: (tasks[j]["instance"], round(started(tasks[j]) - slow_end, 2)) for j in quick}
+    assert all(started(tasks[j]) >= slow_end for j in quick if tasks[j]["instance"] == busy), where
+    meanwhile = [j for j in quick if started(tasks[j]) < slow_end]
+    assert len(meanwhile) >= 5, where  # the slow job lasted long enough to say so
+    assert {tasks[j]["instance"] for j in meanwhile} == {idle}, where
 
     urgent_start = started(tasks["urgent"])
     waiting = [j for j in quick if started(tasks[j]) > dropped_urgent]
