@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from dropbox_daemon import drops
 from dropbox_daemon.boundary import shown
 from dropbox_daemon.config import InboxConfig
+from dropbox_daemon.coordination import Coordination, best, prevalidate
 from dropbox_daemon.drops import candidate_for
-from dropbox_daemon.farm import best, prevalidate
-from dropbox_daemon.store import StoreUnavailable
-
-if TYPE_CHECKING:
-    from dropbox_daemon.daemon import Daemon
+from dropbox_daemon.intake import Intake
+from dropbox_daemon.loop import Loop
+from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.store import HOST_ERRORS, Store, StoreUnavailable
+from dropbox_daemon.watcher import Watcher
 
 MAX_INTAKE_TRIES = 3  # a claim whose intake raised this often is answered, not retried for ever
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM, errno.EMFILE}
@@ -38,7 +38,7 @@ def environmental(e: BaseException) -> bool:
             return False
         if isinstance(seen, OSError) and seen.errno in TRANSIENT_ERRNOS:
             return True
-        if isinstance(seen, sqlite3.OperationalError):
+        if isinstance(seen, HOST_ERRORS):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -54,21 +54,34 @@ class Pending:
 
 
 class Claiming:
-    """The daemon's intake side (its state is the daemon's; see daemon.py)."""
+    """The daemon's intake side: from its inboxes (the watcher's hints and rescans) into
+    its store, through the intake; `busy()` says whether the worker has a job (the room
+    left to claim into)."""
 
-    def __init__(self, d: Daemon) -> None:
-        self.d = d
-        self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in d.cfg.inbox}
+    def __init__(
+        self,
+        loop: Loop,
+        store: Store,
+        intake: Intake,
+        *,
+        watcher: Watcher,
+        farm: Coordination,
+        outbox: Outbox,
+        busy: Callable[[], bool],
+    ) -> None:
+        self.loop, self.cfg, self.store, self.intake = loop, loop.cfg, store, intake
+        self.watcher, self.farm, self.outbox, self.busy = watcher, farm, outbox, busy
+        self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in loop.cfg.inbox}
         self.pending: dict[Path, Pending] = {}
         self.waiting: list[tuple[InboxConfig, drops.Claim]] = []  # claims whose intake failed
         self.tries: dict[str, int] = {}  # claim folder -> failed intakes so far
 
     def collect_hints(self) -> None:
         """The watcher's hints: a drop's manifest appeared or changed."""
-        for hint in self.d.watcher.drain():
-            inbox = self.d.cfg.inbox_by_name(hint.inbox)
+        for hint in self.watcher.drain():
+            inbox = self.cfg.inbox_by_name(hint.inbox)
             if hint.path.parent == inbox.path:
-                self.d.watcher.follow(inbox.name, hint.path)  # a job folder being filled?
+                self.watcher.follow(inbox.name, hint.path)  # a job folder being filled?
             cand = candidate_for(inbox.path, hint.path)
             if cand is not None:
                 p = self.pending.setdefault(cand.manifest, Pending(cand, inbox))
@@ -79,15 +92,14 @@ class Claiming:
         a share without events)."""
         if self.waiting:
             self.retry_claims()
-        self.d.watcher.check_inboxes()
-        self.d.watcher.forget_gone()
-        for inbox in self.d.cfg.inbox:
+        self.watcher.check_inboxes()
+        self.watcher.forget_gone()
+        for inbox in self.cfg.inbox:
             for cand in drops.scan(inbox.path):
-                if cand.manifest not in self.d.farm.ready:
+                if cand.manifest not in self.farm.ready:
                     self.pending.setdefault(cand.manifest, Pending(cand, inbox))
 
     def take_settled(self, now: float) -> None:
-        assert self.d.intake is not None
         for key, p in list(self.pending.items()):
             if not os.path.lexists(p.candidate.manifest):
                 self.pending.pop(key)
@@ -97,39 +109,37 @@ class Claiming:
                 continue
             self.pending.pop(key)
             self.settlers[p.inbox.name].forget(p.candidate)
-            ready = prevalidate(p.candidate, p.inbox, self.d.cfg)
+            ready = prevalidate(p.candidate, p.inbox, self.cfg)
             if ready is None:
                 self.claim(p.inbox, p.candidate, now)  # invalid: answered at once
             else:
-                self.d.farm.ready[key] = ready
+                self.farm.ready[key] = ready
 
     def pull(self, now: float) -> None:
         """Claim valid drops while the worker has room: highest priority, then oldest, first."""
-        if not self.d.farm.ready or self.d.flags.stop:
+        if not self.farm.ready or self.loop.flags.stop:
             return
-        assert self.d.store is not None
-        room = self.d.farm.capacity(self.d.store, running=self.d.current is not None)
-        while room > 0 and self.d.farm.ready:
-            r = best(self.d.farm.ready)
+        room = self.farm.capacity(running=self.busy())
+        while room > 0 and self.farm.ready:
+            r = best(self.farm.ready)
             assert r is not None
-            self.d.farm.ready.pop(r.candidate.manifest)
+            self.farm.ready.pop(r.candidate.manifest)
             if self.claim(r.inbox, r.candidate, now):
                 room -= 1
 
     def claim(self, inbox: InboxConfig, cand: drops.Candidate, now: float) -> bool:
         """Claim a drop and turn it into a job; False when another daemon was first."""
-        assert self.d.intake is not None
         try:
-            cl = drops.claim(inbox.path, cand, self.d.farm.instance, now, self.d.cfg.daemon.host)
+            cl = drops.claim(inbox.path, cand, self.farm.instance, now, self.cfg.daemon.host)
         except OSError as e:
             logger.error("inbox {}: cannot claim {}: {}; will retry", inbox.name, cand.manifest, e)
             return False
         if cl is None:
             return False  # another daemon took it
         try:
-            self.d.intake.ingest(inbox, cl)
+            self.intake.ingest(inbox, cl)
         except StoreUnavailable as e:
-            self.d.on_store_down(e)
+            self.loop.on_store_down(e)
             self.waiting.append((inbox, cl))  # its files wait in the claim
         except Exception as e:  # noqa: BLE001 - one bad drop must not stop the daemon
             self.intake_failed(inbox, cl, e)
@@ -168,10 +178,9 @@ class Claiming:
             return
         self.tries.pop(key, None)
         why = f"{type(e).__name__}: {shown(str(e))[:300]}"
-        assert self.d.intake is not None
         try:
-            job = self.d.intake.reject_untakeable(inbox, cl, why, n)
-            self.d.view.intake_rejected += 1
+            job = self.intake.reject_untakeable(inbox, cl, why, n)
+            self.loop.view.intake_rejected += 1
             logger.opt(exception=e).error(
                 "inbox {}: claim {} failed {} times; answered as job {} (rejected, intake_failed)",
                 inbox.name,
@@ -180,11 +189,11 @@ class Claiming:
                 job.job_id,
             )
         except StoreUnavailable as down:
-            self.d.on_store_down(down)
+            self.loop.on_store_down(down)
             self.waiting.append((inbox, cl))
         except Exception as again:  # noqa: BLE001
             where = drops.quarantine(inbox.path, cl, f"{why}; and its rejection: {again}")
-            self.d.view.quarantined += 1
+            self.loop.view.quarantined += 1
             logger.opt(exception=again).error(
                 "inbox {}: claim {} cannot be taken nor answered ({}); moved to {} with "
                 "reason.txt; look at it, fix the drop and drop it again",
@@ -196,8 +205,7 @@ class Claiming:
 
     def retry_claims(self) -> None:
         """Drops whose intake failed (a full disk, say): try again; their files wait in the claim."""
-        assert self.d.store is not None and self.d.intake is not None
-        known = self.d.store.claim_dirs()  # first: if the store is away, nothing is dropped
+        known = self.store.claim_dirs()  # first: if the store is away, nothing is dropped
         todo, self.waiting = self.waiting, []
         for inbox, cl in todo:
             if str(cl.dir) in known:
@@ -211,21 +219,20 @@ class Claiming:
                 )
                 continue
             try:
-                self.d.intake.ingest(inbox, cl, recovered=True)
+                self.intake.ingest(inbox, cl, recovered=True)
                 self.tries.pop(str(cl.dir), None)
             except StoreUnavailable as e:
-                self.d.on_store_down(e)
+                self.loop.on_store_down(e)
                 self.waiting.append((inbox, cl))
             except Exception as e:  # noqa: BLE001
                 self.intake_failed(inbox, cl, e)
 
     def recover_orphan_claims(self) -> None:
         """Claims this instance made that never reached its database (a crash right after the claim)."""
-        assert self.d.store is not None and self.d.intake is not None
-        known = self.d.store.claim_dirs()
-        stale = self.d.cfg.daemon.stale_claim_seconds
-        for inbox in self.d.cfg.inbox:
-            for cdir, owner in drops.unfinished_claims(inbox.path, self.d.farm.instance):
+        known = self.store.claim_dirs()
+        stale = self.cfg.daemon.stale_claim_seconds
+        for inbox in self.cfg.inbox:
+            for cdir, owner in drops.unfinished_claims(inbox.path, self.farm.instance):
                 if str(cdir) not in known and drops.discard_if_unfinished(cdir, owner, stale):
                     logger.warning(
                         "inbox {}: removed claim folder {}: a crash left it empty before the "
@@ -233,13 +240,13 @@ class Claiming:
                         inbox.name,
                         cdir.name,
                     )
-        for inbox, cdir, owner in self.d.farm.orphans(known, self.d.outbox, {self.d.farm.instance}):
+        for inbox, cdir, owner in self.farm.orphans(known, self.outbox, {self.farm.instance}):
             logger.warning("inbox {}: resuming claim {} left by a crash", inbox.name, cdir.name)
             cl = drops.claim_from(inbox.path, cdir, owner)
             if cl is None:
                 continue
             try:
-                self.d.intake.adopt(inbox, cl, owner, "intake resumed after a restart")
+                self.intake.adopt(inbox, cl, owner, "intake resumed after a restart")
             except StoreUnavailable:
                 logger.warning("inbox {}: claim {} waits for the store", inbox.name, cdir.name)
                 self.waiting.append((inbox, cl))
@@ -248,11 +255,10 @@ class Claiming:
 
     def claim_outranking(self, now: float) -> None:
         """A drop still in the inbox that outranks every job this daemon holds is claimed now."""
-        assert self.d.store is not None
-        top = best(self.d.farm.ready)
+        top = best(self.farm.ready)
         if top is None:
             return
-        queued = self.d.store.queued(limit=1)
+        queued = self.store.queued(limit=1)
         if not queued or top.priority > queued[0].priority:
-            self.d.farm.ready.pop(top.candidate.manifest)
+            self.farm.ready.pop(top.candidate.manifest)
             self.claim(top.inbox, top.candidate, now)

@@ -54,9 +54,9 @@ def _store(cfg: config_mod.Config):  # noqa: ANN202
     """The jobs database, never created here: a command run before the daemon's first start
     (or with the wrong --config, or as another user) must not make its state folder."""
     from dropbox_daemon.outbox import Outbox
-    from dropbox_daemon.store import open_store
+    from dropbox_daemon.store import has_store, open_store
 
-    if not cfg.store.url and not cfg.db_path.exists():
+    if not has_store(cfg):
         raise CliError(
             f"no jobs database at {cfg.db_path}: no daemon has run with this config yet",
             EXIT_NOT_FOUND,
@@ -272,11 +272,12 @@ def daemon_state(
 def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     import time
 
-    from dropbox_daemon.farm import instances_view
+    from dropbox_daemon.coordination import instances_view
+    from dropbox_daemon.store import has_store, is_farm
 
     pid = _daemon_pid(cfg)
     counts: dict[str, int] = {}
-    store = _store(cfg) if cfg.store.url or cfg.db_path.exists() else None
+    store = _store(cfg) if has_store(cfg) else None
     farm = instances_view(cfg, store)
     if store is not None:
         counts = store.counts()
@@ -303,7 +304,7 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             cj = beat["current_job"]
             lines.append(f"now: {cj['job_id']} {cj['state']} {cj['progress'] * 100:.0f}%")
     active = {k: v for k, v in counts.items() if v}
-    scope = "farm" if cfg.store.url else "this daemon"
+    scope = "farm" if is_farm(cfg) else "this daemon"
     lines.append(
         f"jobs ({scope}): " + (", ".join(f"{k} {v}" for k, v in active.items()) or "no jobs yet")
     )
@@ -466,7 +467,7 @@ def _check_filters(args: argparse.Namespace, cfg: config_mod.Config, store: Any)
     """A filter value that names nothing is a typo, not an empty queue: a usage error that
     lists what exists (states by name; inboxes of the config or with jobs; instances of the
     farm or with jobs)."""
-    from dropbox_daemon.farm import instances_view
+    from dropbox_daemon.coordination import instances_view
     from dropbox_daemon.store import STATES
 
     if args.state is not None and args.state not in STATES:
@@ -496,23 +497,27 @@ def _check_filters(args: argparse.Namespace, cfg: config_mod.Config, store: Any)
 
 
 def cmd_jobs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
-    from dropbox_daemon.outbox import utc_iso
+    """Every job of the share: the farm's database, or on a shared folder this daemon's
+    jobs and its peers' (their task.json in the outbox)."""
+    from dropbox_daemon.coordination import open_coordination
 
     store = _store(cfg)
     _check_filters(args, cfg, store)
-    rows = store.jobs(state=args.state, inbox=args.inbox, instance=args.instance, limit=args.limit)
+    farm = open_coordination(cfg, store)
+    rows = farm.jobs(state=args.state, inbox=args.inbox, instance=args.instance, limit=args.limit)
     if args.json:
-        print(json.dumps([j.record() for j in rows], indent=2, default=str))
+        print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
     print(
         f"{'JOB':<32} {'STATE':<10} {'PROG':>5} {'ENGINE':<12} {'INBOX':<10} {'INSTANCE':<20} "
         f"{'TRY':>3}  CREATED"
     )
-    for j in rows:
+    for r in rows:
         print(
-            f"{j.job_id[:32]:<32} {j.state:<10} {j.progress * 100:4.0f}% {(j.engine or '-'):<12} "
-            f"{j.inbox[:10]:<10} {(j.instance or '-')[:20]:<20} {j.attempts:>3}  "
-            f"{utc_iso(j.created_at)}"
+            f"{str(r['job_id'])[:32]:<32} {str(r.get('state')):<10} "
+            f"{float(r.get('progress') or 0) * 100:4.0f}% {str(r.get('engine') or '-'):<12} "
+            f"{str(r.get('inbox') or '-')[:10]:<10} {str(r.get('instance') or '-')[:20]:<20} "
+            f"{int(r.get('attempts') or 0):>3}  {r.get('created_at') or '-'}"
         )
     if not rows:
         print("(no jobs)")
@@ -520,11 +525,13 @@ def cmd_jobs(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 
 
 def cmd_show(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    from dropbox_daemon.store import has_store
+
     folder = cfg.daemon.outbox / args.job
     try:
         rec = json.loads((folder / "task.json").read_text())
     except (OSError, ValueError) as e:
-        job = _store(cfg).get(args.job) if cfg.store.url or cfg.db_path.exists() else None
+        job = _store(cfg).get(args.job) if has_store(cfg) else None
         if job is None:
             raise CliError(
                 f"no job {args.job!r} in {cfg.daemon.outbox}",
@@ -747,9 +754,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return _error(as_json, e.message, EXIT_CONFIG, e.hint)
     except NoSuchJob as e:
+        from dropbox_daemon.store import store_name
+
         return _error(
             as_json,
-            f"no job {e.args[0]!r} in {cfg.store.url and 'the farm database' or cfg.db_path}",
+            f"no job {e.args[0]!r} in {store_name(cfg)}",
             EXIT_NOT_FOUND,
             "`dropbox-daemon jobs` lists the jobs this daemon knows",
         )

@@ -1,7 +1,8 @@
 """The daemon's lifecycle: start, the main loop, signals, graceful stop.
 
 One thread does all the work in loop_once(), through the daemon's parts, each in its own
-file and sharing the daemon's state:
+file, each given the collaborators it uses and the loop's shared state (loop.py), made once
+the store is open:
 
   claiming.py   drops to jobs: hints, rescans, settling, claims, failed intakes again
   supervise.py  the worker: dispatch, its messages, its death, time limits, hangs, cancels
@@ -17,7 +18,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
@@ -26,26 +26,20 @@ from dropbox_daemon import drops, health
 from dropbox_daemon.callbacks import Deliverer
 from dropbox_daemon.claiming import Claiming
 from dropbox_daemon.config import Config
+from dropbox_daemon.coordination import Coordination, open_coordination
 from dropbox_daemon.errors import ConfigError
-from dropbox_daemon.farm import Farm
 from dropbox_daemon.intake import Intake
+from dropbox_daemon.loop import Flags, Loop
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.outcomes import Outcomes
+from dropbox_daemon.parts import make_parts
 from dropbox_daemon.peers import PeerDuties
 from dropbox_daemon.scheduler import Scheduler
 from dropbox_daemon.store import Job, Store, StoreUnavailable, open_store
 from dropbox_daemon.supervise import Current, Supervisor
 from dropbox_daemon.watcher import Watcher
 from dropbox_daemon.web import Web
-
-
-@dataclass
-class Flags:
-    stop: bool = False
-    immediate: bool = False
-    signals: list[int] = field(default_factory=list)
-
 
 UMASK = 0o027  # files 0640, folders 0750: the daemon's user and group only
 
@@ -65,8 +59,7 @@ class Daemon:
         from dropbox_daemon.worker import WorkerHandle
 
         self.worker = WorkerHandle(cfg, wake=self.wake.set)
-        self.farm = Farm(cfg)
-        self.current: Current | None = None  # the job the worker has
+        self.farm: Coordination | None = None  # with the store: how its daemons coordinate
         self.store_down: str | None = None  # why the store failed, while it does
         self.next_rescan = 0.0
         self.flags = Flags()
@@ -77,12 +70,35 @@ class Daemon:
         self.deliverer = Deliverer(cfg, on_give_up=self.metrics.callback_failures.inc)
         self.web = Web(cfg, self.view, self.metrics)
         self.holding_said: str | None = None  # the disk-low reason last logged
-        self.shared: tuple[Any, ...] = ()  # health.signature of the view last shared
-        # the parts of each pass, in the order loop_once runs them
-        self.claiming = Claiming(self)
-        self.supervisor = Supervisor(self)
-        self.outcomes = Outcomes(self)
-        self.peers = PeerDuties(self)
+        self.signature: tuple[Any, ...] = ()  # health.signature of the view last shared
+        self.loop = Loop(cfg, self.flags, self.view, self.on_store_down)
+        # the parts of each pass, made with the store (_make_parts)
+        self.claiming: Claiming
+        self.supervisor: Supervisor
+        self.outcomes: Outcomes
+        self.peers: PeerDuties
+        self.parts = False
+
+    @property
+    def current(self) -> Current | None:
+        """The job the worker has (the supervisor's)."""
+        return self.supervisor.current if self.parts else None
+
+    def _make_parts(self, store: Store, intake: Intake, farm: Coordination) -> None:
+        made = make_parts(
+            self.loop,
+            store,
+            intake,
+            self.worker,
+            watcher=self.watcher,
+            farm=farm,
+            outbox=self.outbox,
+            notifier=self.notifier,
+            metrics=self.metrics,
+        )
+        self.claiming, self.supervisor = made.claiming, made.supervisor
+        self.outcomes, self.peers = made.outcomes, made.peers
+        self.parts = True
 
     def start(self) -> None:
         """Open the store, recover, start watching and the worker."""
@@ -114,7 +130,7 @@ class Daemon:
         logger.info(
             "dropbox-daemon {} started as instance {}: {} inbox(es), outbox {}, state {}",
             __import__("dropbox_daemon").__version__,
-            self.farm.instance,
+            self.cfg.instance_id,
             len(self.cfg.inbox),
             d.outbox,
             d.state_dir,
@@ -124,10 +140,15 @@ class Daemon:
         """Open the store, take this instance's lease, put back what the last run left."""
         if self.store is None:
             self.store = open_store(self.cfg, self.outbox, on_wait=self._waiting_for_store)
-        self.farm.register(time.time(), self.store)
+        if self.farm is None:
+            self.farm = open_coordination(self.cfg, self.store)
+        self.farm.register(time.time())
         self.view.instance = self.farm.instance
+        self.view.farm_queue = not self.farm.own_store
         self.store.on_change = self._on_change
-        self.intake = Intake(self.cfg, self.store, self.outbox)
+        if self.intake is None:
+            self.intake = Intake(self.cfg, self.store, self.outbox, own_store=self.farm.own_store)
+            self._make_parts(self.store, self.intake, self.farm)
         self.peers.forget_lost()
         for job in self.store.recover_interrupted():
             logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
@@ -231,7 +252,7 @@ class Daemon:
     def _let_go(self) -> None:
         """What a started daemon holds, given back: its lease (as stopped), the watches,
         the store, the pid file."""
-        if self.view.instance:
+        if self.view.instance and self.farm is not None:
             self.farm.release()
         self.watcher.stop()
         if self.store is not None:
@@ -258,12 +279,7 @@ class Daemon:
             self._share_view()
             self.wake.wait(0.1)
             self.wake.clear()
-        if self.current is not None:
-            job_id = self.current.job_id
-            self.worker.kill()
-            self.outcomes.requeue(
-                job_id, "the daemon was stopped during the job", count_attempt=False
-            )
+        self.supervisor.abandon("the daemon was stopped during the job")
         self.worker.stop(timeout=5)
         self.scheduler.stop()
         self.deliverer.stop()
@@ -277,8 +293,7 @@ class Daemon:
         self.supervisor.handle_worker(now)
         self.claiming.collect_hints()
         mono = time.monotonic()
-        if self.farm.renew(now, mono, **self.peers.lease_fields()):
-            self.peers.check_current_held()
+        self.peers.renew(now, mono)
         if now >= self.next_rescan:
             self.next_rescan = now + self.cfg.daemon.rescan_seconds
             if self.store is not None and self.store.stale_outbox:
@@ -366,9 +381,9 @@ class Daemon:
         v.worker_restarts = w.restarts
         v.current_job = self.current.job_id if self.current else None
         now = health.signature(v)
-        if beat and now != self.shared:
+        if beat and now != self.signature:
             self.scheduler.beat_now()
-        self.shared = now
+        self.signature = now
 
 
 PID_FILE = "daemon.pid"

@@ -467,7 +467,9 @@ def run_checks(cfg: Config, unit: str | None = None) -> list[Check]:
 
 
 def check_store(cfg: Config) -> list[Check]:
-    if not cfg.store.url:
+    from dropbox_daemon.store import is_farm
+
+    if not is_farm(cfg):
         return []
     from dropbox_daemon.store import pg_doctor
 

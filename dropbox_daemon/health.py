@@ -131,6 +131,7 @@ class DaemonView:
     pass_error: str | None = None  # why the last pass broke off, while passes keep failing
     holding: str | None = None  # why no new work is taken now (disk low), set by the heartbeat
     ready: bool = False
+    farm_queue: bool = False  # the store is a farm's database: its jobs are not all ours
     stopping: bool = False  # a signal came: the running job finishes, no new one starts
     stop_reason: str = ""  # which signal, said while draining
     stopped_at: float | None = None  # a clean stop's time: the last record says "stopped"
@@ -286,7 +287,7 @@ def build(
         counts = store.counts()
         by_inbox = store.counts_by_inbox()
         current = store.get(view.current_job) if view.current_job else None
-        mine = view.instance if store.shared else None
+        mine = view.instance if view.farm_queue else None
         last_done = store.jobs(state="done", instance=mine, limit=1)
         last_failed = store.jobs(state="failed", instance=mine, limit=1)
         view.store_error = None

@@ -173,8 +173,12 @@ def with_leftovers(err: RejectedDrop, left: dict[str, str], not_copied: list[str
 class Intake:
     """Turns claims into jobs in the store."""
 
-    def __init__(self, cfg: Config, store: Store, outbox: Outbox) -> None:
-        self.cfg, self.store, self.outbox = cfg, store, outbox
+    def __init__(
+        self, cfg: Config, store: Store, outbox: Outbox, *, own_store: bool = True
+    ) -> None:
+        """`own_store`: the store holds this daemon's jobs only (a job taken over is recorded
+        anew over what it held of it); False: a farm's database, one row per job."""
+        self.cfg, self.store, self.outbox, self.own_store = cfg, store, outbox, own_store
         self.config_hash = cfg.config_hash()
 
     def ingest(self, inbox: InboxConfig, cl: Claim, *, recovered: bool = False) -> Job:
@@ -278,7 +282,7 @@ class Intake:
             }
         )
         try:
-            job = self.store.create(job, detail=why, replace=not self.store.shared)
+            job = self.store.create(job, detail=why, replace=self.own_store)
         except JobExists:  # a peer recorded it after this daemon read the claim list
             taken = taken_meanwhile(self.store, cl, job_id, self.cfg.instance_id, why)
             if taken is None:

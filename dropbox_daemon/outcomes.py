@@ -4,31 +4,30 @@ forgotten when a farm peer took it over; error.json and input/ kept for a re-dro
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loguru import logger
 
 from dropbox_daemon import drops
-from dropbox_daemon.store import RUNNING, Job, StoreUnavailable
-
-if TYPE_CHECKING:
-    from dropbox_daemon.daemon import Daemon
+from dropbox_daemon.coordination import Coordination
+from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.store import HOST_ERRORS, RUNNING, Job, Store, StoreUnavailable
 
 
 class Outcomes:
-    """The daemon's record of how jobs end (its state is the daemon's; see daemon.py)."""
+    """The daemon's record of how jobs end: in its store and outbox; `farm` says whether a
+    job is still this daemon's. The job the worker has is the supervisor's to clear."""
 
-    def __init__(self, d: Daemon) -> None:
-        self.d = d
+    def __init__(self, store: Store, outbox: Outbox, farm: Coordination) -> None:
+        self.store, self.outbox, self.farm = store, outbox, farm
         self.unrecorded: list[tuple[str, dict[str, Any]]] = []  # results the database refused
 
     def record(self, job_id: str, msg: dict[str, Any], *, again: bool = False) -> None:
         """Record a job's outcome; if the database cannot take it now (full disk), keep it and retry."""
         try:
             self.on_result(job_id, msg)
-        except (sqlite3.OperationalError, StoreUnavailable) as e:
+        except (*HOST_ERRORS, StoreUnavailable) as e:
             if not again:
                 logger.bind(job_id=job_id).error(
                     "job {}: cannot record its result ({}); kept in memory and recorded once the "
@@ -44,19 +43,18 @@ class Outcomes:
             self.record(job_id, msg, again=True)
 
     def on_result(self, job_id: str, msg: dict[str, Any]) -> None:
-        assert self.d.store is not None
         outcome = msg["outcome"]
-        job = self.d.store.get(job_id)
+        job = self.store.get(job_id)
         if job is None:
             return
         log = logger.bind(job_id=job_id, trace_id=job.trace_id)
-        lost = self.d.farm.lost(job, msg.get("generation"))
+        lost = self.farm.lost(job, msg.get("generation"))
         if lost:
             self.forget(job, f"its late result ({outcome}) is discarded: {lost}")
             return
         if outcome == "done":
-            self.d.store.catch_up(job, "store was unreachable", fence=msg.get("generation"))
-            job = self.d.store.transition(
+            self.store.catch_up(job, "store was unreachable", fence=msg.get("generation"))
+            job = self.store.transition(
                 job_id,
                 "done",
                 expect=RUNNING,
@@ -70,7 +68,7 @@ class Outcomes:
                 "job {} done in {:.2f}s: {}",
                 job_id,
                 msg["timings"]["total"],
-                self.d.outbox.job_dir(job_id),
+                self.outbox.job_dir(job_id),
             )
             return
         err = msg["error"]
@@ -79,7 +77,7 @@ class Outcomes:
             return
         self.keep_for_redrop(job, err)
         to = "rejected" if outcome == "rejected" else "failed"
-        self.d.store.transition(
+        self.store.transition(
             job_id, to, expect=RUNNING, error=err, detail=f"{err['code']}: {err['message']}"
         )
         log.warning(
@@ -91,14 +89,11 @@ class Outcomes:
     ) -> None:
         """Put a running job back in the queue, or fail it past max_attempts; `output`: the
         worker's last lines when it died or was killed, kept in log.txt and the error."""
-        assert self.d.store is not None
-        if self.d.current is not None and self.d.current.job_id == job_id:
-            self.d.current = None
-        job = self.d.store.get(job_id)
+        job = self.store.get(job_id)
         if job is None or job.state not in RUNNING:
             return
         for line in output or ():
-            self.d.store.log(job, f"worker output: {line}")
+            self.store.log(job, f"worker output: {line}")
         self.discard_partials(job_id)
         attempts = job.attempts if count_attempt else max(0, job.attempts - 1)
         if count_attempt and attempts >= job.max_attempts:
@@ -111,16 +106,16 @@ class Outcomes:
             if output:
                 err["worker_output"] = output
             self.keep_for_redrop(job, err)
-            self.d.store.transition(job_id, "failed", error=err, detail=err["message"])
+            self.store.transition(job_id, "failed", error=err, detail=err["message"])
         else:
-            self.d.store.transition(job_id, "queued", attempts=attempts, detail=f"{why}; re-queued")
+            self.store.transition(job_id, "queued", attempts=attempts, detail=f"{why}; re-queued")
 
     def keep_for_redrop(self, job: Job, err: dict[str, Any]) -> None:
         """error.json and input/ in the outbox; on a full outbox the drop stays in its claim folder."""
         claim = Path(job.claim_dir or "") / drops.DROP_SUBDIR
         try:
-            self.d.outbox.write_error(job.job_id, err)
-            self.d.outbox.save_inputs(job.job_id, claim)
+            self.outbox.write_error(job.job_id, err)
+            self.outbox.save_inputs(job.job_id, claim)
         except OSError as e:
             logger.bind(job_id=job.job_id, trace_id=job.trace_id).error(
                 "job {}: cannot write error.json/input/ to the outbox ({}); the drop's files stay in {}",
@@ -130,22 +125,19 @@ class Outcomes:
             )
 
     def finish_cancel(self, job_id: str, why: str) -> None:
-        assert self.d.store is not None
-        job = self.d.store.get(job_id)
+        job = self.store.get(job_id)
         if job is None or job.state not in RUNNING:
             return
-        self.d.store.transition(job_id, "cancelled", detail=why, cancel_requested=0)
+        self.store.transition(job_id, "cancelled", detail=why, cancel_requested=0)
         self.discard_partials(job_id)
 
     def discard_partials(self, job_id: str) -> None:
         """Remove the half-written result of a job whose render was stopped."""
-        for leftover in self.d.outbox.job_dir(job_id).glob(".*.partial"):
+        for leftover in self.outbox.job_dir(job_id).glob(".*.partial"):
             leftover.unlink(missing_ok=True)
 
     def forget(self, job: Job, why: str) -> None:
-        assert self.d.store is not None
         logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
             "job {}: {}; this daemon drops it and writes nothing more for it", job.job_id, why
         )
-        if not self.d.store.shared:  # a farm's row belongs to the instance that took it over
-            self.d.store.forget(job.job_id)
+        self.farm.forget(job)

@@ -16,7 +16,7 @@ from loguru import logger
 from dropbox_daemon.boundary import is_inside, is_real_dir, remove_tree
 from dropbox_daemon.config import Config
 from dropbox_daemon.drops import claim_folders, claims_root, read_owner
-from dropbox_daemon.store import Job, Store
+from dropbox_daemon.store import BACKUP_GLOB, BACKUP_NAME, Job, Store
 
 DAY = 86400.0
 
@@ -100,9 +100,9 @@ def backup(store: Store, cfg: Config, now: float | None = None) -> Path:
     """Copy the database into <state>/backups/ and keep the newest `backups_keep`."""
     now = time.time() if now is None else now
     folder = cfg.daemon.state_dir / "backups"
-    dest = folder / time.strftime("jobs-%Y%m%d-%H%M%S.sqlite3", time.gmtime(now))
+    dest = folder / time.strftime(BACKUP_NAME, time.gmtime(now))
     store.backup(dest)
-    backups = sorted(folder.glob("jobs-*.sqlite3"))
+    backups = sorted(folder.glob(BACKUP_GLOB))
     for old in backups[: -cfg.retention.backups_keep]:
         old.unlink(missing_ok=True)
     logger.info(

@@ -19,7 +19,7 @@ from dropbox_daemon import health, retention
 from dropbox_daemon.config import Config
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import Store, StoreUnavailable, open_store
+from dropbox_daemon.store import Store, StoreUnavailable, is_farm, open_store
 
 HOUSEKEEPING = "housekeeping"  # the executor of retention and backups
 BEAT_NOW = "heartbeat-now"  # a heartbeat out of turn: the daemon's state changed
@@ -147,7 +147,7 @@ class Scheduler:
             )
 
     def backup(self) -> None:
-        if self.cfg.store.url:
+        if is_farm(self.cfg):
             return  # a farm's PostgreSQL is backed up by its own tools (docs/operations.md)
         try:
             retention.backup(self.store, self.cfg)

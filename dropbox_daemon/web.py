@@ -30,7 +30,7 @@ from dropbox_daemon import health
 from dropbox_daemon.config import Config
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.outbox import LOG_TXT, POSTER, Outbox
-from dropbox_daemon.store import STATES, Store, open_store
+from dropbox_daemon.store import STATES, Store, is_farm, open_store
 
 PAGE = Path(__file__).parent / "assets" / "index.html"
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")  # matched whole
@@ -136,7 +136,7 @@ class Web:
         with self.lock:
             if self._store is None:
                 self._store = open_store(self.cfg, Outbox(self.cfg.daemon.outbox))
-        if self.cfg.store.url:
+        if is_farm(self.cfg):  # its pool is thread-safe; one SQLite connection is not
             yield self._store
             return
         with self.sqlite_lock:
@@ -246,7 +246,7 @@ class Web:
 
     def instances(self) -> tuple[int, Any]:
         """Every daemon of the farm (or of the shared inboxes) and which one answers."""
-        from dropbox_daemon.farm import instances_view
+        from dropbox_daemon.coordination import instances_view
 
         with self.store() as store:
             return 200, {"me": self.cfg.instance_id, "instances": instances_view(self.cfg, store)}

@@ -21,7 +21,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Literal
 
 from loguru import logger
 
@@ -293,6 +293,7 @@ def worker_main(conn: Connection, cfg: Config, output: Connection | None = None)
 
 
 # -- inside the daemon -----------------------------------------------------------------
+WorkerState = Literal["stopped", "starting", "idle", "busy", "dead", "restarting"]
 OUTPUT_KEPT = 500  # a faulthandler report lists every thread: keep its headline in view
 OUTPUT_LINE_MAX = 500  # characters of each kept line
 
@@ -321,7 +322,8 @@ class WorkerHandle:
         self.messages: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.proc: mp.process.BaseProcess | None = None
         self.conn: Connection | None = None
-        self.state = "stopped"  # stopped | starting | idle | busy | dead | restarting (held back)
+        # written here only: stopped | starting | idle | busy | dead | restarting (held back)
+        self.state: WorkerState = "stopped"
         self.info: dict[str, Any] = {}
         self.started_at = 0.0
         self.restarts = 0
@@ -360,6 +362,36 @@ class WorkerHandle:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.is_alive()
+
+    # -- what the supervisor tells the handle of its worker ----------------------------
+    def on_ready(self, msg: dict[str, Any], busy: bool) -> None:
+        """Its READY message: what it runs on; busy where a job was sent before it."""
+        self.state = "busy" if busy else "idle"
+        self.info = msg
+
+    def on_loads(self, loads: Any) -> None:
+        self.info = {**self.info, "loads": loads}
+
+    def took_job(self) -> None:
+        self.state = "busy"
+
+    def job_ended(self) -> None:
+        self.state = "idle"
+
+    def put_down(self) -> None:
+        """Kill it (dead, a hang, a job past its limit, taken over): the supervisor starts
+        the next one."""
+        self.kill()
+        self.state = "dead"
+
+    def hold_back(self) -> None:
+        """It keeps dying before it is ready: the next start waits (restart_delay)."""
+        self.state = "restarting"
+
+    def restart(self) -> None:
+        self.restarts += 1
+        self.kill()
+        self.start()
 
     def send(self, msg: dict[str, Any]) -> bool:
         if self.conn is None:

@@ -12,8 +12,8 @@ import pytest
 
 from dropbox_daemon import drops
 from dropbox_daemon.config import InboxConfig
+from dropbox_daemon.coordination import Ready, best
 from dropbox_daemon.errors import ConfigError
-from dropbox_daemon.farm import Ready, best
 from dropbox_daemon.instances import FolderLeases, Lease, boot_id, clash, process_started
 
 
@@ -277,16 +277,21 @@ def test_takeover_waits_stale_seconds_after_any_break_in_its_own_renewals(
 ) -> None:
     """A renewal that failed, and one that got through late (the database restarting under
     every daemon at once), both restart the wait: the peers were held up too."""
-    from dropbox_daemon import farm as farm_module
     from dropbox_daemon.config import Config, DaemonConfig
+    from dropbox_daemon.coordination import base
+    from dropbox_daemon.coordination.folder import FolderCoordination
+    from dropbox_daemon.outbox import Outbox
+    from dropbox_daemon.store import open_store
 
     cfg = Config(
         daemon=DaemonConfig(state_dir=tmp_path / "s", stale_claim_seconds=4.0),
         inbox=[InboxConfig(name="a", path=tmp_path / "in")],
     )
+    cfg.daemon.state_dir.mkdir()
+    store = open_store(cfg, Outbox(tmp_path / "out"))
     clock = Clock()
-    monkeypatch.setattr(farm_module.time, "monotonic", clock)
-    f = farm_module.Farm(cfg)
+    monkeypatch.setattr(base.time, "monotonic", clock)
+    f = FolderCoordination(cfg, store)
     f.leases = Answering()  # type: ignore[assignment]
     f.renewing_since = clock.t
     f.next_renew = 0.0

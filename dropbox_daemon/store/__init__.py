@@ -15,10 +15,19 @@ from dropbox_daemon.store.base import (
     claim_held,
     pick_next,
 )
-from dropbox_daemon.store.sqlite import MIGRATIONS, SqliteStore
+from dropbox_daemon.store.sqlite import (
+    BACKUP_GLOB,
+    BACKUP_NAME,
+    HOST_ERRORS,
+    MIGRATIONS,
+    SqliteStore,
+)
 
 __all__ = [
+    "BACKUP_GLOB",
+    "BACKUP_NAME",
     "CALLBACK_STATES",
+    "HOST_ERRORS",
     "MIGRATIONS",
     "RUNNING",
     "STATES",
@@ -30,7 +39,10 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "claim_held",
+    "has_store",
+    "is_farm",
     "open_store",
+    "store_name",
     "pick_next",
 ]
 
@@ -53,3 +65,18 @@ def open_store(cfg, outbox, on_wait=None) -> Store:  # noqa: ANN001
             on_wait=on_wait,
         )
     return SqliteStore(cfg.db_path, outbox, instance=cfg.instance_id)
+
+
+def is_farm(cfg) -> bool:  # noqa: ANN001
+    """[store] url names a farm's PostgreSQL (else this daemon's own SQLite)."""
+    return bool(cfg.store.url)
+
+
+def has_store(cfg) -> bool:  # noqa: ANN001
+    """There is a store to read: a farm's database, or the SQLite file of a daemon that ran."""
+    return is_farm(cfg) or cfg.db_path.exists()
+
+
+def store_name(cfg) -> str:  # noqa: ANN001
+    """The store as messages name it."""
+    return "the farm database" if is_farm(cfg) else str(cfg.db_path)

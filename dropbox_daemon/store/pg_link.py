@@ -592,8 +592,7 @@ class Link:
         why = self.connect_error
         if why is None:  # connections exist, all busy: the database is slow, not gone
             return StoreUnavailable(
-                f"every connection of this daemon to the database stayed busy for "
-                f"{self.wait:.0f} s"
+                f"every connection of this daemon to the database stayed busy for {self.wait:.0f} s"
             )
         if _NO_SLOT.search(why):  # keep the connections it has: slots are scarce
             return StoreUnavailable(explain(why))

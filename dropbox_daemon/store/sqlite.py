@@ -1,7 +1,7 @@
 """The embedded store: SQLite in the daemon's state folder (WAL, busy timeout, migrations).
 
 One database per daemon. Several daemons on one shared inbox coordinate through
-the shared folder (farm.py), not through this database.
+the shared folder (coordination/folder.py), not through this database.
 """
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ from sqlite_utils import Database
 
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store.base import Handle, JobExists, Store
+
+# the database file refused a write for the host's reasons (its disk full, the file locked
+# or read-only): not the drop's fault, tried again while it lasts
+HOST_ERRORS: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+BACKUP_NAME = "jobs-%Y%m%d-%H%M%S.sqlite3"  # time.strftime, UTC: they sort by age
+BACKUP_GLOB = "jobs-*.sqlite3"
 
 # Each entry migrates the schema from version i to i+1; never edit a shipped one.
 MIGRATIONS: list[str] = [

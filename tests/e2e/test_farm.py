@@ -75,7 +75,7 @@ def storm(ds, media, tmp_path) -> None:  # noqa: ANN001
 def test_daemons_with_default_ids_survive_a_kill9(
     daemon_factory, media, tmp_path, store_url
 ) -> None:  # noqa: ANN001
-    n = 4 if store_url else 3
+    n = 4
     ds = farm(daemon_factory, tmp_path, n, stale_claim_seconds=4.0, store_url=store_url)
     assert len({instance_of(d) for d in ds}) == n
     for d in ds:
@@ -89,6 +89,14 @@ def test_daemons_with_default_ids_survive_a_kill9(
         for (job_id,) in rows:
             ends[job_id] = ends.get(job_id, 0) + 1
     assert set(ends.values()) == {1} and len(ends) == VALID + INVALID
+    # any daemon lists the whole share, with or without a database: each job once, with the
+    # instance that answered it
+    for d in ds:
+        rows = json.loads(d.cli("jobs", "--json", "--limit", "1000").stdout)
+        assert {r["job_id"]: r["instance"] for r in rows} == {
+            j: t["instance"] for j, t in result.items()
+        }, d.log_tail()
+        assert len(rows) == len(result)
 
 
 def terminal_events(ds, store_url: str):  # noqa: ANN001, ANN201

@@ -1,22 +1,34 @@
-"""Several daemons on one shared inbox: pull work by priority, take over the jobs of the dead.
+"""How the daemons on one share coordinate: the contract (Coordination) both ways share.
 
-The shared folder alone coordinates them (no database needed):
-- each instance renews a lease file (instances.py);
-- a valid drop is claimed only when this daemon's worker can start it soon
-  (the running job plus `prefetch` queued), the highest priority and then the
-  oldest first, so an idle daemon never waits behind a busy one's backlog;
-  an invalid drop is answered at once by whoever sees it;
-- the unfinished claims of an instance whose lease went silent for
-  `stale_claim_seconds` (or that stopped cleanly) are taken over by renaming
-  their folder to the next generation (drops.take_over): the fencing token
-  that a thawed former owner checks before it writes anything.
+- **Leases**: each instance renews one (by the database's clock in a farm's database, by
+  the beat of a lease file on the shared folder), and a peer silent for
+  `stale_claim_seconds` (or stopped) is dead: its unfinished jobs are taken over, each
+  under its next generation (a claim folder renamed: the fence a thawed holder checks).
+- **Pulling work**: a settled valid drop waits in `ready` until this daemon has room for it,
+  highest priority then oldest first; an invalid one is answered at once by whoever sees it.
+- **What differs, by design** (folder.py, database.py):
+  - *the queue*: on the shared folder each daemon queues in its own store what it claimed
+    (the running job plus `prefetch`), so an idle daemon never waits behind a busy one's
+    backlog; a farm's database holds one queue for all, every drop claimed into it at once.
+  - *fairness between inboxes*: one daemon's own queue serves its inboxes in turn (the one
+    served longest ago first, within a priority); the farm's queue is priority, then age,
+    across the farm, with no turns.
+  - *rows*: a daemon's own store holds only its jobs: a job taken over from it is forgotten
+    there, a job it takes over is recorded anew; a farm's database holds each row once.
+  - *the job list*: a farm's database lists every job; on the shared folder this daemon's
+    store holds only its own, so the farm's list is read from the task.json records the
+    daemons write to the shared outbox (its own jobs from its store).
+  - *strays*: only a database can say this daemon runs a job its worker does not have (a
+    start whose reply was lost with the connection); it puts them back in the queue.
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -59,18 +71,20 @@ def prevalidate(cand: drops.Candidate, inbox: InboxConfig, cfg: Config) -> Ready
     return Ready(cand, inbox, m.priority, mtime)
 
 
-class Farm:
-    """This daemon's place among its peers on the shared folder."""
+class Coordination(ABC):
+    """This daemon's place among its peers: chosen once, where the store is opened
+    (open_coordination): FolderCoordination or DatabaseCoordination."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+    # True: this daemon's store is its own, its queue and its rows (see the module's doc)
+    own_store: bool
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg, self.store = cfg, store
         self.instance = cfg.instance_id
         self.stale = cfg.daemon.stale_claim_seconds
         self.lease_every = min(2.0, self.stale / 5)
         self.me = Lease.mine(self.instance, cfg.daemon.host, cfg.daemon.state_dir)
-        roots = [i.path / drops.DROPBOX_DIR for i in cfg.inbox]
-        self.leases: FolderLeases | StoreLeases = FolderLeases(roots, self.me, self.stale)
-        self.shared = False
+        self.leases = self._leases()
         self.ready: dict[Path, Ready] = {}
         self.ended: set[str] = set()  # claim folders known to hold an ended job
         self.peers: dict[str, Lease] = {}
@@ -80,14 +94,51 @@ class Farm:
         self.renewing_since: float | None = None  # monotonic: renewals unbroken since then
         self.renewed: float | None = None  # monotonic: when the last renewal got through
 
-    # -- the lease -------------------------------------------------------------------
-    def register(self, now: float, store: Store) -> None:
-        """ConfigError when a live daemon already runs under this instance id.
+    # -- what each way does its own way ----------------------------------------------
+    @abstractmethod
+    def _leases(self) -> FolderLeases | StoreLeases:
+        """Where the leases are kept."""
 
-        A farm's database holds the leases; on the shared folder alone, the inboxes do."""
-        if store.shared:
-            self.leases = StoreLeases(store, self.me, self.stale)
-            self.shared = True
+    @abstractmethod
+    def capacity(self, running: bool) -> int:
+        """How many more valid drops this daemon may claim now."""
+
+    @abstractmethod
+    def _take_over_rows(self) -> list[Job]:
+        """The running jobs of dead peers that the store itself can hand over."""
+
+    @abstractmethod
+    def requeue_strays(self, mine: set[str]) -> None:
+        """Jobs the store says this daemon runs that are not in `mine` (its worker's job and
+        the results it holds): back in the queue."""
+
+    @abstractmethod
+    def forget(self, job: Job) -> None:
+        """A job this daemon no longer holds (taken over): what its store keeps of it."""
+
+    @abstractmethod
+    def leases_by_age(self) -> list[tuple[Lease, float]]:
+        """Every instance's lease with its age in seconds."""
+
+    def jobs(
+        self,
+        *,
+        state: str | None = None,
+        inbox: str | None = None,
+        instance: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Every job of the share (each daemon's, with its instance) as task.json records,
+        newest first, filtered."""
+        return self._jobs({"state": state, "inbox": inbox, "instance": instance}, limit)
+
+    @abstractmethod
+    def _jobs(self, want: dict[str, str | None], limit: int) -> list[dict[str, Any]]:
+        """jobs(), `want` the filters (None: any)."""
+
+    # -- the lease -------------------------------------------------------------------
+    def register(self, now: float) -> None:
+        """ConfigError when a live daemon already runs under this instance id."""
         self.leases.register(now)
         self.renewing_since = time.monotonic()
 
@@ -125,15 +176,6 @@ class Farm:
         stale_claim_seconds: after an outage of the share every lease looks old at once."""
         return self.renewing_since is not None and mono - self.renewing_since >= self.stale
 
-    # -- pulling work ----------------------------------------------------------------
-    def capacity(self, store: Store, running: bool) -> int:
-        """How many more valid drops this daemon may claim now (a farm's database: all of them,
-        into the shared queue)."""
-        if store.shared:
-            return 1 << 30
-        queued = store.count_queued()
-        return 1 + self.cfg.daemon.prefetch - queued - (1 if running else 0)
-
     # -- takeover --------------------------------------------------------------------
     def _ended(self, cdir: Path, owner: dict, outbox: Outbox) -> bool:
         if str(cdir) in self.ended:
@@ -161,35 +203,24 @@ class Farm:
         out.sort(key=lambda t: (-int(t[2].get("priority") or 0), t[2].get("claimed_at", 0)))
         return out
 
-    def _rename_claim(self, job: Job) -> str | None:
-        """drops.take_over for a job a farm's database re-queues: the fence on the files."""
-        if not job.claim_dir:
-            return None
-        cdir = Path(job.claim_dir)
-        owner = drops.read_owner(cdir) or {}
-        new = drops.take_over(cdir, owner, self.instance, time.time(), "the farm's database")
-        return str(new) if new else None
-
-    def take_over(self, intake: Intake, store: Store, outbox: Outbox, room: int) -> list[Job]:
+    def take_over(self, intake: Intake, outbox: Outbox, room: int) -> list[Job]:
         """Adopt up to `room` unfinished jobs of dead peers; each logged with both instance ids."""
         if not self.dead or room <= 0:
             return []
-        taken: list[Job] = []
-        if store.shared:
-            taken = store.take_over_running(self.instance, self._rename_claim, self.dead)  # type: ignore[attr-defined]
-            for job in taken:
-                logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
-                    "job {}: now {} after a takeover by instance {}",
-                    job.job_id,
-                    job.state,
-                    self.instance,
-                )
+        taken = self._take_over_rows()
+        for job in taken:
+            logger.bind(job_id=job.job_id, trace_id=job.trace_id).warning(
+                "job {}: now {} after a takeover by instance {}",
+                job.job_id,
+                job.state,
+                self.instance,
+            )
         mono = time.monotonic()
         if mono < self.next_sweep:
             return taken
         # the claim folders of the dead are read at most this often: a share may hold thousands
         self.next_sweep = mono + max(2.0, self.stale / 4)
-        for inbox, cdir, owner in self.orphans(store.claim_dirs(), outbox, set(self.dead)):
+        for inbox, cdir, owner in self.orphans(self.store.claim_dirs(), outbox, set(self.dead)):
             if len(taken) >= room:
                 break
             prior = drops.owner_instance(owner)
@@ -243,23 +274,19 @@ class Farm:
             holder = f"instance {owner.get('instance', '?')}"
         return f"its claim was taken over by {holder} while this daemon was silent"
 
+    def instances(self) -> list[dict]:
+        """Every instance on this daemon's inboxes (the shared folder) or in the farm's
+        database."""
+        return describe(self.leases_by_age(), self.stale)
 
-def instances_view(cfg: Config, store: Store | None) -> list[dict]:
-    """Every instance on this daemon's inboxes (the shared folder) or in the farm's database:
-    host, device, worker, state, current job, lease age, version. Newest renewal first."""
-    now = time.time()
-    if store is not None and store.shared:
-        rows = store.instances()  # type: ignore[attr-defined]
-        leases = [(Lease.from_dict(r), float(r["age"])) for r in rows]
-    else:
-        roots = [i.path / drops.DROPBOX_DIR for i in cfg.inbox]
-        me = Lease.mine(cfg.instance_id, cfg.daemon.host, cfg.daemon.state_dir)
-        found = FolderLeases(roots, me, cfg.daemon.stale_claim_seconds).read_all()
-        leases = [(lease, max(0.0, now - lease.renewed_at)) for lease in found.values()]
+
+def describe(leases: list[tuple[Lease, float]], stale: float) -> list[dict]:
+    """Instances as the operator reads them: host, device, worker, state, current job, lease
+    age, version; running ones first."""
     out = []
     for lease, age in leases:
         state = lease.state
-        if state == "running" and age > cfg.daemon.stale_claim_seconds:
+        if state == "running" and age > stale:
             state = "silent"  # presumed dead: its jobs are taken over
         out.append(
             {

@@ -1,0 +1,30 @@
+"""How the daemons on one share coordinate (base.py: the contract; folder.py: by the shared
+folder alone; database.py: through a farm's PostgreSQL), chosen once by the store."""
+
+from __future__ import annotations
+
+from dropbox_daemon.config import Config
+from dropbox_daemon.coordination.base import Coordination, Ready, best, describe, prevalidate
+from dropbox_daemon.coordination.folder import FolderCoordination, by_age, folder_leases
+from dropbox_daemon.store import Store
+
+__all__ = ["Coordination", "Ready", "best", "instances_view", "open_coordination", "prevalidate"]
+
+
+def open_coordination(cfg: Config, store: Store) -> Coordination:
+    """The way the store's daemons coordinate: a farm's database, or the shared folder."""
+    if store.shared:
+        from dropbox_daemon.coordination.database import DatabaseCoordination
+        from dropbox_daemon.store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        return DatabaseCoordination(cfg, store)
+    return FolderCoordination(cfg, store)
+
+
+def instances_view(cfg: Config, store: Store | None) -> list[dict]:
+    """Every instance of the share (`store` None: this daemon's store is not made yet, so
+    the shared folder's leases)."""
+    if store is None:
+        return describe(by_age(folder_leases(cfg)), cfg.daemon.stale_claim_seconds)
+    return open_coordination(cfg, store).instances()
