@@ -659,7 +659,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     s.add_argument("audio")
     s.add_argument("template")
     s.add_argument("--inbox", help="inbox name (default: the first configured)")
-    s.add_argument("--engine", choices=["auto", "wav2lip", "preview", "passthrough", "http"])
+    s.add_argument("--engine", choices=config_mod.ENGINE_NAMES)
     s.add_argument("--job-id")
     s.add_argument("--priority", type=int)
     s.add_argument(

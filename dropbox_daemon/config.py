@@ -13,12 +13,16 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dropbox_daemon import redact
 from dropbox_daemon.errors import ConfigError
+
+# the engines a manifest or an inbox may name; `auto` is decided per job (engines.resolve)
+EngineName = Literal["auto", "wav2lip", "preview", "passthrough", "http"]
+ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
 
 ENV_CONFIG = "DROPBOX_DAEMON_CONFIG"
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -52,7 +56,7 @@ class InboxConfig(_Strict):
     settle_seconds: float = Field(default=3.0, ge=0, le=3600)
     # results, claim folders and records kept this long; default 7, or 3 for the smoke inbox
     keep_days: float = Field(default=None, gt=0, validate_default=False)  # type: ignore[assignment]
-    engine: Literal["auto", "wav2lip", "preview", "passthrough", "http"] = "auto"
+    engine: EngineName = "auto"
     priority: int = Field(default=0, ge=-10, le=10)
     output: OutputDefaults = Field(default_factory=OutputDefaults)
 

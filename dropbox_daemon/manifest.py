@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dropbox_daemon.boundary import Refused, kind, name_problem, read_bounded
-from dropbox_daemon.config import LimitsConfig
+from dropbox_daemon.config import ENGINE_NAMES, EngineName, LimitsConfig
 from dropbox_daemon.errors import RejectedDrop
 
 # matched whole (fullmatch): `$` alone lets "victim\n" through, a second folder that lists as the first
@@ -27,7 +27,7 @@ ANSWER_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\.dup-[0-9]{1,6}")  # a duplicat
 OUTPUT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.mp4")
 MANIFEST_SUFFIXES = (".json", ".toml")
 JOB_FOLDER_MANIFESTS = ("job.json", "job.toml")
-ENGINES = ("auto", "wav2lip", "preview", "passthrough", "http")
+ENGINES = ENGINE_NAMES
 MEDIA_FIELDS = ("audio", "template", "output.watermark")
 
 
@@ -86,7 +86,7 @@ class Manifest(_Strict):
     job_id: str | None = None
     audio: str
     template: str
-    engine: Literal["auto", "wav2lip", "preview", "passthrough", "http"] = "auto"
+    engine: EngineName = "auto"
     priority: int = Field(default=0, ge=-10, le=10)
     callback_url: str | None = Field(default=None, max_length=2048)
     replace: bool = False

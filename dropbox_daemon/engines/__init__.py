@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dropbox_daemon.config import Config
+from dropbox_daemon.config import ENGINE_NAMES, Config
 
-KNOWN = ("auto", "wav2lip", "preview", "passthrough", "http")
+KNOWN = ENGINE_NAMES
 AVAILABLE = ("passthrough", "preview", "http", "wav2lip")
 
 

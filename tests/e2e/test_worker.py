@@ -66,9 +66,12 @@ def test_wav2lip_renders_and_loads_the_model_once(daemon_factory, media) -> None
     assert d.log_text().count("engine wav2lip loaded") == 1  # at start, before READY
     assert health(d)["worker"]["model_loads"] == {"wav2lip": 1}
     assert not any("loaded in" in (d.outbox / f"w{n}" / "log.txt").read_text() for n in range(10))
-    # torch lives in the worker only: its library is mapped there and not in the daemon
-    assert "libtorch" in libraries(worker_pid(d))
-    assert "libtorch" not in libraries(d.proc.pid)
+    # torch, OpenCV and PyAV live in the worker only: their libraries are mapped there, and
+    # not in the daemon, which has taken, recorded and answered ten jobs meanwhile
+    worker, daemon = libraries(worker_pid(d)), libraries(d.proc.pid)
+    for package in ("torch", "cv2", "av"):
+        assert f"site-packages/{package}/" in worker, package
+        assert f"site-packages/{package}/" not in daemon, package
 
 
 def libraries(pid: int) -> str:
