@@ -12,6 +12,7 @@ from loguru import logger
 from dropbox_daemon import drops
 from dropbox_daemon.coordination import Coordination
 from dropbox_daemon.outbox import Outbox
+from dropbox_daemon.protocol import Result
 from dropbox_daemon.store import HOST_ERRORS, RUNNING, Job, Store, StoreUnavailable
 
 
@@ -21,12 +22,14 @@ class Outcomes:
 
     def __init__(self, store: Store, outbox: Outbox, farm: Coordination) -> None:
         self.store, self.outbox, self.farm = store, outbox, farm
-        self.unrecorded: list[tuple[str, dict[str, Any]]] = []  # results the database refused
+        # results the store could not take yet: (job id, the result, its generation)
+        self.unrecorded: list[tuple[str, Result, int]] = []
 
-    def record(self, job_id: str, msg: dict[str, Any], *, again: bool = False) -> None:
-        """Record a job's outcome; if the database cannot take it now (full disk), keep it and retry."""
+    def record(self, job_id: str, result: Result, generation: int, *, again: bool = False) -> None:
+        """Record a job's outcome (its run's `generation`); if the store cannot take it now
+        (the database away, a full disk), keep it and retry."""
         try:
-            self.on_result(job_id, msg)
+            self.on_result(job_id, result, generation)
         except (*HOST_ERRORS, StoreUnavailable) as e:
             if not again:
                 logger.bind(job_id=job_id).error(
@@ -35,43 +38,40 @@ class Outcomes:
                     job_id,
                     e,
                 )
-            self.unrecorded.append((job_id, msg))
+            self.unrecorded.append((job_id, result, generation))
 
     def retry_unrecorded(self) -> None:
         todo, self.unrecorded = self.unrecorded, []
-        for job_id, msg in todo:
-            self.record(job_id, msg, again=True)
+        for job_id, result, generation in todo:
+            self.record(job_id, result, generation, again=True)
 
-    def on_result(self, job_id: str, msg: dict[str, Any]) -> None:
-        outcome = msg["outcome"]
+    def on_result(self, job_id: str, result: Result, generation: int) -> None:
+        outcome = result.outcome
         job = self.store.get(job_id)
         if job is None:
             return
         log = logger.bind(job_id=job_id, trace_id=job.trace_id)
-        lost = self.farm.lost(job, msg.get("generation"))
+        lost = self.farm.lost(job, generation)
         if lost:
             self.forget(job, f"its late result ({outcome}) is discarded: {lost}")
             return
         if outcome == "done":
-            self.store.catch_up(job, "store was unreachable", fence=msg.get("generation"))
+            assert result.output is not None and result.timings is not None  # the protocol's
+            total = result.timings.get("total", 0.0)
+            self.store.catch_up(job, "store was unreachable", fence=generation)
             job = self.store.transition(
                 job_id,
                 "done",
                 expect=RUNNING,
-                output=msg["output"],
-                timings={**job.timings, **msg["timings"]},  # keeps the pickup time
-                device=msg.get("device"),
-                fence=msg.get("generation"),
-                detail=f"{msg['output']['name']} in {msg['timings']['total']:.2f} s",
+                output=result.output,
+                timings={**job.timings, **result.timings},  # keeps the pickup time
+                device=result.device,
+                fence=generation,
+                detail=f"{result.output.get('name')} in {total:.2f} s",
             )
-            log.info(
-                "job {} done in {:.2f}s: {}",
-                job_id,
-                msg["timings"]["total"],
-                self.outbox.job_dir(job_id),
-            )
+            log.info("job {} done in {:.2f}s: {}", job_id, total, self.outbox.job_dir(job_id))
             return
-        err = msg["error"]
+        err = result.error or {}
         if outcome == "cancelled":
             self.finish_cancel(job_id, err["message"])
             return

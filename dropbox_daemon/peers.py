@@ -64,7 +64,7 @@ class PeerDuties:
         room = self.farm.capacity(running=self.supervisor.busy())
         self.farm.take_over(self.intake, self.outbox, room)
         cur = self.supervisor.current
-        mine = {j for j, _ in self.outcomes.unrecorded} | ({cur.job_id} if cur else set())
+        mine = {j for j, _, _ in self.outcomes.unrecorded} | ({cur.job_id} if cur else set())
         self.farm.requeue_strays(mine)
 
     def forget_lost(self) -> None:

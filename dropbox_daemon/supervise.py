@@ -7,10 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from dropbox_daemon import protocol
 from dropbox_daemon.coordination import Coordination
 from dropbox_daemon.errors import IllegalTransition
 from dropbox_daemon.health import Metrics
@@ -115,9 +116,10 @@ class Supervisor:
             )
             job = self.store.update(job.job_id, config_hash=self.intake.config_hash) or job
         self.last_served[job.inbox] = now
-        spec = job.model_dump()
-        spec["outbox_dir"] = str(self.outbox.job_dir(job.job_id))
-        if not self.worker.send({"type": "job", "job": spec}):
+        order = protocol.JobOrder(
+            job={**job.model_dump(), "outbox_dir": str(self.outbox.job_dir(job.job_id))}
+        )
+        if not self.worker.send(order):
             self.outcomes.requeue(
                 job.job_id, "the worker could not be reached", count_attempt=False
             )
@@ -214,49 +216,45 @@ class Supervisor:
             self.current = None
         self.outcomes.requeue(job_id, why, count_attempt=True, output=self.worker.output_tail())
 
-    def on_message(self, msg: dict[str, Any], now: float) -> None:
-        kind = msg["type"]
-        if msg.get("worker_pid") != self.worker.pid:
+    def on_message(self, msg: protocol.FromWorker, now: float) -> None:
+        if msg.worker_pid != self.worker.pid:
             return
-        if kind == "ready":
+        if isinstance(msg, protocol.Ready):
             self.early_deaths = 0
-            self.worker.on_ready(msg, busy=self.current is not None)
-            logger.info("worker ready (pid {}, device {})", msg["pid"], msg["device"])
+            self.worker.on_ready(msg.model_dump(exclude={"worker_pid"}), busy=self.busy())
+            logger.info("worker ready (pid {}, device {})", msg.pid, msg.device)
             if not self.loop.view.ready:
                 self.loop.view.ready = True
                 self.notifier.ready(
-                    f"ready: {len(self.cfg.inbox)} inbox(es) watched, worker on {msg['device']}"
+                    f"ready: {len(self.cfg.inbox)} inbox(es) watched, worker on {msg.device}"
                 )
             return
         cur = self.current
-        job_id = msg.get("job_id")
-        if cur is None or job_id != cur.job_id:
+        if cur is None or msg.job_id != cur.job_id:
             return  # a late message about a job already settled
         cur.last_heard = time.monotonic()
+        job_id = msg.job_id
         try:
-            if kind == "stage":
-                self.store.transition(job_id, msg["stage"], expect=RUNNING, fence=cur.generation)
-            elif kind == "progress":
+            if isinstance(msg, protocol.Stage):
+                self.store.transition(job_id, msg.stage, expect=RUNNING, fence=cur.generation)
+            elif isinstance(msg, protocol.Progress):
                 if cur.last_heard - cur.last_written >= PROGRESS_WRITE_EVERY:
                     cur.last_written = cur.last_heard
-                    self.store.update(
-                        job_id, progress=round(msg["progress"], 4), fence=cur.generation
-                    )
-            elif kind == "inputs":
-                self.store.update(job_id, inputs=msg["inputs"], fence=cur.generation)
-            elif kind == "loads":
-                self.worker.on_loads(msg["loads"])
-            elif kind == "log":
+                    self.store.update(job_id, progress=round(msg.progress, 4), fence=cur.generation)
+            elif isinstance(msg, protocol.Inputs):
+                self.store.update(job_id, inputs=msg.inputs, fence=cur.generation)
+            elif isinstance(msg, protocol.Loads):
+                self.worker.on_loads(msg.loads)
+            elif isinstance(msg, protocol.Log):
                 job = self.store.get(job_id)
                 if job is not None and job.generation == cur.generation:
-                    self.store.log(job, msg["message"])
-            elif kind == "result":
+                    self.store.log(job, msg.message)
+            elif isinstance(msg, protocol.Result):
                 self.current = None
                 self.worker.job_ended()
-                msg["generation"] = cur.generation
-                self.outcomes.record(job_id, msg)
+                self.outcomes.record(job_id, msg, cur.generation)
         except IllegalTransition as e:
-            logger.warning("job {}: ignored worker message {}: {}", job_id, kind, e)
+            logger.warning("job {}: ignored worker message {}: {}", job_id, msg.type, e)
         except StoreUnavailable as e:
             self.loop.on_store_down(e)  # a lost stage or progress is caught up with the result
 
@@ -266,6 +264,6 @@ class Supervisor:
             return
         job = self.store.get(cur.job_id)
         if job is not None and job.cancel_requested:
-            self.worker.send({"type": "cancel", "job_id": cur.job_id})
+            self.worker.send(protocol.Cancel(job_id=cur.job_id))
             cur.cancel_sent_at = time.monotonic()
             self.store.log(job, "cancel requested; stopping the render")

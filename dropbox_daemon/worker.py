@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from loguru import logger
 
+from dropbox_daemon import protocol
 from dropbox_daemon.config import Config
 from dropbox_daemon.errors import DaemonError, JobCancelled, RejectedDrop
 from dropbox_daemon.logs import escape_controls
@@ -52,8 +53,31 @@ class WorkerLoop:
         self.stopping = threading.Event()
 
     def send(self, msg: dict[str, Any]) -> None:
+        """Send one message, checked against the protocol first: a bug that makes a malformed
+        one is said here; a malformed result is sent as this job's failure instead."""
+        try:
+            out = protocol.FROM_WORKER.validate_python(msg)
+        except protocol.ValidationError as e:
+            why = protocol.what_is_wrong(e)
+            logger.bind(job_id=msg.get("job_id")).error(
+                "worker: a {} message that is not the protocol's was not sent ({}); this is a bug",
+                msg.get("type"),
+                why,
+            )
+            if msg.get("type") != "result" or "job_id" not in msg:
+                return
+            out = protocol.Result(
+                job_id=str(msg["job_id"]),
+                outcome="failed",
+                error={
+                    "code": "internal",
+                    "stage": "rendering",
+                    "message": f"the worker's result was malformed: {why}",
+                    "hint": "this is a bug; the daemon's log has the worker's line about it",
+                },
+            )
         with self.send_lock:
-            self.conn.send(msg)
+            self.conn.send(out.model_dump(exclude={"worker_pid"}))
 
     def serve(self) -> None:
         threading.Thread(target=self.read_orders, name="worker-reader", daemon=True).start()
@@ -68,19 +92,27 @@ class WorkerLoop:
         """The daemon's orders, queued for the serve loop (a cancel sets the job's event)."""
         while True:
             try:
-                msg = self.conn.recv()
+                raw = self.conn.recv()
             except (EOFError, OSError):
                 os._exit(1)  # the daemon is gone: nobody would record this job's result
+            try:
+                order = protocol.TO_WORKER.validate_python(raw)
+            except protocol.ValidationError as e:
+                logger.error(
+                    "worker: an order that is not the protocol's was set aside ({}); this is a bug",
+                    protocol.what_is_wrong(e),
+                )
+                continue
             with self.have_job:
-                if msg["type"] == "job":
-                    self.cancels[msg["job"]["job_id"]] = threading.Event()
-                    self.jobs.append(msg["job"])
-                elif msg["type"] == "cancel" and msg["job_id"] in self.cancels:
-                    self.cancels[msg["job_id"]].set()
-                elif msg["type"] == "stop":
+                if isinstance(order, protocol.JobOrder):
+                    self.cancels[order.job["job_id"]] = threading.Event()
+                    self.jobs.append(dict(order.job))
+                elif isinstance(order, protocol.Cancel) and order.job_id in self.cancels:
+                    self.cancels[order.job_id].set()
+                elif isinstance(order, protocol.Stop):
                     self.stopping.set()
                 self.have_job.notify_all()
-            if msg["type"] == "stop":
+            if isinstance(order, protocol.Stop):
                 return
 
     def next_job(self) -> dict[str, Any] | None:
@@ -329,6 +361,7 @@ class WorkerHandle:
         self.restarts = 0
         self.last_output: deque[str] = deque(maxlen=OUTPUT_KEPT)
         self.relay: threading.Thread | None = None
+        self.refused: set[str] = set()  # kinds of malformed message already said
 
     @property
     def pid(self) -> int | None:
@@ -393,11 +426,11 @@ class WorkerHandle:
         self.kill()
         self.start()
 
-    def send(self, msg: dict[str, Any]) -> bool:
+    def send(self, order: protocol.JobOrder | protocol.Cancel | protocol.Stop) -> bool:
         if self.conn is None:
             return False
         try:
-            self.conn.send(msg)
+            self.conn.send(order.model_dump())
         except (OSError, BrokenPipeError):
             return False
         return True
@@ -410,6 +443,8 @@ class WorkerHandle:
             except (EOFError, OSError):
                 self.wake()
                 return
+            if not isinstance(msg, dict):  # not the protocol's: poll() says so
+                msg = {"type": type(msg).__name__}
             msg["worker_pid"] = pid  # so that a replaced worker's last words are ignored
             self.messages.put(msg)
             self.wake()
@@ -465,14 +500,28 @@ class WorkerHandle:
         body = current[0] if current else head + 1
         return [lines[head], *lines[body : body + n - 1]]
 
-    def poll(self) -> list[dict[str, Any]]:
-        """Messages waiting from the worker (never blocks)."""
-        out: list[dict[str, Any]] = []
+    def poll(self) -> list[protocol.FromWorker]:
+        """Messages waiting from the worker (never blocks), each checked against the
+        protocol: one that is not the protocol's is said once per kind and set aside."""
+        out: list[protocol.FromWorker] = []
         while True:
             try:
-                out.append(self.messages.get_nowait())
+                raw = self.messages.get_nowait()
             except queue.Empty:
                 return out
+            try:
+                out.append(protocol.FROM_WORKER.validate_python(raw))
+            except protocol.ValidationError as e:
+                kind = str(raw.get("type"))[:40]
+                if kind not in self.refused:
+                    self.refused.add(kind)
+                    logger.error(
+                        "worker (pid {}): a {} message that is not the protocol's was set aside "
+                        "({}); a worker of another version, or a bug",
+                        raw.get("worker_pid"),
+                        kind,
+                        protocol.what_is_wrong(e),
+                    )
 
     def exit_description(self) -> str:
         if self.proc is None or self.proc.exitcode is None:
@@ -502,7 +551,7 @@ class WorkerHandle:
         """Ask the worker to exit after its current job; kill it after `timeout`."""
         if self.proc is None:
             return
-        self.send({"type": "stop"})
+        self.send(protocol.Stop())
         self.proc.join(timeout)
         if self.proc.is_alive():
             logger.warning(

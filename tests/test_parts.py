@@ -26,6 +26,7 @@ from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.outcomes import Outcomes
 from dropbox_daemon.parts import make_parts
 from dropbox_daemon.peers import PeerDuties
+from dropbox_daemon.protocol import Cancel, JobOrder, Result
 from dropbox_daemon.store import Store, StoreUnavailable, open_store
 from dropbox_daemon.supervise import Supervisor
 from dropbox_daemon.watcher import Watcher
@@ -37,7 +38,7 @@ class PlayedWorker(WorkerHandle):
 
     def __init__(self, cfg: config.Config) -> None:
         super().__init__(cfg)
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[Any] = []  # the protocol's orders, as the handle was given them
         self.living = False
         self.kills = 0
         self.number = 7000
@@ -55,8 +56,8 @@ class PlayedWorker(WorkerHandle):
     def alive(self) -> bool:
         return self.living
 
-    def send(self, msg: dict[str, Any]) -> bool:
-        self.sent.append(msg)
+    def send(self, order: Any) -> bool:
+        self.sent.append(order)
         return self.living
 
     def kill(self) -> None:
@@ -187,8 +188,8 @@ def test_claiming_holds_one_job_beyond_the_running_one(parts: Bench, media) -> N
 def test_a_job_order_reaches_the_worker_and_its_result_ends_the_job(parts: Bench, media) -> None:  # noqa: ANN001
     started(parts, media, "j1")
     order = parts.worker.sent[-1]
-    assert order["type"] == "job" and order["job"]["job_id"] == "j1"
-    assert order["job"]["outbox_dir"] == str(parts.outbox.job_dir("j1"))
+    assert isinstance(order, JobOrder) and order.job["job_id"] == "j1"
+    assert order.job["outbox_dir"] == str(parts.outbox.job_dir("j1"))
     assert parts.worker.state == "busy" and parts.store.get("j1").state == "preparing"  # type: ignore[union-attr]
     parts.worker.says(type="stage", job_id="j1", stage="rendering")
     parts.worker.says(type="log", job_id="j1", message="frames: 25")
@@ -257,7 +258,7 @@ def test_a_cancel_the_worker_does_not_honour_kills_it(parts: Bench, media) -> No
     started(parts, media, "c1")
     parts.store.update("c1", cancel_requested=1)
     parts.supervisor.handle_cancels(time.time())
-    assert parts.worker.sent[-1] == {"type": "cancel", "job_id": "c1"}
+    assert parts.worker.sent[-1] == Cancel(job_id="c1")
     parts.supervisor.current.cancel_sent_at -= 2.0  # type: ignore[union-attr]
     parts.pass_()
     job = parts.store.get("c1")
@@ -280,9 +281,9 @@ def test_a_result_the_store_cannot_take_is_kept_and_recorded_later(parts: Bench,
         raise StoreUnavailable("the database connection failed: test")
 
     parts.store.transition = away  # type: ignore[method-assign]
-    msg = {"outcome": "cancelled", "error": {"code": "cancelled", "message": "asked"}}
-    parts.outcomes.record("r1", msg)
-    assert [j for j, _ in parts.outcomes.unrecorded] == ["r1"]
+    msg = Result(job_id="r1", outcome="cancelled", error={"code": "cancelled", "message": "asked"})
+    parts.outcomes.record("r1", msg, parts.supervisor.current.generation)  # type: ignore[union-attr]
+    assert [j for j, _, _ in parts.outcomes.unrecorded] == ["r1"]
     parts.store.transition = real  # type: ignore[method-assign]
     parts.outcomes.retry_unrecorded()
     assert parts.outcomes.unrecorded == [] and parts.store.get("r1").state == "cancelled"  # type: ignore[union-attr]
@@ -302,3 +303,17 @@ def test_a_job_taken_over_meanwhile_is_given_up_and_its_worker_stopped(
     assert parts.supervisor.current is None and parts.worker.state == "dead"
     assert parts.store.get("t1") is None  # forgotten here (one host: the row is its own)
     assert parts.peers.lease_fields()["current_job"] is None
+
+
+def test_a_message_that_is_not_the_protocols_is_set_aside(parts: Bench, media) -> None:  # noqa: ANN001
+    started(parts, media, "p1")
+    parts.worker.says(type="stage", job_id="p1", stage="exploding")  # no such stage
+    parts.worker.says(type="result", job_id="p1", outcome="done")  # done, without its output
+    parts.worker.says(type="teleport", job_id="p1")
+    parts.pass_()
+    job = parts.store.get("p1")
+    assert job is not None and job.state == "preparing" and parts.supervisor.current is not None
+    assert parts.worker.refused == {"stage", "result", "teleport"}
+    parts.worker.says(type="stage", job_id="p1", stage="rendering")  # the protocol's: acted on
+    parts.pass_()
+    assert parts.store.get("p1").state == "rendering"  # type: ignore[union-attr]

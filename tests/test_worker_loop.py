@@ -97,3 +97,25 @@ def test_a_sticky_cuda_error_ends_the_worker_not_only_the_job(monkeypatch) -> No
     exits.clear()
     loop.run_job({"job_id": "j"})
     assert exits == [] and sent[-1]["outcome"] == "failed"
+
+
+def test_the_worker_sends_only_the_protocols_messages_and_a_bad_result_as_a_failure() -> None:
+    from dropbox_daemon import worker as W
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.sent: list[dict] = []
+
+        def send(self, msg: dict) -> None:
+            self.sent.append(msg)
+
+    loop = W.WorkerLoop(Pipe(), None)  # type: ignore[arg-type]
+    loop.send({"type": "progress", "job_id": "j1", "progress": 0.5, "frames": 10, "fps": 25.0})
+    loop.send({"type": "progress", "job_id": "j1", "progress": 7})  # past 1: a bug, not sent
+    loop.send({"type": "result", "job_id": "j1", "outcome": "done", "output": {"name": "r"}})
+    sent = loop.conn.sent  # type: ignore[attr-defined]
+    assert [m["type"] for m in sent] == ["progress", "result"]
+    assert sent[0]["progress"] == 0.5 and "worker_pid" not in sent[0]
+    failed = sent[1]
+    assert failed["outcome"] == "failed" and failed["error"]["code"] == "internal"
+    assert "timings" in failed["error"]["message"] or "output" in failed["error"]["message"]
