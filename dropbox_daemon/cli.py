@@ -188,7 +188,7 @@ def _wait(args: argparse.Namespace, handle: Any) -> int:
 
 
 def _daemon_pid(cfg: config_mod.Config) -> int | None:
-    from dropbox_daemon.daemon import read_pid
+    from dropbox_daemon.pidfile import read_pid
 
     return read_pid(cfg)
 
@@ -272,7 +272,7 @@ def daemon_state(
 def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     import time
 
-    from dropbox_daemon.coordination import instances_view
+    from dropbox_daemon.coordination import instances_view, open_coordination
     from dropbox_daemon.store import has_store, is_farm
 
     pid = _daemon_pid(cfg)
@@ -280,7 +280,7 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     store = _store(cfg) if has_store(cfg) else None
     farm = instances_view(cfg, store)
     if store is not None:
-        counts = store.counts()
+        counts = open_coordination(cfg, store).counts()  # the share's, in either way
         store.close()
     beat = _read_beat(cfg)
     state = daemon_state(pid, beat, cfg.health.heartbeat_seconds, time.time())
@@ -304,7 +304,7 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             cj = beat["current_job"]
             lines.append(f"now: {cj['job_id']} {cj['state']} {cj['progress'] * 100:.0f}%")
     active = {k: v for k, v in counts.items() if v}
-    scope = "farm" if is_farm(cfg) else "this daemon"
+    scope = "farm" if is_farm(cfg) else ("the share" if len(farm) > 1 else "this daemon")
     lines.append(
         f"jobs ({scope}): " + (", ".join(f"{k} {v}" for k, v in active.items()) or "no jobs yet")
     )

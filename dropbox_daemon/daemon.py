@@ -35,6 +35,7 @@ from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.outcomes import Outcomes
 from dropbox_daemon.parts import make_parts
 from dropbox_daemon.peers import PeerDuties
+from dropbox_daemon.pidfile import PID_FILE, read_pid
 from dropbox_daemon.scheduler import Scheduler
 from dropbox_daemon.store import Job, Store, StoreUnavailable, open_store
 from dropbox_daemon.supervise import Current, Supervisor
@@ -384,19 +385,6 @@ class Daemon:
         if beat and now != self.signature:
             self.scheduler.beat_now()
         self.signature = now
-
-
-PID_FILE = "daemon.pid"
-
-
-def read_pid(cfg: Config) -> int | None:
-    """The pid of the daemon running on this state folder, or None."""
-    try:
-        pid = int((cfg.daemon.state_dir / PID_FILE).read_text().split()[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid
 
 
 def run_daemon(cfg: Config) -> int:

@@ -41,7 +41,7 @@ def make_samples(folder: Path, ffmpeg: str, seconds: float = DEMO_SECONDS) -> tu
 
 
 def start_daemon(cfg: Config) -> subprocess.Popen[bytes]:
-    from dropbox_daemon.daemon import read_pid
+    from dropbox_daemon.pidfile import read_pid
 
     cmd = [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(cfg.source)]
     proc = subprocess.Popen(cmd)
@@ -56,7 +56,7 @@ def start_daemon(cfg: Config) -> subprocess.Popen[bytes]:
 
 
 def run(cfg: Config, *, json_out: bool = False) -> int:
-    from dropbox_daemon.daemon import read_pid
+    from dropbox_daemon.pidfile import read_pid
 
     low = holding(
         {"outbox": disk_free(cfg.daemon.outbox), "state": disk_free(cfg.daemon.state_dir)}, cfg

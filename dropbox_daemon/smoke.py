@@ -22,8 +22,8 @@ def run(
     cfg: Config, *, timeout: float = 600, start_daemon: bool = False
 ) -> tuple[bool, dict[str, Any]]:
     """(passed, report): the report says what was checked, with the result path and timings."""
-    from dropbox_daemon.daemon import read_pid
     from dropbox_daemon.demo import start_daemon as start
+    from dropbox_daemon.pidfile import read_pid
 
     report: dict[str, Any] = {"inbox": SMOKE_INBOX}
     try:

@@ -241,6 +241,8 @@ def test_every_daemon_lists_every_job_of_the_share_with_its_instance(
         assert [r["job_id"] for r in node.farm.jobs(instance=b.farm.instance)] == ["from-b"]
         assert [r["job_id"] for r in node.farm.jobs(limit=1)] == ["from-b"]  # newest first
         assert node.farm.jobs(state="done") == []
+        counts = node.farm.counts()
+        assert counts["preparing"] == 2 and sum(counts.values()) == 2 and counts["done"] == 0
     # what else lies in a shared outbox is no job of the share's: a forged or torn record,
     # one under another folder's name, a link to a folder elsewhere
     outbox = a.cfg.daemon.outbox

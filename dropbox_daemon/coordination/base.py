@@ -39,7 +39,7 @@ from dropbox_daemon.instances import FolderLeases, Lease, StoreLeases
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.manifest import parse
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store import TERMINAL, Job, Store, claim_held
+from dropbox_daemon.store import STATES, TERMINAL, Job, Store, claim_held
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,13 @@ class Coordination(ABC):
     @abstractmethod
     def _jobs(self, want: dict[str, str | None], limit: int) -> list[dict[str, Any]]:
         """jobs(), `want` the filters (None: any)."""
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs of the share are in each state (every state, zeros included)."""
+        out = dict.fromkeys(STATES, 0)
+        for r in self.jobs(limit=1 << 30):
+            out[r["state"]] += 1
+        return out
 
     # -- the lease -------------------------------------------------------------------
     def register(self, now: float) -> None:

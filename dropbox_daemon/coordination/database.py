@@ -72,5 +72,8 @@ class DatabaseCoordination(Coordination):
     def _jobs(self, want: dict[str, str | None], limit: int) -> list[dict[str, Any]]:
         return [j.record() for j in self.db.jobs(**want, limit=limit)]
 
+    def counts(self) -> dict[str, int]:
+        return self.db.counts()
+
     def leases_by_age(self) -> list[tuple[Lease, float]]:
         return [(Lease.from_dict(r), float(r["age"])) for r in self.db.instances()]

@@ -97,6 +97,10 @@ def test_daemons_with_default_ids_survive_a_kill9(
             j: t["instance"] for j, t in result.items()
         }, d.log_tail()
         assert len(rows) == len(result)
+    status = json.loads(ds[-1].cli("status", "--json").stdout)  # the share's counts, too
+    assert (status["jobs"]["done"], status["jobs"]["rejected"]) == (VALID, INVALID), status["jobs"]
+    scope = "jobs (farm)" if store_url else "jobs (the share)"
+    assert scope in ds[0].cli("status").stdout
 
 
 def terminal_events(ds, store_url: str):  # noqa: ANN001, ANN201
