@@ -22,7 +22,7 @@ from typing import Any
 
 from loguru import logger
 
-from dropbox_daemon import drops, health
+from dropbox_daemon import drops, health, signals
 from dropbox_daemon.callbacks import Deliverer
 from dropbox_daemon.claiming import Claiming
 from dropbox_daemon.config import Config
@@ -177,15 +177,7 @@ class Daemon:
         (self.cfg.daemon.state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
 
     def install_signals(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            self.flags.signals.append(signum)
-            if self.flags.stop:
-                self.flags.immediate = True
-            self.flags.stop = True
-            self.wake.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        signals.install(self.flags, self.wake.set)
 
     def run(self) -> int:
         """The service: start, loop until a signal, stop gracefully. Returns the exit code."""
