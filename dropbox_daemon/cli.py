@@ -272,15 +272,13 @@ def daemon_state(
 def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     import time
 
-    from dropbox_daemon.coordination import instances_view, open_coordination
+    from dropbox_daemon.coordination import summary
     from dropbox_daemon.store import has_store, is_farm
 
     pid = _daemon_pid(cfg)
-    counts: dict[str, int] = {}
     store = _store(cfg) if has_store(cfg) else None
-    farm = instances_view(cfg, store)
+    farm, counts = summary(cfg, store)  # the share's instances and jobs, in either way
     if store is not None:
-        counts = open_coordination(cfg, store).counts()  # the share's, in either way
         store.close()
     beat = _read_beat(cfg)
     state = daemon_state(pid, beat, cfg.health.heartbeat_seconds, time.time())

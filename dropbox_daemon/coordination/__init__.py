@@ -8,7 +8,15 @@ from dropbox_daemon.coordination.base import Coordination, Ready, best, describe
 from dropbox_daemon.coordination.folder import FolderCoordination, by_age, folder_leases
 from dropbox_daemon.store import Store
 
-__all__ = ["Coordination", "Ready", "best", "instances_view", "open_coordination", "prevalidate"]
+__all__ = [
+    "Coordination",
+    "Ready",
+    "best",
+    "instances_view",
+    "open_coordination",
+    "prevalidate",
+    "summary",
+]
 
 
 def open_coordination(cfg: Config, store: Store) -> Coordination:
@@ -28,3 +36,11 @@ def instances_view(cfg: Config, store: Store | None) -> list[dict]:
     if store is None:
         return describe(by_age(folder_leases(cfg)), cfg.daemon.stale_claim_seconds)
     return open_coordination(cfg, store).instances()
+
+
+def summary(cfg: Config, store: Store | None) -> tuple[list[dict], dict[str, int]]:
+    """Every instance of the share, and its jobs counted by state (none before a first start)."""
+    if store is None:
+        return instances_view(cfg, None), {}
+    coordination = open_coordination(cfg, store)
+    return coordination.instances(), coordination.counts()

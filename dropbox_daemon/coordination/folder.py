@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +66,12 @@ class FolderCoordination(Coordination):
         self.store.forget(job.job_id)  # its new holder records it in its own store
 
     def _jobs(self, want: dict[str, str | None], limit: int) -> list[dict[str, Any]]:
-        """Its own jobs from its store, its peers' from the shared outbox's task.json."""
-        found = {
-            r["job_id"]: r
-            for r in shared_records(self.cfg.daemon.outbox)
-            if r.get("instance") != self.instance
-        }
-        for job in self.store.jobs(state=want["state"], inbox=want["inbox"], limit=1 << 30):
-            found[job.job_id] = job.record()
+        """Its own jobs from its store (their task.json is not read again), its peers' from
+        the shared outbox's task.json."""
+        found = {j.job_id: j.record() for j in self.store.jobs(limit=1 << 30)}
+        for r in shared_records(self.cfg.daemon.outbox, skip=set(found)):
+            if r.get("instance") != self.instance:
+                found[r["job_id"]] = r
         rows = [r for r in found.values() if all(not v or r.get(k) == v for k, v in want.items())]
         rows.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
         return rows[:limit]
@@ -83,15 +81,18 @@ class FolderCoordination(Coordination):
         return by_age(self.leases)
 
 
-def shared_records(outbox: Path) -> Iterator[dict[str, Any]]:
-    """The task.json of every job folder in the outbox that holds a readable one (the share
-    is not trusted: a link, an oversized or a torn file is passed over)."""
+def shared_records(outbox: Path, skip: Set[str] = frozenset()) -> Iterator[dict[str, Any]]:
+    """The task.json of every job folder in the outbox that holds a readable one, but those
+    named in `skip` (the share is not trusted: a link, an oversized or a torn file is passed
+    over)."""
     try:
         entries = sorted(os.scandir(outbox), key=lambda e: e.name)
     except OSError:
         return
     for entry in entries:
-        if entry.name.startswith(("_", ".")) or not entry.is_dir(follow_symlinks=False):
+        if entry.name in skip or entry.name.startswith(("_", ".")):
+            continue
+        if not entry.is_dir(follow_symlinks=False):
             continue
         try:
             record = read_json(Path(entry.path) / TASK_JSON, TASK_MAX_BYTES)
