@@ -14,7 +14,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from dropbox_daemon import drops
+from dropbox_daemon import claims, drops, recovery
 from dropbox_daemon.boundary import shown
 from dropbox_daemon.config import InboxConfig
 from dropbox_daemon.coordination import Coordination, best, prevalidate
@@ -73,7 +73,7 @@ class Claiming:
         self.watcher, self.farm, self.outbox, self.busy = watcher, farm, outbox, busy
         self.settlers = {i.name: drops.Settler(i.settle_seconds) for i in loop.cfg.inbox}
         self.pending: dict[Path, Pending] = {}
-        self.waiting: list[tuple[InboxConfig, drops.Claim]] = []  # claims whose intake failed
+        self.waiting: list[tuple[InboxConfig, claims.Claim]] = []  # claims whose intake failed
         self.tries: dict[str, int] = {}  # claim folder -> failed intakes so far
 
     def collect_hints(self) -> None:
@@ -130,7 +130,7 @@ class Claiming:
     def claim(self, inbox: InboxConfig, cand: drops.Candidate, now: float) -> bool:
         """Claim a drop and turn it into a job; False when another daemon was first."""
         try:
-            cl = drops.claim(inbox.path, cand, self.farm.instance, now, self.cfg.daemon.host)
+            cl = claims.claim(inbox.path, cand, self.farm.instance, now, self.cfg.daemon.host)
         except OSError as e:
             logger.error("inbox {}: cannot claim {}: {}; will retry", inbox.name, cand.manifest, e)
             return False
@@ -145,7 +145,7 @@ class Claiming:
             self.intake_failed(inbox, cl, e)
         return True
 
-    def intake_failed(self, inbox: InboxConfig, cl: drops.Claim, e: Exception) -> None:
+    def intake_failed(self, inbox: InboxConfig, cl: claims.Claim, e: Exception) -> None:
         """An intake that raised (not the store being away): tried again at the next rescans,
         MAX_INTAKE_TRIES in all, then answered: rejected `intake_failed`, or where even that
         cannot be written, its claim folder moved to .dropbox/quarantine/ with the reason."""
@@ -192,7 +192,7 @@ class Claiming:
             self.loop.on_store_down(down)
             self.waiting.append((inbox, cl))
         except Exception as again:  # noqa: BLE001
-            where = drops.quarantine(inbox.path, cl, f"{why}; and its rejection: {again}")
+            where = recovery.quarantine(inbox.path, cl, f"{why}; and its rejection: {again}")
             self.loop.view.quarantined += 1
             logger.opt(exception=again).error(
                 "inbox {}: claim {} cannot be taken nor answered ({}); moved to {} with "
@@ -232,8 +232,15 @@ class Claiming:
         known = self.store.claim_dirs()
         stale = self.cfg.daemon.stale_claim_seconds
         for inbox in self.cfg.inbox:
-            for cdir, owner in drops.unfinished_claims(inbox.path, self.farm.instance):
-                if str(cdir) not in known and drops.discard_if_unfinished(cdir, owner, stale):
+            for draft in recovery.discard_drafts(inbox.path, self.farm.instance, stale):
+                logger.warning(
+                    "inbox {}: removed {}: a crash left this claim folder half made; it held "
+                    "no file of a drop, and the drop it was for waits in the inbox",
+                    inbox.name,
+                    draft.name,
+                )
+            for cdir, owner in recovery.unfinished_claims(inbox.path, self.farm.instance):
+                if str(cdir) not in known and recovery.discard_if_unfinished(cdir, owner, stale):
                     logger.warning(
                         "inbox {}: removed claim folder {}: a crash left it empty before the "
                         "drop was moved in; the drop itself waits in the inbox and is taken again",
@@ -242,7 +249,7 @@ class Claiming:
                     )
         for inbox, cdir, owner in self.farm.orphans(known, self.outbox, {self.farm.instance}):
             logger.warning("inbox {}: resuming claim {} left by a crash", inbox.name, cdir.name)
-            cl = drops.claim_from(inbox.path, cdir, owner)
+            cl = claims.claim_from(inbox.path, cdir, owner)
             if cl is None:
                 continue
             try:

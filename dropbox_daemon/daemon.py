@@ -22,7 +22,7 @@ from typing import Any
 
 from loguru import logger
 
-from dropbox_daemon import drops, health, signals
+from dropbox_daemon import claims, health, signals
 from dropbox_daemon.callbacks import Deliverer
 from dropbox_daemon.claiming import Claiming
 from dropbox_daemon.config import Config
@@ -110,7 +110,7 @@ class Daemon:
             p.mkdir(parents=True, exist_ok=True)
         self._lock_state_dir()
         for inbox in self.cfg.inbox:
-            drops.make_dropbox(inbox.path)
+            claims.make_dropbox(inbox.path)
         delay = 1.0
         while True:  # the farm's database may refuse a moment (no slot, a restart): wait it out
             try:

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dropbox_daemon.boundary import make_private_dir, writable_by_others
+from dropbox_daemon.claims import DROPBOX_DIR, QUARANTINE_DIR, claims_root
 from dropbox_daemon.config import Config
-from dropbox_daemon.drops import DROPBOX_DIR, QUARANTINE_DIR, claims_root
 from dropbox_daemon.errors import DaemonError
 from dropbox_daemon.instances import INSTANCES_DIR
 from dropbox_daemon.media.encode import ffmpeg_binary, video_encoder

@@ -9,7 +9,7 @@ from typing import Any
 
 from loguru import logger
 
-from dropbox_daemon import drops
+from dropbox_daemon import claims
 from dropbox_daemon.coordination import Coordination
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.protocol import Result
@@ -112,7 +112,7 @@ class Outcomes:
 
     def keep_for_redrop(self, job: Job, err: dict[str, Any]) -> None:
         """error.json and input/ in the outbox; on a full outbox the drop stays in its claim folder."""
-        claim = Path(job.claim_dir or "") / drops.DROP_SUBDIR
+        claim = Path(job.claim_dir or "") / claims.DROP_SUBDIR
         try:
             self.outbox.write_error(job.job_id, err)
             self.outbox.save_inputs(job.job_id, claim)

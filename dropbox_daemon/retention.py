@@ -14,8 +14,9 @@ from pathlib import Path
 from loguru import logger
 
 from dropbox_daemon.boundary import is_inside, is_real_dir, remove_tree
+from dropbox_daemon.claims import claim_folders, claims_root, read_owner
 from dropbox_daemon.config import Config
-from dropbox_daemon.drops import claim_folders, claims_root, read_owner
+from dropbox_daemon.recovery import discard_drafts
 from dropbox_daemon.store import BACKUP_GLOB, BACKUP_NAME, Job, Store
 
 DAY = 86400.0
@@ -73,7 +74,10 @@ def purge(store: Store, cfg: Config, now: float | None = None) -> list[str]:
 
 
 def sweep_claims(store: Store, cfg: Config, inbox: Path, limit: float) -> list[Path]:
-    """Claim folders of this host that no job refers to and that are older than `limit`."""
+    """Claim folders of this host that no job refers to and that are older than `limit`;
+    and any daemon's claim drafts that a crash left, once stale_claim_seconds old."""
+    for draft in discard_drafts(inbox, None, cfg.daemon.stale_claim_seconds):
+        logger.info("retention: removed {}, a claim folder a crash left half made", draft)
     folders = claim_folders(inbox)  # real claim folders only; owner.json checked as data
     if not folders:
         return []

@@ -33,8 +33,8 @@ from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGroupe
 from watchdog.observers.polling import PollingObserver
 
 from dropbox_daemon.boundary import is_real_dir
+from dropbox_daemon.claims import DROPBOX_DIR
 from dropbox_daemon.config import InboxConfig
-from dropbox_daemon.drops import DROPBOX_DIR
 
 # watchdog's inotify backend warns on stderr (a wall of its internal state) each time a
 # folder moved into the inbox is watched again under the same callback: harmless, since

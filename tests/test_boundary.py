@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dropbox_daemon import boundary, drops
+from dropbox_daemon import boundary, claims, drops
 from dropbox_daemon.boundary import Refused, copy_tree, move_file, read_bounded, remove_tree, walk
 from dropbox_daemon.instances import FolderLeases, Lease, read_lease
 
@@ -76,7 +76,7 @@ def test_scanner_and_boundary_never_raise_nor_leave_the_drop(tmp_path_factory, s
     inbox.mkdir()
     outside.mkdir()
     (outside / "secret").write_bytes(b"secret")
-    drops.make_dropbox(inbox)
+    claims.make_dropbox(inbox)
     socks = build(root, inbox, outside, shape)
     try:
         settler = drops.Settler(0.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import wait_for
 
-from dropbox_daemon import config, drops
+from dropbox_daemon import claims, config, drops
 from dropbox_daemon.coordination import Coordination, instances_view, open_coordination
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.outbox import Outbox
@@ -64,7 +64,7 @@ class Node:
         )
         staging.rename(inbox.path / job_id)
         (cand,) = [c for c in drops.scan(inbox.path) if c.manifest.parent.name == job_id]
-        cl = drops.claim(inbox.path, cand, self.farm.instance, time.time())
+        cl = claims.claim(inbox.path, cand, self.farm.instance, time.time())
         assert cl is not None
         assert self.intake.ingest(inbox, cl).state == "queued"
         job = self.store.take_next(self.farm.instance, {})
@@ -97,7 +97,7 @@ def make(way: str, tmp_path: Path, request):  # noqa: ANN001, ANN201
         cfg = config.from_dict(data, source=tmp_path / f"{name}.toml", env={})
         for p in (cfg.daemon.state_dir, cfg.daemon.outbox, cfg.inbox[0].path):
             p.mkdir(parents=True, exist_ok=True)
-        drops.make_dropbox(cfg.inbox[0].path)
+        claims.make_dropbox(cfg.inbox[0].path)
         outbox = Outbox(cfg.daemon.outbox)
         store = open_store(cfg, outbox)
         farm = open_coordination(cfg, store)

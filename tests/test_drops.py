@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from dropbox_daemon.drops import Candidate, Settler, claim, is_ignored_name, scan
+from dropbox_daemon.claims import claim
+from dropbox_daemon.drops import Candidate, Settler, is_ignored_name, scan
 
 
 @pytest.mark.parametrize(

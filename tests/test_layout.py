@@ -132,7 +132,6 @@ OVER = {
     "config.py": 471,
     "daemon.py:Daemon": 340,
     "doctor.py": 480,
-    "drops.py": 606,
     "engines/http.py:_call": 71,
     "engines/wav2lip.py": 430,
     "health.py:build": 83,

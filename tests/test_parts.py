@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dropbox_daemon import config, drops
+from dropbox_daemon import claims, config
 from dropbox_daemon.claiming import Claiming
 from dropbox_daemon.coordination import Coordination, open_coordination
 from dropbox_daemon.health import DaemonView, Metrics
@@ -129,7 +129,7 @@ def parts(tmp_path: Path) -> Iterator[Bench]:
     )
     for p in (cfg.daemon.state_dir, cfg.daemon.outbox, cfg.inbox[0].path):
         p.mkdir(parents=True)
-    drops.make_dropbox(cfg.inbox[0].path)
+    claims.make_dropbox(cfg.inbox[0].path)
     outbox = Outbox(cfg.daemon.outbox)
     store = open_store(cfg, outbox)
     farm = open_coordination(cfg, store)

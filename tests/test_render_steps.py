@@ -12,7 +12,7 @@ import av
 import pytest
 
 from dropbox_daemon import config
-from dropbox_daemon.drops import DROP_SUBDIR
+from dropbox_daemon.claims import DROP_SUBDIR
 from dropbox_daemon.engines.base import AudioFeatures
 from dropbox_daemon.engines.passthrough import PassthroughEngine
 from dropbox_daemon.engines.preview import PreviewEngine

@@ -32,7 +32,7 @@ from typing import Any
 
 from loguru import logger
 
-from dropbox_daemon import drops
+from dropbox_daemon import claims, drops, recovery
 from dropbox_daemon.config import Config, InboxConfig
 from dropbox_daemon.errors import RejectedDrop
 from dropbox_daemon.instances import FolderLeases, Lease, StoreLeases
@@ -192,7 +192,9 @@ class Coordination(ABC):
         if task is None:
             return False
         claim = task.get("claim")
-        superseded = bool(claim) and drops.base_claim_id(claim) != drops.base_claim_id(cdir.name)
+        superseded = bool(claim) and recovery.base_claim_id(claim) != recovery.base_claim_id(
+            cdir.name
+        )
         done = superseded or task.get("state") in TERMINAL  # or a later drop of the id ran since
         if done:
             self.ended.add(str(cdir))
@@ -203,7 +205,7 @@ class Coordination(ABC):
         (inbox, claim folder, owner), highest priority first."""
         out = []
         for inbox in self.cfg.inbox:
-            for cdir, owner in drops.claims_of(inbox.path, instances):
+            for cdir, owner in claims.claims_of(inbox.path, instances):
                 if str(cdir) in known or self._ended(cdir, owner, outbox):
                     continue
                 out.append((inbox, cdir, owner))
@@ -230,7 +232,7 @@ class Coordination(ABC):
         for inbox, cdir, owner in self.orphans(self.store.claim_dirs(), outbox, set(self.dead)):
             if len(taken) >= room:
                 break
-            prior = drops.owner_instance(owner)
+            prior = claims.owner_instance(owner)
             why = (
                 f"taken over from instance {prior} by instance {self.instance}: "
                 f"{self.dead.get(prior, 'it is gone')}"
@@ -241,12 +243,12 @@ class Coordination(ABC):
                 self.leases.observe(time.monotonic()), time.monotonic()
             ):
                 continue
-            new = drops.take_over(cdir, owner, self.instance, time.time(), why)
+            new = recovery.take_over(cdir, owner, self.instance, time.time(), why)
             if new is None:
                 continue  # another daemon was first
-            cl = drops.claim_from(inbox.path, new, owner)
+            cl = claims.claim_from(inbox.path, new, owner)
             if cl is None:
-                if drops.discard_if_unfinished(new, drops.read_owner(new)):
+                if recovery.discard_if_unfinished(new, claims.read_owner(new)):
                     logger.warning(
                         "inbox {}: removed claim folder {} of instance {}: it died before "
                         "moving the drop in; the drop waits in the inbox",
@@ -258,7 +260,7 @@ class Coordination(ABC):
             logger.warning("inbox {}: claim {} {}", inbox.name, cdir.name, why)
             # a peer judged dead may record the drop meanwhile: the record then follows the
             # claim folder (intake.follow_claim)
-            job = intake.adopt(inbox, cl, drops.read_owner(new) or owner, why)
+            job = intake.adopt(inbox, cl, claims.read_owner(new) or owner, why)
             if job is not None:
                 taken.append(job)
         return taken
@@ -273,11 +275,11 @@ class Coordination(ABC):
             )
         if claim_held(job):
             return None
-        base = drops.base_claim_id(Path(job.claim_dir or "").name)
+        base = recovery.base_claim_id(Path(job.claim_dir or "").name)
         root = Path(job.claim_dir or "").parent
         holder = "another instance"
         for cdir in root.glob(f"{base}.g*"):
-            owner = drops.read_owner(cdir) or {}
+            owner = claims.read_owner(cdir) or {}
             holder = f"instance {owner.get('instance', '?')}"
         return f"its claim was taken over by {holder} while this daemon was silent"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from loguru import logger
 
-from dropbox_daemon import drops
+from dropbox_daemon import claims, recovery
 from dropbox_daemon.config import Config
 from dropbox_daemon.coordination.base import Coordination
 from dropbox_daemon.instances import Lease, StoreLeases
@@ -39,12 +39,12 @@ class DatabaseCoordination(Coordination):
         return self.db.take_over_running(self.instance, self._rename_claim, self.dead)
 
     def _rename_claim(self, job: Job) -> str | None:
-        """drops.take_over for a job the database re-queues: the fence on the files."""
+        """recovery.take_over for a job the database re-queues: the fence on the files."""
         if not job.claim_dir:
             return None
         cdir = Path(job.claim_dir)
-        owner = drops.read_owner(cdir) or {}
-        new = drops.take_over(cdir, owner, self.instance, time.time(), "the farm's database")
+        owner = claims.read_owner(cdir) or {}
+        new = recovery.take_over(cdir, owner, self.instance, time.time(), "the farm's database")
         return str(new) if new else None
 
     def requeue_strays(self, mine: set[str]) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import Any
 
-from dropbox_daemon import drops
+from dropbox_daemon import claims
 from dropbox_daemon.boundary import Refused, read_json
 from dropbox_daemon.config import Config
 from dropbox_daemon.coordination.base import Coordination
@@ -119,7 +119,7 @@ def well_formed(record: Any, name: str) -> bool:
 def folder_leases(cfg: Config, me: Lease | None = None) -> FolderLeases:
     """The lease files in the `.dropbox/` of each of this daemon's inboxes."""
     me = me or Lease.mine(cfg.instance_id, cfg.daemon.host, cfg.daemon.state_dir)
-    roots = [i.path / drops.DROPBOX_DIR for i in cfg.inbox]
+    roots = [i.path / claims.DROPBOX_DIR for i in cfg.inbox]
     return FolderLeases(roots, me, cfg.daemon.stale_claim_seconds)
 
 

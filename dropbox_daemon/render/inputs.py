@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dropbox_daemon.claims import DROP_SUBDIR
 from dropbox_daemon.config import Config, LimitsConfig
-from dropbox_daemon.drops import DROP_SUBDIR
 from dropbox_daemon.engines.base import Engine, RenderContext
 from dropbox_daemon.errors import EngineError, RejectedDrop
 from dropbox_daemon.media.probe import (

@@ -140,7 +140,7 @@ def pick_next(queued: list[Job], last_served: dict[str, float]) -> Job | None:
 def claim_held(job: Job) -> bool:
     """Whether the job's claim folder is still where this job's record says.
 
-    A peer that takes a job over renames the claim folder (drops.take_over), so
+    A peer that takes a job over renames the claim folder (recovery.take_over), so
     a holder that finds its folder gone has lost the job and must write nothing.
     """
     return not job.claim_dir or os.path.isdir(job.claim_dir)

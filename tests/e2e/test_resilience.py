@@ -222,9 +222,15 @@ def test_a_claim_half_made_before_a_crash_is_cleared_and_the_drop_taken(
     drafted = half.with_name("20261125T000000-00000000bb")  # killed inside owner.json's write
     (drafted / "drop").mkdir(parents=True)
     (drafted / ".owner.json.777.tmp").write_text(json.dumps(owner))
+    draft = half.with_name(".draft-20261125T000000-00000000cc.solo")  # killed before its rename
+    draft.mkdir()
+    peers = half.with_name(".draft-20261125T000000-00000000dd.peer")  # a live peer's, being made
+    (peers / "drop").mkdir(parents=True)
     drop(d.inbox, "h", media.tone.read_bytes(), media.image.read_bytes())
     d.start()
     assert d.wait_state("h", timeout=60)["state"] == "done"
-    assert not half.exists() and not drafted.exists()
+    assert not half.exists() and not drafted.exists() and not draft.exists()
     assert d.log_text().count("a crash left it empty") == 2
-    assert len(list((d.inbox / ".dropbox" / "claimed").iterdir())) == 1
+    assert d.log_text().count("a crash left this claim folder half made") == 1
+    assert peers.exists()  # not this instance's, and too young to be a crash's leftover
+    assert len(list((d.inbox / ".dropbox" / "claimed").iterdir())) == 2
