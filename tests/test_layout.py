@@ -142,8 +142,6 @@ OVER = {
     "media/frames.py": 403,
     "media/frames.py:_decode_once": 68,
     "media/probe.py": 433,
-    "store/base.py": 704,
-    "store/base.py:Store": 494,
     "store/pg_doctor.py:checks": 72,
     "store/pg_link.py": 678,
     "store/pg_link.py:Link": 293,

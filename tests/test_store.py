@@ -8,7 +8,6 @@ import pytest
 from dropbox_daemon.errors import IllegalTransition
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store import (
-    MIGRATIONS,
     STATES,
     TRANSITIONS,
     Job,
@@ -17,6 +16,7 @@ from dropbox_daemon.store import (
     Store,
     pick_next,
 )
+from dropbox_daemon.store.statements import migrations
 
 
 @pytest.fixture(
@@ -48,10 +48,10 @@ def new(store: Store, job_id: str = "j", **kw) -> Job:  # noqa: ANN003
 
 def test_sqlite_schema_version_and_wal(tmp_path) -> None:  # noqa: ANN001
     store = SqliteStore(tmp_path / "db.sqlite3", Outbox(tmp_path / "outbox"))
-    assert store.schema_version == len(MIGRATIONS)
+    assert store.schema_version == len(migrations("sqlite"))
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.migrate()  # idempotent
-    assert store.schema_version == len(MIGRATIONS)
+    assert store.schema_version == len(migrations("sqlite"))
 
 
 def test_migrate_is_idempotent(store: Store) -> None:

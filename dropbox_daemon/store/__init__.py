@@ -1,34 +1,28 @@
-"""The job store: one contract (base.py), SQLite for one daemon, PostgreSQL for a farm."""
+"""The job store: one contract (base.py, assembled from its parts), SQLite for one daemon,
+PostgreSQL for a farm; the SQL of both in sql/, loaded by name (statements.py)."""
 
 from __future__ import annotations
 
-from dropbox_daemon.store.base import (
-    CALLBACK_STATES,
+from dropbox_daemon.outbox import CALLBACK_STATES
+from dropbox_daemon.store.base import Store
+from dropbox_daemon.store.job import (
     RUNNING,
     STATES,
     TERMINAL,
     TRANSITIONS,
     Job,
     JobExists,
-    Store,
     StoreUnavailable,
     claim_held,
     pick_next,
 )
-from dropbox_daemon.store.sqlite import (
-    BACKUP_GLOB,
-    BACKUP_NAME,
-    HOST_ERRORS,
-    MIGRATIONS,
-    SqliteStore,
-)
+from dropbox_daemon.store.sqlite import BACKUP_GLOB, BACKUP_NAME, HOST_ERRORS, SqliteStore
 
 __all__ = [
     "BACKUP_GLOB",
     "BACKUP_NAME",
     "CALLBACK_STATES",
     "HOST_ERRORS",
-    "MIGRATIONS",
     "RUNNING",
     "STATES",
     "TERMINAL",

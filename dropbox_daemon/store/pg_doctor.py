@@ -12,6 +12,7 @@ import psycopg
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.store import pg_schema
 from dropbox_daemon.store.pg_link import connect, describe_tls, settings_of, text_mode, where
+from dropbox_daemon.store.statements import ADMIN
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
@@ -92,12 +93,7 @@ def checks(cfg: Any, make: Any) -> list[Any]:
 
 def _slots(conn: psycopg.Connection, pool_size: int, make: Any) -> Any:
     with conn.transaction():
-        row = conn.execute(
-            "SELECT current_setting('max_connections')::int, "
-            "current_setting('superuser_reserved_connections')::int, "
-            "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), "
-            "(SELECT count(*) FROM instances WHERE state <> 'stopped')"
-        ).fetchone()
+        row = conn.execute(ADMIN.connection_slots).fetchone()
     assert row is not None
     most, reserved, used, daemons = (int(v) for v in row)
     need = max(1, daemons) * pool_size

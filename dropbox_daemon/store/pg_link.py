@@ -43,8 +43,9 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.redact import url as redact_url
-from dropbox_daemon.store.base import StoreUnavailable
+from dropbox_daemon.store.job import StoreUnavailable
 from dropbox_daemon.store.pg_schema import check_ready
+from dropbox_daemon.store.statements import ADMIN
 
 RETRY_FIRST = 0.5  # seconds from a failure to the first try to reconnect, doubling to
 MAX_BACKOFF = 8.0  # this (or a quarter of stale_claim_seconds) while the database stays away
@@ -310,9 +311,7 @@ def describe_tls(conn: psycopg.Connection) -> dict[str, Any]:
     if encrypted:  # the protocol as the server saw it (behind a pooler: the pooler's link)
         try:
             with conn.transaction():
-                row = conn.execute(
-                    "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl"
-                ).fetchone()
+                row = conn.execute(ADMIN.tls_version).fetchone()
             proto = str(row[0]) if row and row[0] else proto
         except psycopg.DatabaseError:
             pass
@@ -342,10 +341,7 @@ def describe_tls(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
-SET_LOCAL = (
-    "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true), "
-    "set_config('idle_in_transaction_session_timeout', %s, true)"
-)
+SET_LOCAL = ADMIN.set_local_timeouts
 
 
 class Link:
@@ -628,7 +624,7 @@ class Link:
                 conn = self.conn_class.connect(self.url, **self.kwargs)
                 try:
                     with DEADLINES.watch(conn, self.settings.call_timeout):
-                        conn.execute("SELECT 1")
+                        conn.execute(ADMIN.ping)
                 finally:
                     conn.close()
             except psycopg.Error as e:

@@ -1,7 +1,7 @@
 """The farm's schema: versioned migrations applied by `dropbox-daemon db migrate`, and the
 checks a daemon makes at start-up (schema version, its role's rights) before it works.
 
-Migrations are the files pg_NNN_*.sql beside this one, applied in order inside one
+Migrations are the files sql/postgres/NNN_*.sql, applied in order inside one
 transaction under an advisory lock (two operators migrating at once wait for each
 other); a released file is never edited. The daemons run with a role that may only
 read and write rows: they never run DDL, and refuse to start on a schema older than
@@ -10,43 +10,22 @@ their code, naming the command that upgrades it.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from importlib import resources
-
 import psycopg
 import psycopg.errors
 from psycopg import sql
 
 from dropbox_daemon.errors import ConfigError
+from dropbox_daemon.store.statements import ADMIN, Migration
+from dropbox_daemon.store.statements import migrations as numbered
 
 SCHEMA_LOCK = 0x64726F70  # advisory lock key held while the schema is applied
 TABLES = ("jobs", "events", "deliveries", "instances")
 SEQUENCES = ("job_seq", "events_id_seq", "deliveries_id_seq")
 
 
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    text: str
-
-    def statements(self) -> list[str]:
-        """The file's statements (no semicolons inside our statements or comments)."""
-        lines = [ln for ln in self.text.splitlines() if not ln.strip().startswith("--")]
-        return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
-def migrations() -> list[Migration]:
-    found = []
-    for f in resources.files("dropbox_daemon.store").iterdir():
-        m = re.fullmatch(r"pg_(\d{3})_(\w+)\.sql", f.name)
-        if m:
-            found.append(Migration(int(m.group(1)), m.group(2), f.read_text()))
-    found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"the farm's migrations are not numbered 1..n: {found}")
-    return found
+def migrations() -> tuple[Migration, ...]:
+    """The farm's migrations (sql/postgres/NNN_*.sql), version 1 first."""
+    return numbered("postgres")
 
 
 CODE_VERSION = len(migrations())  # the schema this code needs
@@ -55,10 +34,10 @@ CODE_VERSION = len(migrations())  # the schema this code needs
 def current_version(conn: psycopg.Connection) -> int:
     """The database's schema version; 0 where none was applied."""
     with conn.transaction():
-        exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        exists = conn.execute(ADMIN.schema_exists).fetchone()
         if not exists or not exists[0]:
             return 0
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        row = conn.execute(ADMIN.schema_version).fetchone()
     return int(row[0] or 0) if row else 0
 
 
@@ -79,7 +58,7 @@ def migrate(conn: psycopg.Connection, *, upto: int | None = None, release: str =
 def _migrate(conn: psycopg.Connection, upto: int | None, release: str) -> list[int]:
     applied = []
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        conn.execute(ADMIN.schema_lock, (SCHEMA_LOCK,))
         have = current_version(conn)
         for m in migrations():
             if m.version <= have or (upto is not None and m.version > upto):
@@ -87,11 +66,7 @@ def _migrate(conn: psycopg.Connection, upto: int | None, release: str) -> list[i
             for stmt in m.statements():
                 conn.execute(stmt)  # type: ignore[arg-type]
             if m.version > 1:  # version 1 records itself (the released file does)
-                conn.execute(
-                    "INSERT INTO schema_version (version, applied_at, release) "
-                    "VALUES (%s, now(), %s)",
-                    (m.version, release or None),
-                )
+                conn.execute(ADMIN.record_version, (m.version, release or None))
             applied.append(m.version)
     return applied
 
@@ -117,7 +92,7 @@ def grant(conn: psycopg.Connection, role: str) -> None:
 
 
 def _schema(conn: psycopg.Connection) -> str:
-    row = conn.execute("SELECT current_schema()").fetchone()
+    row = conn.execute(ADMIN.current_schema).fetchone()
     return str(row[0]) if row and row[0] else "public"
 
 
@@ -127,13 +102,11 @@ def missing_rights(conn: psycopg.Connection) -> list[str]:
     with conn.transaction():
         for t in TABLES:
             for right in ("SELECT", "INSERT", "UPDATE", "DELETE"):
-                row = conn.execute("SELECT has_table_privilege(%s, %s)", (t, right)).fetchone()
+                row = conn.execute(ADMIN.table_right, (t, right)).fetchone()
                 if not row or not row[0]:
                     lacks.append(f"{right} on {t}")
         for s in SEQUENCES:
-            row = conn.execute(
-                "SELECT to_regclass(%s) IS NULL OR has_sequence_privilege(%s, 'USAGE')", (s, s)
-            ).fetchone()
+            row = conn.execute(ADMIN.sequence_right, (s, s)).fetchone()
             if not row or not row[0]:
                 lacks.append(f"USAGE on sequence {s}")
     return lacks

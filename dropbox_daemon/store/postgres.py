@@ -37,15 +37,11 @@ import psycopg
 import psycopg.errors
 
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store.base import (
-    RUNNING,
-    Handle,
-    Job,
-    JobExists,
-    Store,
-    rows_of,
-)
+from dropbox_daemon.store.base import Store
+from dropbox_daemon.store.core import Handle, rows_of
+from dropbox_daemon.store.job import RUNNING, Job, JobExists
 from dropbox_daemon.store.pg_link import Link, LinkSettings, link_for
+from dropbox_daemon.store.statements import POSTGRES
 
 
 class _Pg:
@@ -108,7 +104,7 @@ class PostgresStore(Store):
             return rows_of(_Pg(conn, self.link).execute(sql, params))
 
     def _next_seq(self, c: Handle) -> int:
-        return int(c.execute("SELECT nextval('job_seq')").fetchone()[0])
+        return int(c.execute(POSTGRES.next_seq).fetchone()[0])
 
     def _upsert(self, c: Handle, row: dict[str, Any]) -> None:
         cols = ", ".join(row)
@@ -132,7 +128,7 @@ class PostgresStore(Store):
 
     @property
     def schema_version(self) -> int:
-        rows = self._read("SELECT MAX(version) AS v FROM schema_version")
+        rows = self._read(POSTGRES.schema_version)
         return int(rows[0]["v"] or 0) if rows else 0
 
     # -- the farm's queue -------------------------------------------------------------
@@ -140,12 +136,7 @@ class PostgresStore(Store):
         """The farm's next job for `instance`, highest priority then oldest, in one statement
         that skips rows other daemons are taking at this moment."""
         with self.transaction() as c:
-            rows = rows_of(
-                c.execute(
-                    "SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, seq ASC "
-                    "LIMIT 1 FOR UPDATE SKIP LOCKED"
-                )
-            )
+            rows = rows_of(c.execute(POSTGRES.take_next))
             if not rows:
                 return None
             job = Job.from_row(rows[0])
@@ -162,19 +153,7 @@ class PostgresStore(Store):
         """
         taken = []
         with self.transaction() as c:
-            rows = rows_of(
-                c.execute(
-                    "SELECT j.*, i.state AS holder_state, "
-                    "EXTRACT(EPOCH FROM now() - i.lease_at)::float8 AS holder_age "
-                    "FROM jobs j LEFT JOIN instances i ON i.instance = j.instance "
-                    "WHERE j.state IN ('received', 'preparing', 'rendering', 'encoding') "
-                    "AND j.instance IS NOT NULL AND j.instance <> ? "
-                    "AND (i.instance IS NULL OR i.state = 'stopped' "
-                    "OR i.lease_at < now() - make_interval(secs => ?)) "
-                    "ORDER BY j.priority DESC, j.seq LIMIT 50 FOR UPDATE OF j SKIP LOCKED",
-                    (instance, self.stale_seconds),
-                )
-            )
+            rows = rows_of(c.execute(POSTGRES.takeover_candidates, (instance, self.stale_seconds)))
             for r in rows:
                 age, holder_state = r.pop("holder_age"), r.pop("holder_state")
                 job = Job.from_row(r)
@@ -201,11 +180,7 @@ class PostgresStore(Store):
     def register_instance(self, lease: dict[str, Any]) -> dict[str, Any] | None:
         """The existing row of this instance id (with its age by the database's clock), then
         this instance's lease written in its place; the caller decides on a clash first."""
-        rows = self._read(
-            "SELECT *, EXTRACT(EPOCH FROM now() - lease_at)::float8 AS age FROM instances "
-            "WHERE instance = ?",
-            (lease["instance"],),
-        )
+        rows = self._read(POSTGRES.instance, (lease["instance"],))
         return rows[0] if rows else None
 
     def renew_instance(self, lease: dict[str, Any]) -> None:
@@ -223,7 +198,4 @@ class PostgresStore(Store):
 
     def instances(self) -> list[dict[str, Any]]:
         """Every instance with the age of its lease in seconds (the database's clock)."""
-        return self._read(
-            "SELECT *, EXTRACT(EPOCH FROM now() - lease_at)::float8 AS age, "
-            "EXTRACT(EPOCH FROM lease_at)::float8 AS renewed_at FROM instances ORDER BY instance"
-        )
+        return self._read(POSTGRES.instances)

@@ -16,99 +16,16 @@ from typing import Any
 from sqlite_utils import Database
 
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.store.base import Handle, JobExists, Store
+from dropbox_daemon.store.base import Store
+from dropbox_daemon.store.core import Handle
+from dropbox_daemon.store.job import JobExists
+from dropbox_daemon.store.statements import SQLITE, migrations
 
 # the database file refused a write for the host's reasons (its disk full, the file locked
 # or read-only): not the drop's fault, tried again while it lasts
 HOST_ERRORS: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
 BACKUP_NAME = "jobs-%Y%m%d-%H%M%S.sqlite3"  # time.strftime, UTC: they sort by age
 BACKUP_GLOB = "jobs-*.sqlite3"
-
-# Each entry migrates the schema from version i to i+1; never edit a shipped one.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS jobs (
-        job_id TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL,
-        trace_id TEXT NOT NULL,
-        inbox TEXT NOT NULL,
-        state TEXT NOT NULL,
-        stage TEXT,
-        progress REAL NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        max_attempts INTEGER NOT NULL DEFAULT 3,
-        engine TEXT,
-        device TEXT,
-        priority INTEGER NOT NULL DEFAULT 0,
-        host TEXT,
-        config_hash TEXT,
-        claim_dir TEXT,
-        manifest_name TEXT,
-        duplicate_of TEXT,
-        callback_url TEXT,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        queued_at REAL,
-        started_at REAL,
-        finished_at REAL,
-        updated_at REAL NOT NULL,
-        timings TEXT NOT NULL DEFAULT '{}',
-        inputs TEXT NOT NULL DEFAULT '[]',
-        output TEXT,
-        error TEXT,
-        meta TEXT NOT NULL DEFAULT '{}',
-        manifest TEXT
-    );
-    CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, priority, seq);
-    CREATE INDEX IF NOT EXISTS jobs_inbox ON jobs(inbox, state);
-    CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
-    CREATE TABLE IF NOT EXISTS events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id TEXT NOT NULL,
-        at REAL NOT NULL,
-        from_state TEXT,
-        to_state TEXT NOT NULL,
-        detail TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
-    """,
-    # 2: callback deliveries, written with the job's final state (callbacks.py sends them)
-    """
-    CREATE TABLE IF NOT EXISTS deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id TEXT NOT NULL,
-        trace_id TEXT,
-        url TEXT NOT NULL,
-        body TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_at REAL NOT NULL,
-        created_at REAL NOT NULL,
-        finished_at REAL,
-        last_status INTEGER,
-        last_error TEXT
-    );
-    CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);
-    CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id);
-    """,
-    # 3: newest-first pages for the jobs API, filtered or not
-    """
-    CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
-    CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs(state, seq);
-    CREATE INDEX IF NOT EXISTS jobs_inbox_seq ON jobs(inbox, seq);
-    """,
-    # 4: the instance that holds (renders) a job, and the generation of its claim:
-    # bumped at every dispatch and takeover, so a late write of an earlier holder is refused
-    """
-    ALTER TABLE jobs ADD COLUMN instance TEXT;
-    ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX IF NOT EXISTS jobs_instance_seq ON jobs(instance, seq);
-    """,
-    # 5: which daemon made each transition (as in the farm's PostgreSQL schema, version 2)
-    """
-    ALTER TABLE events ADD COLUMN instance TEXT;
-    """,
-]
 
 
 class SqliteStore(Store):
@@ -165,7 +82,7 @@ class SqliteStore(Store):
         return list(self.db.query(sql, params))
 
     def _next_seq(self, c: Handle) -> int:
-        return int(c.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0])
+        return int(c.execute(SQLITE.next_seq).fetchone()[0])
 
     def _upsert(self, c: Handle, row: dict[str, Any]) -> None:
         cols = ", ".join(row)
@@ -182,16 +99,16 @@ class SqliteStore(Store):
 
     @property
     def schema_version(self) -> int:
-        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        return int(self.conn.execute(SQLITE.schema_version).fetchone()[0])
 
     def migrate(self) -> None:
-        """Apply every migration newer than the database's user_version."""
+        """Apply every migration (sql/sqlite/NNN_*.sql) newer than the database's user_version."""
         with self.transaction() as c:
-            version = int(c.execute("PRAGMA user_version").fetchone()[0])
-            for i, sql in enumerate(MIGRATIONS[version:], start=version):
-                for stmt in filter(str.strip, sql.split(";")):
+            version = int(c.execute(SQLITE.schema_version).fetchone()[0])
+            for m in migrations("sqlite")[version:]:
+                for stmt in m.statements():
                     c.execute(stmt)
-                c.execute(f"PRAGMA user_version = {i + 1}")
+                c.execute(f"PRAGMA user_version = {int(m.version)}")
 
     def backup(self, dest: Path) -> None:
         """An online, consistent copy of the database (sqlite's backup API)."""
