@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import DaemonProc, make_tone, make_video, put_file, wait_for, write_section
 
-from dropbox_daemon.media.encode import ffmpeg_binary
+from dropbox_daemon.render.media.encode import ffmpeg_binary
 
 RUNS = 20
 

@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from dropbox_daemon import config, engines, pipeline
+from dropbox_daemon import config
+from dropbox_daemon.render import engines, pipeline
 
 
 def vm_hwm_mb() -> float:

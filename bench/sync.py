@@ -23,9 +23,9 @@ from common import DaemonProc, wait_for, write_section
 from corpus.realworld import h264, run_ffmpeg
 
 from dropbox_daemon.config import LimitsConfig
-from dropbox_daemon.media.audio import SAMPLE_RATE, load_mono16k
-from dropbox_daemon.media.frames import TemplateFrames
-from dropbox_daemon.media.probe import probe_visual
+from dropbox_daemon.render.media.audio import SAMPLE_RATE, load_mono16k
+from dropbox_daemon.render.media.frames import TemplateFrames
+from dropbox_daemon.render.media.probe import probe_visual
 
 MINUTES = 10
 BURST = 0.5  # seconds of sound every 10 s

@@ -23,14 +23,14 @@ from support import FFMPEG, make_tone  # noqa: E402
 from w2l_fixture import calibrated_net, real_inputs, save_published  # noqa: E402
 
 from dropbox_daemon.config import ModelsConfig  # noqa: E402
-from dropbox_daemon.engines.wav2lip import (  # noqa: E402
+from dropbox_daemon.render.engines.wav2lip import (  # noqa: E402
     CPU_BATCH,
     EXACT_FACE_BLOCKS,
     EXACT_FROM,
     FastWav2Lip,
     cpu_has_bf16,
 )
-from dropbox_daemon.engines.wav2lip_net import Wav2LipNet  # noqa: E402
+from dropbox_daemon.render.engines.wav2lip_net import Wav2LipNet  # noqa: E402
 
 BATCH = ModelsConfig().batch_size or CPU_BATCH[torch.float32]  # what the engine runs in fp32
 REPEATS = 3
@@ -111,7 +111,7 @@ def original_box(template: Path) -> tuple[int, int, int, int]:
     finds on the template's first frame, padded as ours is (its own detector is not run)."""
     import av
 
-    from dropbox_daemon.faces import HaarDetector, pad_box
+    from dropbox_daemon.render.faces import HaarDetector, pad_box
 
     with av.open(str(template)) as c:
         frame = next(c.decode(video=0)).to_ndarray(format="bgr24")

@@ -19,7 +19,7 @@ from render import presenter_clip  # noqa: I001
 from support import make_tone
 from w2l_fixture import calibrated_net, real_inputs, save_published
 
-from dropbox_daemon.engines.wav2lip import FastWav2Lip
+from dropbox_daemon.render.engines.wav2lip import FastWav2Lip
 
 BATCHES = (16, 32, 64, 128, 256, 512)
 

@@ -17,7 +17,7 @@ from dropbox_daemon import client
 from dropbox_daemon.config import Config
 from dropbox_daemon.errors import CliError
 from dropbox_daemon.health import disk_free, holding
-from dropbox_daemon.media.encode import ffmpeg_binary
+from dropbox_daemon.render.media.encode import ffmpeg_binary
 
 DEMO_SECONDS = 6.0
 

@@ -15,8 +15,8 @@ from dropbox_daemon.claims import DROPBOX_DIR, QUARANTINE_DIR, claims_root
 from dropbox_daemon.config import Config
 from dropbox_daemon.errors import DaemonError
 from dropbox_daemon.instances import INSTANCES_DIR
-from dropbox_daemon.media.encode import ffmpeg_binary, video_encoder
-from dropbox_daemon.media.frame_store import FrameStore
+from dropbox_daemon.render.media.encode import ffmpeg_binary, video_encoder
+from dropbox_daemon.render.media.frame_store import FrameStore
 from dropbox_daemon.watcher import mount_of, watch_mode
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dropbox-daemon.service"
@@ -240,7 +240,7 @@ def check_torch(cfg: Config) -> tuple[list[Check], bool]:
     """torch's version and device, and the precision wav2lip would run in, in a child process
     (torch is never imported by the daemon)."""
     code = (
-        "import json, sys, torch; from dropbox_daemon.engines import wav2lip as w; "
+        "import json, sys, torch; from dropbox_daemon.render.engines import wav2lip as w; "
         "d = 'cuda' if torch.cuda.is_available() else 'cpu'; p = sys.argv[1]; "
         "print(json.dumps({'v': torch.__version__, 'cuda': d == 'cuda', "
         "'name': torch.cuda.get_device_name(0) if d == 'cuda' else None, "

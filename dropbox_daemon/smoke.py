@@ -13,7 +13,7 @@ from typing import Any
 from dropbox_daemon import client
 from dropbox_daemon.config import SMOKE_INBOX, Config
 from dropbox_daemon.demo import make_samples
-from dropbox_daemon.media.encode import ffmpeg_binary
+from dropbox_daemon.render.media.encode import ffmpeg_binary
 
 SMOKE_SECONDS = 10.0
 

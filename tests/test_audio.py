@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dropbox_daemon.media import audio as A
+from dropbox_daemon.render.media import audio as A
 
 
 def test_slaney_mel_scale_fixed_points() -> None:

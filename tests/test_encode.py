@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dropbox_daemon.errors import MediaError, RenderError
-from dropbox_daemon.media import encode as E
+from dropbox_daemon.render.media import encode as E
 
 FFMPEG = E.ffmpeg_binary(None)
 

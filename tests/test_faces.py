@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from support import astronaut
 
-from dropbox_daemon.faces import (
+from dropbox_daemon.render.faces import (
     Detector,
     HaarDetector,
     TrackCache,
@@ -159,7 +159,7 @@ def test_track_cache_needs_enough_frames(tmp_path) -> None:  # noqa: ANN001
 def test_a_closer_look_names_a_turned_picture_and_a_small_face() -> None:
     import cv2
 
-    from dropbox_daemon.faces import look_closer
+    from dropbox_daemon.render.faces import look_closer
 
     img = astronaut(256)
     turned = look_closer(np.ascontiguousarray(np.rot90(img, 1)))  # stored sideways, no flag

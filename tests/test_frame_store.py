@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from dropbox_daemon.config import LimitsConfig
-from dropbox_daemon.media.frame_store import FrameStore
-from dropbox_daemon.media.frames import TemplateFrames, View
-from dropbox_daemon.media.probe import probe_visual
+from dropbox_daemon.render.media.frame_store import FrameStore
+from dropbox_daemon.render.media.frames import TemplateFrames, View
+from dropbox_daemon.render.media.probe import probe_visual
 
 SIZE = (160, 120)
 FRAME_BYTES = SIZE[0] * SIZE[1] * 3
@@ -156,7 +156,7 @@ def test_a_disk_that_fills_half_way_keeps_the_frames_written_so_far(
     import errno
     import io
 
-    import dropbox_daemon.media.frames as frames_module
+    import dropbox_daemon.render.media.frames as frames_module
 
     class FillsUp(io.BufferedRandom):
         written = 0
@@ -186,7 +186,7 @@ def test_a_disk_that_fills_half_way_keeps_the_frames_written_so_far(
 
 
 def test_no_entry_is_started_without_room_on_the_state_disk(tmp_path, media, monkeypatch) -> None:  # noqa: ANN001
-    import dropbox_daemon.media.frame_store as fs
+    import dropbox_daemon.render.media.frame_store as fs
 
     store = FrameStore(tmp_path / "templates", 1 << 40)
     free = fs.shutil.disk_usage(tmp_path).free

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from dropbox_daemon.media.frames import frame_count, output_size, pingpong_index, resampled_range
+from dropbox_daemon.render.media.frames import (
+    frame_count,
+    output_size,
+    pingpong_index,
+    resampled_range,
+)
 
 
 def test_pingpong_bounces_without_repeating_ends() -> None:
@@ -47,7 +52,7 @@ def test_output_size_even_and_aspect_kept() -> None:
 
 
 def test_resample_follows_timestamps_not_frame_numbers() -> None:
-    from dropbox_daemon.media.frames import resample
+    from dropbox_daemon.render.media.frames import resample
 
     # a phone's variable rate: 25 fps for a second, then 50 fps; the output is 25 fps
     times = [k / 25 for k in range(25)] + [1 + k / 50 for k in range(50)]
@@ -58,7 +63,7 @@ def test_resample_follows_timestamps_not_frame_numbers() -> None:
 
 
 def test_resample_of_a_constant_rate_matches_resampled_range() -> None:
-    from dropbox_daemon.media.frames import resample
+    from dropbox_daemon.render.media.frames import resample
 
     for src, out in (
         (25, 25),
@@ -77,7 +82,7 @@ def test_view_turns_a_stored_picture_as_a_player_does() -> None:
     import av
     import numpy as np
 
-    from dropbox_daemon.media.frames import View, to_bgr
+    from dropbox_daemon.render.media.frames import View, to_bgr
 
     stored = np.zeros((40, 60, 3), np.uint8)
     stored[:10, :, 2] = 255  # red along the stored top edge
@@ -92,7 +97,7 @@ def test_view_turns_a_stored_picture_as_a_player_does() -> None:
 def test_transparency_is_flattened_onto_the_background() -> None:
     import numpy as np
 
-    from dropbox_daemon.media.frames import flatten, parse_colour
+    from dropbox_daemon.render.media.frames import flatten, parse_colour
 
     bgra = np.zeros((2, 2, 4), np.uint8)
     bgra[0, 0] = (10, 20, 30, 255)

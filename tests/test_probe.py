@@ -12,7 +12,7 @@ from support import FFMPEG
 
 from dropbox_daemon.config import LimitsConfig
 from dropbox_daemon.errors import RejectedDrop
-from dropbox_daemon.media.probe import image_header_size, probe_visual
+from dropbox_daemon.render.media.probe import image_header_size, probe_visual
 
 
 @pytest.mark.parametrize("ext", ["png", "jpg", "webp", "bmp"])

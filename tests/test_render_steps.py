@@ -13,13 +13,13 @@ import pytest
 
 from dropbox_daemon import config
 from dropbox_daemon.claims import DROP_SUBDIR
-from dropbox_daemon.engines.base import AudioFeatures
-from dropbox_daemon.engines.passthrough import PassthroughEngine
-from dropbox_daemon.engines.preview import PreviewEngine
 from dropbox_daemon.errors import JobCancelled, MediaError, RenderError
-from dropbox_daemon.media.audio import load_mono16k
-from dropbox_daemon.pipeline import template_source
 from dropbox_daemon.render import chain, inputs, plan, publish, track
+from dropbox_daemon.render.engines.base import AudioFeatures
+from dropbox_daemon.render.engines.passthrough import PassthroughEngine
+from dropbox_daemon.render.engines.preview import PreviewEngine
+from dropbox_daemon.render.media.audio import load_mono16k
+from dropbox_daemon.render.pipeline import template_source
 
 
 def make_cfg(tmp_path: Path, **sections: dict) -> config.Config:

@@ -14,8 +14,9 @@ import torch
 from support import astronaut
 from w2l_fixture import calibrated_net, real_inputs, save_published, to_torch
 
-from dropbox_daemon.engines.base import AudioFeatures, FaceFrame, RenderContext
-from dropbox_daemon.engines.wav2lip import (
+from dropbox_daemon.errors import EngineError
+from dropbox_daemon.render.engines.base import AudioFeatures, FaceFrame, RenderContext
+from dropbox_daemon.render.engines.wav2lip import (
     EXACT_FROM,
     FACE,
     FastWav2Lip,
@@ -26,9 +27,8 @@ from dropbox_daemon.engines.wav2lip import (
     describe_precision,
     lower_face_mask,
 )
-from dropbox_daemon.engines.wav2lip_net import load_reference, read_state_dict
-from dropbox_daemon.errors import EngineError
-from dropbox_daemon.media import audio as A
+from dropbox_daemon.render.engines.wav2lip_net import load_reference, read_state_dict
+from dropbox_daemon.render.media import audio as A
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_cap_on_onednn_below_bf16_chooses_fp32_and_says_why(checkpoint) -> Non
     how an operator keeps oneDNN off AVX-512: auto then runs fp32, and the log line says why."""
     code = (
         "import sys, torch\n"
-        "from dropbox_daemon.engines.wav2lip import FastWav2Lip, describe_precision\n"
+        "from dropbox_daemon.render.engines.wav2lip import FastWav2Lip, describe_precision\n"
         "m = FastWav2Lip(sys.argv[1])\n"
         "print(describe_precision('auto', 'cpu', m.dtype))\n"
         "print(m.net.output_block[1].weight.dtype)\n"
@@ -310,7 +310,7 @@ class _TightGpu:
     def submit(self, mel, faces):  # noqa: ANN001, ANN201
         import sys
 
-        from dropbox_daemon.engines.wav2lip import Pending
+        from dropbox_daemon.render.engines.wav2lip import Pending
 
         # a retry inside the `except` would still hold the failed call's frames
         self.calls.append((len(mel), sys.exc_info()[0] is None))
@@ -328,7 +328,7 @@ class _TightGpu:
     ],
 )
 def test_out_of_memory_halves_outside_the_except_and_grows_back(error) -> None:  # noqa: ANN001
-    from dropbox_daemon.engines import wav2lip as W
+    from dropbox_daemon.render.engines import wav2lip as W
 
     engine = W.Wav2LipEngine(None, batch=64)
     gpu = _TightGpu(16, error)
@@ -351,7 +351,7 @@ def test_out_of_memory_halves_outside_the_except_and_grows_back(error) -> None: 
 
 
 def test_other_gpu_errors_are_not_taken_for_out_of_memory() -> None:
-    from dropbox_daemon.engines import wav2lip as W
+    from dropbox_daemon.render.engines import wav2lip as W
 
     engine = W.Wav2LipEngine(None, batch=8)
     engine.model = _TightGpu(1, RuntimeError("CUDA error: an illegal memory access"))  # type: ignore[assignment]

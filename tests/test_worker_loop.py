@@ -10,7 +10,7 @@ from pathlib import Path
 from test_render_steps import make_cfg, make_job
 
 from dropbox_daemon.errors import JobCancelled, RejectedDrop, RenderError
-from dropbox_daemon.worker import WorkerLoop, outcome_of
+from dropbox_daemon.render.process import WorkerLoop, outcome_of
 
 
 def test_errors_become_outcomes_a_person_can_act_on() -> None:
@@ -60,8 +60,8 @@ def test_a_sticky_cuda_error_ends_the_worker_not_only_the_job(monkeypatch) -> No
     """After an illegal memory access every CUDA call of the process fails: the worker exits
     (its job re-queued by the daemon, as for any worker death) instead of failing each next
     job; an ordinary error fails only its job."""
-    from dropbox_daemon import worker as W
     from dropbox_daemon.errors import EngineError
+    from dropbox_daemon.render import process as W
 
     assert W.sticky_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
     wrapped = EngineError("render failed", code="render")
@@ -100,7 +100,7 @@ def test_a_sticky_cuda_error_ends_the_worker_not_only_the_job(monkeypatch) -> No
 
 
 def test_the_worker_sends_only_the_protocols_messages_and_a_bad_result_as_a_failure() -> None:
-    from dropbox_daemon import worker as W
+    from dropbox_daemon.render import process as W
 
     class Pipe:
         def __init__(self) -> None:

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from support import astronaut
 
-from dropbox_daemon.engines.wav2lip import FACE, model_inputs
-from dropbox_daemon.engines.wav2lip_net import Wav2LipNet
-from dropbox_daemon.media import audio as A
+from dropbox_daemon.render.engines.wav2lip import FACE, model_inputs
+from dropbox_daemon.render.engines.wav2lip_net import Wav2LipNet
+from dropbox_daemon.render.media import audio as A
 
 
 def real_inputs(n: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

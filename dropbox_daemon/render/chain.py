@@ -15,14 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from dropbox_daemon import compose
-from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
 from dropbox_daemon.errors import JobCancelled, MediaError
-from dropbox_daemon.media.encode import EncodeCommand, Encoder
-from dropbox_daemon.media.frames import TemplateFrames
+from dropbox_daemon.render import compose
+from dropbox_daemon.render.engines.base import (
+    AudioFeatures,
+    Engine,
+    FaceFrame,
+    Patch,
+    RenderContext,
+)
 from dropbox_daemon.render.inputs import Emit
+from dropbox_daemon.render.media.encode import EncodeCommand, Encoder
+from dropbox_daemon.render.media.frames import TemplateFrames
+from dropbox_daemon.render.stages import Meter, Threaded
 from dropbox_daemon.render.track import FaceBoxes
-from dropbox_daemon.stages import Meter, Threaded
 
 PROGRESS_EVERY = 0.5  # seconds between progress messages
 QUEUE_FRAMES = 6  # frames buffered between two stages

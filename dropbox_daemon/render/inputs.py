@@ -10,9 +10,9 @@ from typing import Any
 
 from dropbox_daemon.claims import DROP_SUBDIR
 from dropbox_daemon.config import Config, LimitsConfig
-from dropbox_daemon.engines.base import Engine, RenderContext
 from dropbox_daemon.errors import EngineError, RejectedDrop
-from dropbox_daemon.media.probe import (
+from dropbox_daemon.render.engines.base import Engine, RenderContext
+from dropbox_daemon.render.media.probe import (
     AudioInfo,
     VisualInfo,
     probe_audio,

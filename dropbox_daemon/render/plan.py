@@ -9,14 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dropbox_daemon import compose, cpus
+from dropbox_daemon import cpus
 from dropbox_daemon.config import Config
-from dropbox_daemon.engines.base import RenderContext
 from dropbox_daemon.errors import MediaError
-from dropbox_daemon.media.encode import EncodeCommand, encode_args, ffmpeg_binary, video_encoder
-from dropbox_daemon.media.frames import frame_count, output_size
-from dropbox_daemon.media.probe import probe_visual
+from dropbox_daemon.render import compose
+from dropbox_daemon.render.engines.base import RenderContext
 from dropbox_daemon.render.inputs import Emit, Inputs
+from dropbox_daemon.render.media.encode import (
+    EncodeCommand,
+    encode_args,
+    ffmpeg_binary,
+    video_encoder,
+)
+from dropbox_daemon.render.media.frames import frame_count, output_size
+from dropbox_daemon.render.media.probe import probe_visual
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 
 from dropbox_daemon.errors import MediaError, RenderError
-from dropbox_daemon.media.probe import ResultInfo, probe_result, sha256_file
 from dropbox_daemon.outbox import POSTER, atomic_write, publish
+from dropbox_daemon.render.media.probe import ResultInfo, probe_result, sha256_file
 
 if TYPE_CHECKING:
     from dropbox_daemon.render.plan import Plan

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dropbox_daemon import faces
 from dropbox_daemon.config import Config
-from dropbox_daemon.engines.base import FaceFrame
 from dropbox_daemon.errors import RenderError
-from dropbox_daemon.media.frames import TemplateFrames
+from dropbox_daemon.render import faces
+from dropbox_daemon.render.engines.base import FaceFrame
 from dropbox_daemon.render.inputs import Emit
+from dropbox_daemon.render.media.frames import TemplateFrames
 from dropbox_daemon.render.publish import write_poster
 
 Track = list[faces.Box | None]

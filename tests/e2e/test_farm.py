@@ -165,7 +165,7 @@ def test_a_frozen_daemons_job_is_taken_over_and_its_late_result_refused(
     after = json.loads((outbox / "frozen" / "task.json").read_text())
     assert after == done  # the thawed daemon wrote nothing over it
     assert (outbox / "frozen" / "log.txt").read_text() == log
-    from dropbox_daemon.media.probe import sha256_file
+    from dropbox_daemon.render.media.probe import sha256_file
 
     assert sha256_file(outbox / "frozen" / "result.mp4") == done["output"]["sha256"]
     assert holder.alive() and other.alive()

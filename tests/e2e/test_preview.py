@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from support import put_file, put_manifest
 
-from dropbox_daemon.media.audio import load_mono16k
+from dropbox_daemon.render.media.audio import load_mono16k
 
 
 def frames_of(path) -> np.ndarray:  # noqa: ANN001

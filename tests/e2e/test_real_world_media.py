@@ -23,8 +23,8 @@ from corpus.realworld import Case, cases, default_audio
 from support import wait_for
 
 from dropbox_daemon.config import LimitsConfig
-from dropbox_daemon.faces import HaarDetector
-from dropbox_daemon.media.probe import probe_audio
+from dropbox_daemon.render.faces import HaarDetector
+from dropbox_daemon.render.media.probe import probe_audio
 
 TERMINAL = ("done", "failed", "rejected")
 # [limits] max_pixels for the corpus daemon: the 35-megapixel photo is scaled down to this

@@ -6,7 +6,7 @@ import av
 import pytest
 from support import put_file, put_manifest
 
-from dropbox_daemon.media.encode import NVIDIA_DEVICE as NVIDIA
+from dropbox_daemon.render.media.encode import NVIDIA_DEVICE as NVIDIA
 
 TASK_FIELDS = {
     "job_id",
@@ -77,7 +77,7 @@ def test_loose_json_manifest_by_rename(daemon, media) -> None:  # noqa: ANN001
     log = (daemon.outbox / "j1" / "log.txt").read_text()
     # by what a real test encode says here, not by /dev/nvidiactl: A100/H100/H200 have a
     # device node and no NVENC
-    from dropbox_daemon.media.encode import ffmpeg_binary, nvenc_problem
+    from dropbox_daemon.render.media.encode import ffmpeg_binary, nvenc_problem
 
     problem = nvenc_problem(ffmpeg_binary(None))
     want = f"video encoder libx264: {problem}" if problem else "video encoder h264_nvenc"

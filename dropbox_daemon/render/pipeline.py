@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from dropbox_daemon.config import Config
-from dropbox_daemon.engines.base import AudioFeatures, Engine
-from dropbox_daemon.media.audio import load_mono16k
-from dropbox_daemon.media.frame_store import FrameStore
-from dropbox_daemon.media.frames import TemplateFrames, View
 from dropbox_daemon.render.chain import StageChain
+from dropbox_daemon.render.engines.base import AudioFeatures, Engine
 from dropbox_daemon.render.inputs import Emit, Inputs, engine_source, prepare_inputs
+from dropbox_daemon.render.media.audio import load_mono16k
+from dropbox_daemon.render.media.frame_store import FrameStore
+from dropbox_daemon.render.media.frames import TemplateFrames, View
 from dropbox_daemon.render.plan import (
     Plan,
     encoder_args,

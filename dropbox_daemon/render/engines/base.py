@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dropbox_daemon.faces import Box
-from dropbox_daemon.media import audio as audio_mod
+from dropbox_daemon.render.faces import Box
+from dropbox_daemon.render.media import audio as audio_mod
 
 
 @dataclass

@@ -14,7 +14,13 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
+from dropbox_daemon.render.engines.base import (
+    AudioFeatures,
+    Engine,
+    FaceFrame,
+    Patch,
+    RenderContext,
+)
 
 MOUTH_Y = 0.70  # mouth line, as a share of the (chin-padded) face box height
 JAW_DROP = 0.09  # largest jaw drop, as a share of the box height

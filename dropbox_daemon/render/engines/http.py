@@ -28,8 +28,14 @@ from tenacity import (
 
 from dropbox_daemon.boundary import is_inside
 from dropbox_daemon.config import HttpEngineConfig
-from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
 from dropbox_daemon.errors import EngineError, JobCancelled
+from dropbox_daemon.render.engines.base import (
+    AudioFeatures,
+    Engine,
+    FaceFrame,
+    Patch,
+    RenderContext,
+)
 from dropbox_daemon.retry import RETRYABLE_ERRORS, delay, parse_retry_after, retryable_status
 
 OK_CODES = {0, 200, 10000}  # what such services put in `code` for success

@@ -19,10 +19,16 @@ import numpy as np
 import torch
 from loguru import logger
 
-from dropbox_daemon.compose import feathered_box
-from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
-from dropbox_daemon.engines.wav2lip_net import fold_batchnorm, load_reference
 from dropbox_daemon.errors import EngineError
+from dropbox_daemon.render.compose import feathered_box
+from dropbox_daemon.render.engines.base import (
+    AudioFeatures,
+    Engine,
+    FaceFrame,
+    Patch,
+    RenderContext,
+)
+from dropbox_daemon.render.engines.wav2lip_net import fold_batchnorm, load_reference
 
 FACE = 96  # the model's face crop, pixels
 # Frames per model call on the CPU where [models] batch_size is 0, by the precision it runs:

@@ -26,11 +26,11 @@ def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
     from dropbox_daemon.errors import EngineError
 
     if name == "passthrough":
-        from dropbox_daemon.engines.passthrough import PassthroughEngine
+        from dropbox_daemon.render.engines.passthrough import PassthroughEngine
 
         return PassthroughEngine()
     if name == "wav2lip":
-        from dropbox_daemon.engines.wav2lip import Wav2LipEngine
+        from dropbox_daemon.render.engines.wav2lip import Wav2LipEngine
 
         m = cfg.models
         return Wav2LipEngine(
@@ -41,11 +41,11 @@ def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
             host_bytes=m.batch_host_bytes,
         )
     if name == "http":
-        from dropbox_daemon.engines.http import HttpEngine
+        from dropbox_daemon.render.engines.http import HttpEngine
 
         return HttpEngine(cfg.engines.http)
     if name == "preview":
-        from dropbox_daemon.engines.preview import PreviewEngine
+        from dropbox_daemon.render.engines.preview import PreviewEngine
 
         return PreviewEngine()
     raise EngineError(

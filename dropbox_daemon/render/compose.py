@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dropbox_daemon.engines.base import Patch
 from dropbox_daemon.errors import MediaError
+from dropbox_daemon.render.engines.base import Patch
 
 
 @lru_cache(maxsize=32)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from dropbox_daemon.engines.base import AudioFeatures, Engine, FaceFrame, Patch, RenderContext
+from dropbox_daemon.render.engines.base import (
+    AudioFeatures,
+    Engine,
+    FaceFrame,
+    Patch,
+    RenderContext,
+)
 
 
 class PassthroughEngine(Engine):

@@ -23,8 +23,8 @@ import av
 import numpy as np
 
 from dropbox_daemon.errors import RenderError
-from dropbox_daemon.media.frame_store import FrameStore
-from dropbox_daemon.media.probe import VisualInfo
+from dropbox_daemon.render.media.frame_store import FrameStore
+from dropbox_daemon.render.media.probe import VisualInfo
 
 EPS = 1e-9
 T = TypeVar("T")
