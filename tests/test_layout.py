@@ -125,13 +125,9 @@ LIMITS = {"module": 400, "class": 250, "function": 60}  # lines
 # (issue 22: the list is to be emptied by splitting these by idea).
 OVER = {
     "boundary.py": 433,
-    "cli.py": 775,
-    "cli.py:build_parser": 78,
-    "cli.py:cmd_status": 63,
-    "cli.py:daemon_state": 66,
+    "cli/doctor.py": 480,
     "config.py": 471,
     "daemon.py:Daemon": 332,
-    "doctor.py": 480,
     "health.py:build": 83,
     "intake.py": 482,
     "intake.py:Intake": 317,

@@ -108,7 +108,7 @@ def test_a_client_certificate_instead_of_a_password(pg_tls_server, tmp_path) -> 
 
 def test_doctor_names_what_the_database_lacks(pg_server, tmp_path) -> None:  # noqa: ANN001
     from dropbox_daemon import config
-    from dropbox_daemon.doctor import Check
+    from dropbox_daemon.cli.doctor import Check
     from dropbox_daemon.store import pg_doctor
 
     def checks(url: str, **store: str) -> dict:

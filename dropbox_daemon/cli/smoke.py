@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from dropbox_daemon import client
+from dropbox_daemon.cli.demo import make_samples
 from dropbox_daemon.config import SMOKE_INBOX, Config
-from dropbox_daemon.demo import make_samples
 from dropbox_daemon.render.media.encode import ffmpeg_binary
 
 SMOKE_SECONDS = 10.0
@@ -22,7 +22,7 @@ def run(
     cfg: Config, *, timeout: float = 600, start_daemon: bool = False
 ) -> tuple[bool, dict[str, Any]]:
     """(passed, report): the report says what was checked, with the result path and timings."""
-    from dropbox_daemon.demo import start_daemon as start
+    from dropbox_daemon.cli.demo import start_daemon as start
     from dropbox_daemon.pidfile import read_pid
 
     report: dict[str, Any] = {"inbox": SMOKE_INBOX}

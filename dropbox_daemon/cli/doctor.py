@@ -19,7 +19,7 @@ from dropbox_daemon.render.media.encode import ffmpeg_binary, video_encoder
 from dropbox_daemon.render.media.frame_store import FrameStore
 from dropbox_daemon.watcher import mount_of, watch_mode
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "dropbox-daemon.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "dropbox-daemon.service"
 UNIT_NAME = "dropbox-daemon.service"
 UNIT_FOLDERS = (Path("/etc/systemd/system"), Path("/lib/systemd/system"))
 MIN_INOTIFY_WATCHES = 8192

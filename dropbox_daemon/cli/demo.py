@@ -22,7 +22,7 @@ from dropbox_daemon.render.media.encode import ffmpeg_binary
 DEMO_SECONDS = 6.0
 
 
-PRESENTER = Path(__file__).parent / "assets" / "presenter.jpg"  # NASA portrait, public domain
+PRESENTER = Path(__file__).parents[1] / "assets" / "presenter.jpg"  # NASA portrait, public domain
 
 
 def make_samples(folder: Path, ffmpeg: str, seconds: float = DEMO_SECONDS) -> tuple[Path, Path]:
