@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dropbox_daemon import health
 from dropbox_daemon.config import Config
+from dropbox_daemon.coordination import Coordination, open_coordination
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.outbox import LOG_TXT, POSTER, Outbox
 from dropbox_daemon.store import STATES, Store, is_farm, open_store
@@ -123,6 +124,7 @@ class Web:
         self.lock = threading.Lock()
         self.sqlite_lock = threading.Lock()
         self._store: Store | None = None
+        self._coordination: Coordination | None = None
         self.server: BoundedServer | None = None
         self.thread: threading.Thread | None = None
         self.token: str | None = None
@@ -228,28 +230,33 @@ class Web:
             return 400, {"error": f"unknown state {state!r}", "states": list(STATES)}
         try:
             limit = min(MAX_LIMIT, max(1, int((query.get("limit") or ["50"])[0])))
-            before = int(query["before"][0]) if query.get("before") else None
         except ValueError:
-            return 400, {"error": "limit and before must be integers"}
+            return 400, {"error": "limit must be an integer"}
+        before = (query.get("before") or [None])[0]
+        want = {"state": state, "inbox": inbox, "instance": instance}
         with self.store() as store:
-            rows = store.page(
-                state=state, inbox=inbox, instance=instance, limit=limit + 1, before_seq=before
-            )
-            counts = store.counts()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return 200, {
-            "jobs": [j.record() | {"seq": j.seq} for j in rows],
-            "next_before": rows[-1].seq if more and rows else None,
-            "counts": counts,
-        }
+            share = self.coordination(store)  # the share's jobs, in either way
+            try:
+                rows, cursor = share.page(want, limit, before)
+            except ValueError:
+                return 400, {"error": "before must be the next_before of an earlier page"}
+            counts = share.counts()
+        return 200, {"jobs": rows, "next_before": cursor, "counts": counts}
+
+    def coordination(self, store: Store) -> Coordination:
+        """The way this daemon's share coordinates, opened once beside the listener's store
+        (on a shared folder it keeps the peers' records between requests)."""
+        if self._coordination is None or self._coordination.store is not store:
+            self._coordination = open_coordination(self.cfg, store)
+        return self._coordination
 
     def instances(self) -> tuple[int, Any]:
         """Every daemon of the farm (or of the shared inboxes) and which one answers."""
-        from dropbox_daemon.coordination import instances_view
-
         with self.store() as store:
-            return 200, {"me": self.cfg.instance_id, "instances": instances_view(self.cfg, store)}
+            return 200, {
+                "me": self.cfg.instance_id,
+                "instances": self.coordination(store).instances(),
+            }
 
     def job(self, job_id: str) -> tuple[int, Any]:
         job = None

@@ -256,3 +256,37 @@ def test_every_daemon_lists_every_job_of_the_share_with_its_instance(
     shutil.copy(outbox / "from-b" / "task.json", outbox / "other" / "task.json")
     (outbox / "linked").symlink_to(outbox / "from-b")
     assert {r["job_id"] for r in a.farm.jobs()} == {"from-a", "from-b"}
+
+
+def test_the_shares_job_list_pages_through_every_job_once(make, media) -> None:  # noqa: ANN001
+    """The status page's list: pages of the share's jobs newest first, each job once, in
+    either way; a cursor the page did not give is refused; a peer's record that changes is
+    read again (the folder way keeps the records it read between looks)."""
+    a, b = make("a"), make("b")
+    for n in range(3):
+        a.take(media, f"a{n}")
+        b.take(media, f"b{n}")
+    for node in (a, b):
+        everything = [r["job_id"] for r in node.farm.jobs()]
+        assert sorted(everything) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+        seen, cursor = [], None
+        while True:
+            rows, cursor = node.farm.page(
+                {"state": None, "inbox": None, "instance": None}, 2, cursor
+            )
+            seen += [r["job_id"] for r in rows]
+            if cursor is None:
+                break
+        assert seen == everything  # the same order, no job twice, none left out
+        rows, cursor = node.farm.page(
+            {"state": None, "inbox": None, "instance": b.farm.instance}, 5, None
+        )
+        assert [r["job_id"] for r in rows] == [j for j in everything if j.startswith("b")]
+        assert cursor is None
+        with pytest.raises(ValueError):
+            node.farm.page({}, 2, "not a cursor")
+    b.store.transition(
+        "b1", "failed", error={"code": "x", "message": "m", "hint": "", "stage": "rendering"}
+    )
+    failed = a.farm.page({"state": "failed", "inbox": None, "instance": None}, 5, None)[0]
+    assert [r["job_id"] for r in failed] == ["b1"]

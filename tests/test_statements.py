@@ -73,7 +73,7 @@ def test_migrations_are_numbered_one_to_n_on_both_backends() -> None:
         found = migrations(backend)
         assert [m.version for m in found] == list(range(1, len(found) + 1))
         assert all(m.statements() for m in found)
-    assert len(migrations("sqlite")) == 5 and len(migrations("postgres")) == 2
+    assert len(migrations("sqlite")) == 6 and len(migrations("postgres")) == 2
 
 
 def placeholders(stmt: str, mark: str) -> int:

@@ -136,6 +136,15 @@ class Coordination(ABC):
     def _jobs(self, want: dict[str, str | None], limit: int) -> list[dict[str, Any]]:
         """jobs(), `want` the filters (None: any)."""
 
+    @abstractmethod
+    def page(
+        self, want: dict[str, str | None], limit: int, before: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the share's jobs as task.json records, newest first, filtered by `want`,
+        after the cursor `before` (None: from the newest); and the next page's cursor (None:
+        this is the last). A cursor is opaque: each way makes and reads its own; ValueError
+        for one it did not make."""
+
     def counts(self) -> dict[str, int]:
         """How many jobs of the share are in each state (every state, zeros included)."""
         out = dict.fromkeys(STATES, 0)

@@ -72,6 +72,17 @@ class DatabaseCoordination(Coordination):
     def _jobs(self, want: dict[str, str | None], limit: int) -> list[dict[str, Any]]:
         return [j.record() for j in self.db.jobs(**want, limit=limit)]
 
+    def page(
+        self, want: dict[str, str | None], limit: int, before: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One query on the farm's table, its cursor the last row's seq (keyset pagination)."""
+        seq = int(before) if before else None  # ValueError: not a cursor of this page
+        rows = self.db.page(**want, limit=limit + 1, before_seq=seq)
+        more, rows = len(rows) > limit, rows[:limit]
+        return [j.record() | {"seq": j.seq} for j in rows], (
+            str(rows[-1].seq) if more and rows else None
+        )
+
     def counts(self) -> dict[str, int]:
         return self.db.counts()
 

@@ -40,6 +40,14 @@ class Queries(StoreCore):
         )
         return self._query(sql, params)
 
+    def page_by_time(
+        self, filters: dict[str, str | None], limit: int, before: tuple[float, str] | None
+    ) -> list[Job]:
+        """Jobs newest first by (created_at, job_id), `limit` of them, older than `before`: the
+        order in which several daemons' lists merge (each one's seq counts only its own)."""
+        sql, params = page_query(filters, None, limit, by_time=True, before_time=before)
+        return self._query(sql, params)
+
     def queued(self, limit: int = 500) -> list[Job]:
         return self._query(Q.queued, (limit,))
 
@@ -64,6 +72,10 @@ class Queries(StoreCore):
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return self._read(Q.events_of_job, (job_id,))
 
+    def job_ids(self) -> set[str]:
+        """Every job id in this store (a page of the share skips their task.json)."""
+        return {r["job_id"] for r in self._read(Q.job_ids)}
+
     def exists(self, job_id: str) -> bool:
         return bool(self._read(Q.job_exists, (job_id,)))
 
@@ -78,10 +90,16 @@ class Queries(StoreCore):
 
 
 def page_query(
-    filters: dict[str, str | None], before_seq: int | None, limit: int
+    filters: dict[str, str | None],
+    before_seq: int | None,
+    limit: int,
+    *,
+    by_time: bool = False,
+    before_time: tuple[float, str] | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
     """The one statement built here rather than named: a page of jobs with only the filters
-    given (each a fixed column, so no index is defeated by `? IS NULL OR` tests)."""
+    given (each a fixed column, so no index is defeated by `? IS NULL OR` tests), newest
+    first by seq, or `by_time` by (created_at, job_id)."""
     where, params = [], []
     for col in PAGE_FILTERS:
         if filters.get(col):
@@ -90,5 +108,9 @@ def page_query(
     if before_seq is not None:
         where.append("seq < ?")
         params.append(before_seq)
+    if before_time is not None:
+        where.append("(created_at < ? OR (created_at = ? AND job_id < ?))")
+        params += [before_time[0], before_time[0], before_time[1]]
+    order = "created_at DESC, job_id DESC" if by_time else "seq DESC"
     sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-    return sql + " ORDER BY seq DESC LIMIT ?", (*params, limit)
+    return sql + f" ORDER BY {order} LIMIT ?", (*params, limit)

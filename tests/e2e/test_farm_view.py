@@ -5,16 +5,23 @@ from __future__ import annotations
 import json
 import shutil
 
+import httpx
 import pytest
 from farm_support import drop_valid, farm, instance_of
 from support import headless_chromium, wait_for
 from test_web import free_port
 
 
+@pytest.mark.parametrize("way", ["folder", "database"])
 def test_jobs_status_health_and_page_show_three_instances(
-    daemon_factory, media, tmp_path, pg_url
+    daemon_factory, media, tmp_path, way, request
 ) -> None:  # noqa: ANN001
-    ds = farm(daemon_factory, tmp_path, 3, store_url=pg_url)
+    """Any daemon of the share shows every job and instance: by the farm's database, or on
+    the shared folder alone from the share's records (its own store, its peers' task.json)."""
+    url = request.getfixturevalue("pg_url") if way == "database" else ""
+    # on a shared folder a daemon claims ahead of its running job (prefetch): 0 here, so that
+    # each of the three long jobs goes to another daemon in both ways
+    ds = farm(daemon_factory, tmp_path, 3, store_url=url, prefetch=0)
     port = free_port()
     ds[0].config.write_text(ds[0].config.read_text() + f'[http]\nlisten = "127.0.0.1:{port}"\n')
     for d in ds:
@@ -41,6 +48,18 @@ def test_jobs_status_health_and_page_show_three_instances(
     text = ds[0].cli("status").stdout
     assert "instances (3;" in text and all(name in text for name in names), text
 
+    api = f"http://127.0.0.1:{port}/api/jobs"  # the status page's list, page by page
+    listed, cursor = [], None
+    while True:
+        body = httpx.get(api, params={"limit": 2, **({"before": cursor} if cursor else {})}).json()
+        listed += [(j["job_id"], j["instance"]) for j in body["jobs"]]
+        if not (cursor := body["next_before"]):
+            break
+    assert sorted(j for j, _ in listed) == sorted([*tasks, *(f"quick{n}" for n in range(3))])
+    assert {i for _, i in listed} == names and body["counts"]["done"] == 6
+    only = httpx.get(api, params={"instance": tasks["long0"]["instance"]}).json()["jobs"]
+    assert only and {j["instance"] for j in only} == {tasks["long0"]["instance"]}
+
     for d in ds:  # heartbeat and metrics per instance, side by side in one outbox
         name = instance_of(d)
         folder = d.outbox / "_daemon" / name
@@ -53,7 +72,8 @@ def test_jobs_status_health_and_page_show_three_instances(
             d,
         )
         assert beat["instance"] == name and beat["store"] == "ok"
-        assert beat["store_connection"]["server_encoding"] == "UTF8"
+        if way == "database":
+            assert beat["store_connection"]["server_encoding"] == "UTF8"
         assert set(beat["peers"]) == names - {name}
         assert f'instance="{name}"' in (folder / "metrics.prom").read_text()
 
@@ -72,8 +92,8 @@ def test_jobs_status_health_and_page_show_three_instances(
 
         seen = wait_for(shown, 30, "the instances on the page", ds[0])
         assert set(seen["instances"]) == names and set(seen["jobs"]) == names, seen
-        # the header says how this daemon reaches the database (local, not encrypted: said so)
-        link = browser.execute_script("return document.getElementById('store').textContent")
-        assert link.startswith("database: not encrypted") and "UTF8, schema" in link, link
+        if way == "database":  # the header says how this daemon reaches the database
+            link = browser.execute_script("return document.getElementById('store').textContent")
+            assert link.startswith("database: not encrypted") and "UTF8, schema" in link, link
     finally:
         browser.quit()

@@ -49,11 +49,19 @@ def test_status_and_health_follow_each_transition(daemon_factory, media) -> None
     c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
 
     def agree(what: str, phase: str, status: set[str], **worker: object) -> dict:
-        """/health says `phase` within AGREE_WITHIN of the transition; status --json agrees."""
+        """/health says `phase` (and the worker's state and job, where given) within
+        AGREE_WITHIN of the transition; status --json agrees. (Waiting on the phase alone
+        took a /health read from before the change, when the phase was the same already.)"""
+
+        def says(h: dict) -> bool:
+            return (
+                h.get("phase") == phase
+                and ("worker" not in worker or h.get("worker") == worker["worker"])
+                and ("current_job" not in worker or h.get("current_job") == worker["current_job"])
+            )
+
         t0 = time.monotonic()
-        h = wait_for(
-            lambda: (h := _health(c)).get("phase") == phase and h, 30, f"/health: {what}", d
-        )
+        h = wait_for(lambda: says(h := _health(c)) and h, 30, f"/health: {what}", d)
         took = time.monotonic() - t0
         assert took <= AGREE_WITHIN, f"/health said {what} {took:.2f} s after it happened: {h}"
         assert h["status"] in status, h

@@ -8,6 +8,9 @@
 -- name: job
 SELECT * FROM jobs WHERE job_id = ?
 
+-- name: job_ids
+SELECT job_id FROM jobs
+
 -- name: job_exists
 SELECT 1 AS one FROM jobs WHERE job_id = ?
 
