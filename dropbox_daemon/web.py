@@ -10,15 +10,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hmac
-import ipaddress
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,6 +28,7 @@ from dropbox_daemon import health
 from dropbox_daemon.config import Config
 from dropbox_daemon.coordination import Coordination, open_coordination
 from dropbox_daemon.errors import ConfigError
+from dropbox_daemon.listener import BoundedServer, allowed_hosts, is_loopback
 from dropbox_daemon.outbox import LOG_TXT, POSTER, Outbox
 from dropbox_daemon.store import STATES, Store, is_farm, open_store
 
@@ -40,66 +39,7 @@ CHUNK = 1 << 16
 
 
 LOG_MAX_BYTES = 1 << 20  # of log.txt served by /api/jobs/<id>/log
-MAX_CONNECTIONS = 64  # open at once; a new one evicts the oldest still sending its request
 REQUEST_SECONDS = 10.0  # per socket operation: an idle or trickling client is dropped after
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
-
-class BoundedServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a ceiling on connections: idle sockets cannot exhaust the
-    daemon's descriptors or threads (systemd's LimitNOFILE), and a fresh request (a health
-    probe) is served by closing the oldest connection that is still only sending its head."""
-
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.guard = threading.Lock()
-        self.open: dict[Any, float] = {}  # socket -> when accepted
-        self.heads: set[Any] = set()  # sockets still reading their request
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.guard:
-            if len(self.open) >= MAX_CONNECTIONS:
-                idle = sorted(
-                    (t, id(sock), sock) for sock, t in self.open.items() if sock in self.heads
-                )
-                if not idle:
-                    self.shutdown_request(request)  # every slot is answering: try again
-                    return
-                _t, _id, oldest = idle[0]
-                self.heads.discard(oldest)
-                with contextlib.suppress(OSError):
-                    oldest.shutdown(socket.SHUT_RDWR)  # its thread's read ends; it closes
-            self.open[request] = time.monotonic()
-            self.heads.add(request)
-        super().process_request(request, client_address)
-
-    def close_request(self, request: Any) -> None:
-        with self.guard:
-            self.open.pop(request, None)
-            self.heads.discard(request)
-        super().close_request(request)
-
-    def head_read(self, request: Any) -> None:
-        with self.guard:
-            self.heads.discard(request)
-
-
-def allowed_hosts(listen: str) -> set[str]:
-    """Host header values a browser sends for this listener, when it has no token: the
-    loopback names and the address it listens on (a DNS-rebinding page sends its own name)."""
-    host, port = listen.rsplit(":", 1)
-    names = {*LOOPBACK_HOSTS, host}
-    return names | {f"{n}:{port}" for n in names}
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def log_tail(path: Path, limit: int = LOG_MAX_BYTES) -> bytes:

@@ -212,7 +212,7 @@ class FarmDb:
         self.url, self.store, self.role, self.admin_url = url, store, role, admin_url
 
     def settings(self):  # noqa: ANN201
-        from dropbox_daemon.store.pg_link import LinkSettings
+        from dropbox_daemon.store.pg_conn import LinkSettings
 
         ssl = tuple((k, str(v)) for k, v in self.store.items() if k.startswith("ssl"))
         return LinkSettings(password_file=self.store.get("password_file", ""), ssl=ssl)

@@ -171,7 +171,7 @@ class PgServer(_Owned):
                 pass
 
     def admin(self, sql: str, db: str = "postgres") -> None:
-        from dropbox_daemon.store.pg_link import connect
+        from dropbox_daemon.store.pg_conn import connect
 
         with connect(self.url("postgres", db)) as conn:
             conn.execute(sql)  # type: ignore[arg-type]
@@ -183,7 +183,7 @@ class PgServer(_Owned):
         self.admin(f"CREATE DATABASE {name} ENCODING '{encoding}' TEMPLATE template0")
         url = self.url("postgres", name)
         if migrate:
-            from dropbox_daemon.store.pg_link import connect
+            from dropbox_daemon.store.pg_conn import connect
             from dropbox_daemon.store.pg_schema import migrate as apply
 
             with connect(url) as conn:
@@ -193,7 +193,7 @@ class PgServer(_Owned):
     def dml_role(self, db_url: str) -> str:
         """A role (login, password) with rows rights only on the farm's tables in the
         database of `db_url`; its name."""
-        from dropbox_daemon.store.pg_link import connect
+        from dropbox_daemon.store.pg_conn import connect
         from dropbox_daemon.store.pg_schema import grant
 
         role = "rw_" + uuid.uuid4().hex[:8]

@@ -125,7 +125,6 @@ LIMITS = {"module": 400, "class": 250, "function": 60}  # lines
 # (issue 22: the list is to be emptied by splitting these by idea).
 OVER = {
     "boundary.py": 433,
-    "cli/doctor.py": 480,
     "config.py": 471,
     "daemon.py:Daemon": 332,
     "health.py:build": 83,
@@ -139,8 +138,7 @@ OVER = {
     "render/media/frames.py:_decode_once": 68,
     "render/media/probe.py": 433,
     "store/pg_doctor.py:checks": 72,
-    "store/pg_link.py": 674,
-    "store/pg_link.py:Link": 293,
+    "store/pg_link.py:Link": 276,
 }
 
 

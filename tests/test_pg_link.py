@@ -17,7 +17,7 @@ from pg import PASSWORD, client_certificate, self_signed_ca
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store import Job, StoreUnavailable, pg_schema
-from dropbox_daemon.store.pg_link import LinkSettings, connect, from_ascii, to_ascii
+from dropbox_daemon.store.pg_conn import LinkSettings, connect, from_ascii, to_ascii
 from dropbox_daemon.store.postgres import PostgresStore
 
 ODD = "boîte ☃ 日本語 😀 back\\slash \\u00e9 \\x41 tab\there"

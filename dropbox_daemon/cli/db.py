@@ -14,7 +14,7 @@ def cmd_db(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     """`db migrate` / `db status`: the farm's schema, applied by a role that owns it."""
     from dropbox_daemon.redact import url as redact_url
     from dropbox_daemon.store import pg_schema
-    from dropbox_daemon.store.pg_link import connect, settings_of, where
+    from dropbox_daemon.store.pg_conn import connect, settings_of, where
 
     url = args.url or cfg.store.url
     if not url:

@@ -47,7 +47,7 @@ def open_store(cfg, outbox, on_wait=None) -> Store:  # noqa: ANN001
     on_wait(reason, delay) -> bool: while the farm's database cannot be reached for a
     reason that may pass, called before each retry (the daemon's start-up waits)."""
     if cfg.store.url:
-        from dropbox_daemon.store.pg_link import settings_of
+        from dropbox_daemon.store.pg_conn import settings_of
         from dropbox_daemon.store.postgres import PostgresStore
 
         return PostgresStore(

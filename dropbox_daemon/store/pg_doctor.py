@@ -11,7 +11,7 @@ import psycopg
 
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.store import pg_schema
-from dropbox_daemon.store.pg_link import connect, describe_tls, settings_of, text_mode, where
+from dropbox_daemon.store.pg_conn import connect, describe_tls, settings_of, text_mode, where
 from dropbox_daemon.store.statements import ADMIN
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}

@@ -9,7 +9,7 @@
   when it idles inside it (`idle_in_transaction_session_timeout`), statements give
   up on a lock after `lock_timeout`, and takeovers skip locked rows;
 - a frozen *server* (or a network that drops packets) cannot block the daemon: every
-  call has a client-side deadline, past which its socket is shut (pg_link.py);
+  call has a client-side deadline, past which its socket is shut (pg_conn.py);
 - when the database cannot be reached, calls fail fast with StoreUnavailable for
   a short while instead of stalling the daemon's loop on every one.
 
@@ -40,7 +40,8 @@ from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store.base import Store
 from dropbox_daemon.store.core import Handle, rows_of
 from dropbox_daemon.store.job import RUNNING, Job, JobExists
-from dropbox_daemon.store.pg_link import Link, LinkSettings, link_for
+from dropbox_daemon.store.pg_conn import LinkSettings
+from dropbox_daemon.store.pg_link import Link, link_for
 from dropbox_daemon.store.statements import POSTGRES
 
 

@@ -23,7 +23,7 @@ from pg import PASSWORD
 from support import wait_for
 from test_farm import INVALID, VALID, storm
 
-from dropbox_daemon.store.pg_link import connect
+from dropbox_daemon.store.pg_conn import connect
 from dropbox_daemon.store.pg_schema import CODE_VERSION, grant, migrate
 
 
