@@ -30,6 +30,7 @@ from dropbox_daemon.coordination import Coordination, open_coordination
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.loop import Flags, Loop
+from dropbox_daemon.metrics import Metrics
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.outcomes import Outcomes
@@ -65,7 +66,7 @@ class Daemon:
         self.next_rescan = 0.0
         self.flags = Flags()
         self.view = health.DaemonView()
-        self.metrics = health.Metrics(cfg.instance_id)
+        self.metrics = Metrics(cfg.instance_id)
         self.notifier = Notifier()
         self.scheduler = Scheduler(cfg, self.view, self.metrics, self.notifier)
         self.deliverer = Deliverer(cfg, on_give_up=self.metrics.callback_failures.inc)

@@ -1,8 +1,7 @@
 """health.json and metrics.prom: the operator's view of the running daemon.
 
-Metrics use prometheus_client's types and its atomic textfile writer (for
-node_exporter's textfile collector). The health record says in one word
-whether the daemon is ok, degraded or failing, and why.
+The health record says in one word whether the daemon is ok, degraded or failing, and
+why; the metrics (metrics.py) are brought up to date with it and written beside it.
 """
 
 from __future__ import annotations
@@ -15,110 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
-from prometheus_client.registry import Collector
 
 from dropbox_daemon import __version__
 from dropbox_daemon.config import Config
+from dropbox_daemon.metrics import Metrics
 from dropbox_daemon.outbox import atomic_write_json, utc_iso
-from dropbox_daemon.store import RUNNING, TERMINAL, Job, Store, StoreUnavailable
+from dropbox_daemon.store import RUNNING, Job, Store, StoreUnavailable
 
 HEALTH_JSON = "health.json"
 METRICS_PROM = "metrics.prom"
 # the metric's value of each status; "stopping" (draining after a signal) and "stopped" (a
 # clean stop's last record) say what the daemon is doing, not how well
 STATUS_LEVEL = {"ok": 0, "degraded": 1, "failing": 2, "stopping": 3, "stopped": 4}
-
-
-class _InstanceLabelled(Collector):
-    """Every sample of `inner` with an `instance` label, so a farm's files can be merged."""
-
-    def __init__(self, inner: CollectorRegistry, instance: str) -> None:
-        self.inner, self.instance = inner, instance
-
-    def collect(self):  # noqa: ANN201
-        for family in self.inner.collect():
-            family.samples = [
-                s._replace(labels={**s.labels, "instance": self.instance}) for s in family.samples
-            ]
-            yield family
-
-
-class Metrics:
-    """The daemon's Prometheus metrics; fed by every state change (Store.on_change)."""
-
-    def __init__(self, instance: str = "") -> None:
-        self.own = r = CollectorRegistry()
-        # what is written and served: the same metrics, each with this daemon's instance label
-        self.registry = CollectorRegistry()
-        self.registry.register(_InstanceLabelled(r, instance))
-        self.jobs = Counter(
-            "dropbox_jobs",
-            "Jobs that ended, by final state and inbox",
-            ["state", "inbox"],
-            registry=r,
-        )
-        self.queue = Gauge(
-            "dropbox_queue_depth", "Jobs waiting or running, by state", ["state"], registry=r
-        )
-        self.render = Histogram(
-            "dropbox_render_seconds",
-            "Wall time of a job's render, from start to done",
-            registry=r,
-            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600),
-        )
-        self.rtf = Histogram(
-            "dropbox_realtime_factor",
-            "Seconds of video rendered per wall-clock second",
-            registry=r,
-            buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 16),
-        )
-        self.pickup = Histogram(
-            "dropbox_pickup_latency_seconds",
-            "From the manifest's last write to the job being queued",
-            registry=r,
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
-        )
-        self.worker_restarts = Counter(
-            "dropbox_worker_restarts", "Worker processes replaced", registry=r
-        )
-        self.callback_failures = Counter(
-            "dropbox_callback_failures", "Callbacks given up on", registry=r
-        )
-        self.last_success = Gauge(
-            "dropbox_last_success_timestamp_seconds", "When a job last ended done", registry=r
-        )
-        self.disk_free = Gauge("dropbox_disk_free_bytes", "Free space", ["path"], registry=r)
-        self.status = Gauge(
-            "dropbox_health_status",
-            "0 ok, 1 degraded, 2 failing, 3 stopping, 4 stopped",
-            registry=r,
-        )
-        self.intake_given_up = Gauge(
-            "dropbox_intake_given_up",
-            "Claims whose intake kept failing, since start: rejected (intake_failed) or quarantined",
-            ["outcome"],
-            registry=r,
-        )
-
-    def on_change(self, job: Job, from_state: str | None) -> None:
-        """Count a job's state change (called by the store after each transition)."""
-        if job.state == "queued" and from_state == "received" and "pickup" in job.timings:
-            self.pickup.observe(max(0.0, job.timings["pickup"]))
-        if job.state not in TERMINAL:
-            return
-        self.jobs.labels(job.state, job.inbox).inc()
-        if job.state == "done":
-            self.last_success.set(job.finished_at or time.time())
-            total = job.timings.get("total")
-            if total:
-                self.render.observe(total)
-                duration = (job.output or {}).get("duration")
-                if duration:
-                    self.rtf.observe(duration / total)
-
-    def write(self, path: Path) -> None:
-        write_to_textfile(str(path), self.registry)
 
 
 @dataclass
@@ -281,29 +188,10 @@ def build(
 ) -> dict[str, Any]:
     """The health record, and the metrics brought up to date with it (store None: the
     daemon is starting and waits for the farm's database; view.store_error says why)."""
-    try:
-        if store is None:
-            raise StoreUnavailable(view.store_error or "not connected yet")
-        counts = store.counts()
-        by_inbox = store.counts_by_inbox()
-        current = store.get(view.current_job) if view.current_job else None
-        mine = view.instance if view.farm_queue else None
-        last_done = store.jobs(state="done", instance=mine, limit=1)
-        last_failed = store.jobs(state="failed", instance=mine, limit=1)
-        view.store_error = None
-    except StoreUnavailable as e:
-        view.store_error = e.message
-        counts, by_inbox, current, last_done, last_failed = {}, {}, None, [], []
+    counts, by_inbox, current, last_done, last_failed = _store_facts(view, store)
     disks = {"outbox": disk_free(cfg.daemon.outbox), "state": disk_free(cfg.daemon.state_dir)}
     status, reasons = evaluate(view, cfg, disks, now_mono)
-    for state in ("received", "queued", *RUNNING):
-        metrics.queue.labels(state).set(counts.get(state, 0))
-    for name, free in disks.items():
-        if free is not None:
-            metrics.disk_free.labels(name).set(free)
-    metrics.status.set(STATUS_LEVEL[status])
-    metrics.intake_given_up.labels("rejected").set(view.intake_rejected)
-    metrics.intake_given_up.labels("quarantined").set(view.quarantined)
+    _set_metrics(metrics, view, counts, disks, status)
     return {
         "status": status,
         "reasons": reasons,
@@ -316,32 +204,13 @@ def build(
         "store_error": view.store_error,
         # farm mode: encrypted? verified? the database's encoding and schema (never a password)
         "store_connection": getattr(store, "security", None),
-        "peers": {
-            k: {
-                "host": v.get("host"),
-                "state": v.get("state"),
-                "renewed_at": utc_iso(v.get("renewed_at")),
-                "current_job": v.get("current_job"),
-            }
-            for k, v in view.peers.items()
-            if k != (view.instance or cfg.instance_id)
-        },
+        "peers": _peers(view, view.instance or cfg.instance_id),
         "phase": phase(view),
         "stopped_at": utc_iso(view.stopped_at) if view.stopped_at else None,
         "uptime_seconds": round(now - view.started_at, 1),
         "config_hash": cfg.config_hash(),
         "ready": view.ready,
-        "worker": {
-            "pid": view.worker_pid,
-            "state": view.worker_state,
-            "device": view.worker_info.get("device"),
-            "engines_loaded": view.worker_info.get("engines", []),
-            "model_loaded": bool(view.worker_info.get("engines")),
-            "model_loads": view.worker_info.get("loads", {}),
-            "load_errors": view.worker_info.get("load_errors", {}),
-            "memory_bytes": _process_memory(view.worker_pid),
-            "restarts": view.worker_restarts,
-        },
+        "worker": _worker(view),
         "intake": {"rejected_after_tries": view.intake_rejected, "quarantined": view.quarantined},
         "queue": {k: v for k, v in counts.items() if k in ("received", "queued", *RUNNING)},
         "queue_by_inbox": by_inbox,
@@ -353,6 +222,70 @@ def build(
         "inboxes": {
             i.name: {"path": str(i.path), "watch": view.watch_modes.get(i.name)} for i in cfg.inbox
         },
+    }
+
+
+def _store_facts(view: DaemonView, store: Store | None) -> tuple[Any, ...]:
+    """What the record reads from the store: counts, by inbox, the current job, the last
+    done and failed; empty where the store cannot be reached (view.store_error says why)."""
+    try:
+        if store is None:
+            raise StoreUnavailable(view.store_error or "not connected yet")
+        counts = store.counts()
+        by_inbox = store.counts_by_inbox()
+        current = store.get(view.current_job) if view.current_job else None
+        mine = view.instance if view.farm_queue else None
+        last_done = store.jobs(state="done", instance=mine, limit=1)
+        last_failed = store.jobs(state="failed", instance=mine, limit=1)
+        view.store_error = None
+    except StoreUnavailable as e:
+        view.store_error = e.message
+        return {}, {}, None, [], []
+    return counts, by_inbox, current, last_done, last_failed
+
+
+def _set_metrics(
+    metrics: Metrics,
+    view: DaemonView,
+    counts: dict[str, int],
+    disks: dict[str, int | None],
+    status: str,
+) -> None:
+    for state in ("received", "queued", *RUNNING):
+        metrics.queue.labels(state).set(counts.get(state, 0))
+    for name, free in disks.items():
+        if free is not None:
+            metrics.disk_free.labels(name).set(free)
+    metrics.status.set(STATUS_LEVEL[status])
+    metrics.intake_given_up.labels("rejected").set(view.intake_rejected)
+    metrics.intake_given_up.labels("quarantined").set(view.quarantined)
+
+
+def _worker(view: DaemonView) -> dict[str, Any]:
+    info = view.worker_info
+    return {
+        "pid": view.worker_pid,
+        "state": view.worker_state,
+        "device": info.get("device"),
+        "engines_loaded": info.get("engines", []),
+        "model_loaded": bool(info.get("engines")),
+        "model_loads": info.get("loads", {}),
+        "load_errors": info.get("load_errors", {}),
+        "memory_bytes": _process_memory(view.worker_pid),
+        "restarts": view.worker_restarts,
+    }
+
+
+def _peers(view: DaemonView, me: str) -> dict[str, Any]:
+    return {
+        k: {
+            "host": v.get("host"),
+            "state": v.get("state"),
+            "renewed_at": utc_iso(v.get("renewed_at")),
+            "current_job": v.get("current_job"),
+        }
+        for k, v in view.peers.items()
+        if k != me
     }
 
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from dropbox_daemon.claiming import Claiming
 from dropbox_daemon.coordination import Coordination
-from dropbox_daemon.health import Metrics
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.loop import Loop
+from dropbox_daemon.metrics import Metrics
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.outcomes import Outcomes

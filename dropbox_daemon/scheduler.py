@@ -17,6 +17,7 @@ from loguru import logger
 
 from dropbox_daemon import health, retention
 from dropbox_daemon.config import Config
+from dropbox_daemon.metrics import Metrics
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store import Store, StoreUnavailable, is_farm, open_store
@@ -29,7 +30,7 @@ class Scheduler:
     """Owns the BackgroundScheduler: start() and stop() are its whole life."""
 
     def __init__(
-        self, cfg: Config, view: health.DaemonView, metrics: health.Metrics, notifier: Notifier
+        self, cfg: Config, view: health.DaemonView, metrics: Metrics, notifier: Notifier
     ) -> None:
         self.cfg, self.view, self.metrics, self.notifier = cfg, view, metrics, notifier
         self.sched = BackgroundScheduler(

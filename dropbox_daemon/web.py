@@ -29,6 +29,7 @@ from dropbox_daemon.config import Config
 from dropbox_daemon.coordination import Coordination, open_coordination
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.listener import BoundedServer, allowed_hosts, is_loopback
+from dropbox_daemon.metrics import Metrics
 from dropbox_daemon.outbox import LOG_TXT, POSTER, Outbox
 from dropbox_daemon.store import STATES, Store, is_farm, open_store
 
@@ -59,7 +60,7 @@ def log_tail(path: Path, limit: int = LOG_MAX_BYTES) -> bytes:
 class Web:
     """Owns the listener thread: start() and stop() are its whole life."""
 
-    def __init__(self, cfg: Config, view: health.DaemonView, metrics: health.Metrics) -> None:
+    def __init__(self, cfg: Config, view: health.DaemonView, metrics: Metrics) -> None:
         self.cfg, self.view, self.metrics = cfg, view, metrics
         self.lock = threading.Lock()
         self.sqlite_lock = threading.Lock()

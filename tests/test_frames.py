@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dropbox_daemon.render.media.frames import (
+from dropbox_daemon.render.media.frame_math import (
     frame_count,
     output_size,
     pingpong_index,
@@ -97,7 +97,8 @@ def test_view_turns_a_stored_picture_as_a_player_does() -> None:
 def test_transparency_is_flattened_onto_the_background() -> None:
     import numpy as np
 
-    from dropbox_daemon.render.media.frames import flatten, parse_colour
+    from dropbox_daemon.render.media.frame_math import parse_colour
+    from dropbox_daemon.render.media.frames import flatten
 
     bgra = np.zeros((2, 2, 4), np.uint8)
     bgra[0, 0] = (10, 20, 30, 255)

@@ -127,17 +127,8 @@ OVER = {
     "boundary.py": 433,
     "config.py": 471,
     "daemon.py:Daemon": 332,
-    "health.py:build": 83,
     "intake.py": 482,
     "intake.py:Intake": 317,
-    "manifest.py": 429,
-    "manifest.py:check_media_path": 81,
-    "render/engines/http.py:_call": 71,
-    "render/engines/wav2lip.py": 436,
-    "render/media/frames.py": 403,
-    "render/media/frames.py:_decode_once": 68,
-    "render/media/probe.py": 433,
-    "store/pg_doctor.py:checks": 72,
     "store/pg_link.py:Link": 276,
 }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dropbox_daemon import config, health, retention
+from dropbox_daemon.metrics import Metrics
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.scheduler import Scheduler
@@ -174,7 +175,7 @@ def test_heartbeat_pings_the_watchdog_only_while_healthy(tmp_path, notify_socket
     cfg.daemon.outbox.mkdir(parents=True)
     SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox)).close()
     view = health.DaemonView(worker_state="idle", ready=True, loop_tick=time.monotonic())
-    sched = Scheduler(cfg, view, health.Metrics(), Notifier(path))
+    sched = Scheduler(cfg, view, Metrics(), Notifier(path))
     sched.heartbeat()
     msgs = received(sock)
     assert "WATCHDOG=1" in msgs and "STATUS=idle, 0 queued" in msgs
@@ -210,7 +211,7 @@ def test_a_long_retention_run_does_not_hold_the_heartbeat_back(tmp_path, monkeyp
 
     monkeypatch.setattr(retention, "purge", slow_purge)
     view = health.DaemonView(worker_state="idle", ready=True)
-    sched = Scheduler(cfg, view, health.Metrics(), Notifier(""))
+    sched = Scheduler(cfg, view, Metrics(), Notifier(""))
     sched.start()
     try:
         sched.sched.modify_job("retention", next_run_time=dt.datetime.now(dt.UTC))

@@ -18,9 +18,10 @@ import pytest
 from dropbox_daemon import claims, config
 from dropbox_daemon.claiming import Claiming
 from dropbox_daemon.coordination import Coordination, open_coordination
-from dropbox_daemon.health import DaemonView, Metrics
+from dropbox_daemon.health import DaemonView
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.loop import Flags, Loop
+from dropbox_daemon.metrics import Metrics
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.outcomes import Outcomes

@@ -16,15 +16,17 @@ from w2l_fixture import calibrated_net, real_inputs, save_published, to_torch
 
 from dropbox_daemon.errors import EngineError
 from dropbox_daemon.render.engines.base import AudioFeatures, FaceFrame, RenderContext
+from dropbox_daemon.render.engines.precision import (
+    choose_dtype,
+    cpu_flags,
+    cpu_has_bf16,
+    describe_precision,
+)
 from dropbox_daemon.render.engines.wav2lip import (
     EXACT_FROM,
     FACE,
     FastWav2Lip,
     Wav2LipEngine,
-    choose_dtype,
-    cpu_flags,
-    cpu_has_bf16,
-    describe_precision,
     lower_face_mask,
 )
 from dropbox_daemon.render.engines.wav2lip_net import load_reference, read_state_dict
@@ -101,7 +103,8 @@ def test_a_cap_on_onednn_below_bf16_chooses_fp32_and_says_why(checkpoint) -> Non
     how an operator keeps oneDNN off AVX-512: auto then runs fp32, and the log line says why."""
     code = (
         "import sys, torch\n"
-        "from dropbox_daemon.render.engines.wav2lip import FastWav2Lip, describe_precision\n"
+        "from dropbox_daemon.render.engines.precision import describe_precision\n"
+        "from dropbox_daemon.render.engines.wav2lip import FastWav2Lip\n"
         "m = FastWav2Lip(sys.argv[1])\n"
         "print(describe_precision('auto', 'cpu', m.dtype))\n"
         "print(m.net.output_block[1].weight.dtype)\n"

@@ -68,7 +68,7 @@ def check_torch(cfg: Config) -> tuple[list[Check], bool]:
     """torch's version and device, and the precision wav2lip would run in, in a child process
     (torch is never imported by the daemon)."""
     code = (
-        "import json, sys, torch; from dropbox_daemon.render.engines import wav2lip as w; "
+        "import json, sys, torch; from dropbox_daemon.render.engines import precision as w; "
         "d = 'cuda' if torch.cuda.is_available() else 'cpu'; p = sys.argv[1]; "
         "print(json.dumps({'v': torch.__version__, 'cuda': d == 'cuda', "
         "'name': torch.cuda.get_device_name(0) if d == 'cuda' else None, "

@@ -21,7 +21,7 @@ from dropbox_daemon.render.media.encode import (
     ffmpeg_binary,
     video_encoder,
 )
-from dropbox_daemon.render.media.frames import frame_count, output_size
+from dropbox_daemon.render.media.frame_math import frame_count, output_size
 from dropbox_daemon.render.media.probe import probe_visual
 
 

@@ -25,49 +25,12 @@ def checks(cfg: Any, make: Any) -> list[Any]:
         conn = connect(url, settings)
     except ConfigError as e:
         return [make("store: connection", "fail", e.message, e.hint)]
-    out = []
     with conn:
-        tls = describe_tls(conn)
-        host = urlsplit(url).hostname or ""
-        local = host in LOCAL_HOSTS or host.startswith("/")
-        if tls["verified"] or (not tls["encrypted"] and local):
-            out.append(make("store: connection", "ok", f"{where(url)}: {tls['text']}"))
-        else:
-            out.append(
-                make(
-                    "store: connection",
-                    "warn",
-                    f"{where(url)}: {tls['text']}",
-                    '[store] sslmode = "verify-full" and sslrootcert = "<the CA\'s file>"',
-                )
-            )
-        enc = conn.info.parameter_status("server_encoding") or "?"
-        out.append(
-            make(
-                "store: encoding",
-                "ok" if enc == "UTF8" else "warn",
-                f"{enc}: {text_mode(enc)}",
-                "works as is; for other tools reading it, a UTF8 database is best: CREATE "
-                "DATABASE <name> ENCODING 'UTF8' TEMPLATE template0, then db migrate",
-            )
-        )
+        out = [_link(conn, url, make), _encoding(conn, make)]
         cmd = f"dropbox-daemon db migrate{settings.config_hint}"
-        user = conn.info.user
-
-        def rights(lacks: list[str]) -> Any:
-            if not lacks:
-                return make("store: rights", "ok", f"role {user!r} may read and write the rows")
-            return make(
-                "store: rights",
-                "fail",
-                f"role {user!r} lacks {', '.join(lacks)}",
-                f"as the owner: `{cmd} --grant {user}`",
-            )
-
         have, lacks = pg_schema.version_and_lacks(conn)
         if have == -1:
-            out.append(rights(lacks))
-            return out
+            return [*out, _rights(conn.info.user, lacks, cmd, make)]
         if have < pg_schema.CODE_VERSION:
             out.append(
                 make(
@@ -79,16 +42,48 @@ def checks(cfg: Any, make: Any) -> list[Any]:
                 )
             )
             return out
-        out.append(
-            make(
-                "store: schema",
-                "ok",
-                f"version {have} (this release needs {pg_schema.CODE_VERSION})",
-            )
-        )
-        out.append(rights(lacks))
+        need = pg_schema.CODE_VERSION
+        out.append(make("store: schema", "ok", f"version {have} (this release needs {need})"))
+        out.append(_rights(conn.info.user, lacks, cmd, make))
         out.append(_slots(conn, settings.pool_size, make))
     return out
+
+
+def _link(conn: psycopg.Connection, url: str, make: Any) -> Any:
+    """ok where the server was verified, or a local server is reached in the clear."""
+    tls = describe_tls(conn)
+    host = urlsplit(url).hostname or ""
+    local = host in LOCAL_HOSTS or host.startswith("/")
+    if tls["verified"] or (not tls["encrypted"] and local):
+        return make("store: connection", "ok", f"{where(url)}: {tls['text']}")
+    return make(
+        "store: connection",
+        "warn",
+        f"{where(url)}: {tls['text']}",
+        '[store] sslmode = "verify-full" and sslrootcert = "<the CA\'s file>"',
+    )
+
+
+def _encoding(conn: psycopg.Connection, make: Any) -> Any:
+    enc = conn.info.parameter_status("server_encoding") or "?"
+    return make(
+        "store: encoding",
+        "ok" if enc == "UTF8" else "warn",
+        f"{enc}: {text_mode(enc)}",
+        "works as is; for other tools reading it, a UTF8 database is best: CREATE "
+        "DATABASE <name> ENCODING 'UTF8' TEMPLATE template0, then db migrate",
+    )
+
+
+def _rights(user: str, lacks: list[str], cmd: str, make: Any) -> Any:
+    if not lacks:
+        return make("store: rights", "ok", f"role {user!r} may read and write the rows")
+    return make(
+        "store: rights",
+        "fail",
+        f"role {user!r} lacks {', '.join(lacks)}",
+        f"as the owner: `{cmd} --grant {user}`",
+    )
 
 
 def _slots(conn: psycopg.Connection, pool_size: int, make: Any) -> Any:

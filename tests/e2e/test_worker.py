@@ -12,7 +12,8 @@ import psutil
 import torch
 from support import put_file, put_manifest, wait_for
 
-from dropbox_daemon.render.engines.wav2lip import CPU_BATCH, cpu_has_bf16
+from dropbox_daemon.render.engines.precision import cpu_has_bf16
+from dropbox_daemon.render.engines.wav2lip import CPU_BATCH
 
 
 def drop(d, media, job_id: str, engine: str | None = None, audio=None, template=None) -> None:  # noqa: ANN001

@@ -251,6 +251,10 @@ class HttpEngine(Engine):
             resp = retrying(self._waiting, client, ctx, method, path, **kw)
         except httpx.HTTPError as e:
             resp = e
+        return self._answer(resp, method, path)
+
+    def _answer(self, resp: httpx.Response | Exception, method: str, path: str) -> dict[str, Any]:
+        """The service's last answer as a JSON object, or the EngineError that says why not."""
         if isinstance(resp, Exception):
             raise EngineError(
                 f"the service at {self.cfg.base_url} cannot be reached ({method} {path}): {resp}",

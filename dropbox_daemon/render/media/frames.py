@@ -23,56 +23,15 @@ import av
 import numpy as np
 
 from dropbox_daemon.errors import RenderError
+from dropbox_daemon.render.media.frame_math import (
+    EPS,
+    parse_colour,
+    pingpong_index,
+)
 from dropbox_daemon.render.media.frame_store import FrameStore
 from dropbox_daemon.render.media.probe import VisualInfo
 
-EPS = 1e-9
 T = TypeVar("T")
-
-
-def pingpong_index(i: int, n: int) -> int:
-    """Index into n source frames for output frame i, bouncing at both ends without repeats.
-
-    n=4 gives 0 1 2 3 2 1 0 1 2 3 ...
-    """
-    if n <= 1:
-        return 0
-    period = 2 * (n - 1)
-    k = i % period
-    return k if k < n else period - k
-
-
-def resampled_range(k: int, src_fps: float, out_fps: float) -> range:
-    """Output-rate frame indices j that show source frame k (j/out_fps falls in frame k's span)."""
-    ratio = out_fps / src_fps
-    return range(math.ceil(k * ratio - EPS), math.ceil((k + 1) * ratio - EPS))
-
-
-def frame_count(duration: float, fps: float) -> int:
-    """Frames needed to cover `duration` seconds at `fps` (at least one)."""
-    return max(1, math.ceil(duration * fps - 1e-6))
-
-
-def output_size(
-    width: int, height: int, target_height: int | None, max_pixels: int | None = None
-) -> tuple[int, int]:
-    """(w, h) of the output: scaled to target_height keeping aspect, both even (yuv420p).
-
-    Without a target height, a picture over `max_pixels` (a large photo) is scaled down to fit."""
-    if target_height is None:
-        if max_pixels and width * height > max_pixels:
-            scale = math.sqrt(max_pixels / (width * height))
-            width, height = int(width * scale), int(height * scale)
-        return max(2, width - width % 2), max(2, height - height % 2)
-    h = target_height - target_height % 2
-    w = max(2, round(width * h / height / 2) * 2)
-    return w, h
-
-
-def parse_colour(hex_rgb: str) -> tuple[int, int, int]:
-    """'#rrggbb' as a BGR triple."""
-    r, g, b = (int(hex_rgb[i : i + 2], 16) for i in (1, 3, 5))
-    return b, g, r
 
 
 @dataclass(frozen=True)
@@ -296,14 +255,10 @@ class TemplateFrames:
             try:
                 for arr in self._decode():
                     if loops and not keep and not overflow and not estimate:
-                        # the container does not say how long it is: the loop cache is
-                        # bounded all the same (max_loop_cache_bytes), not filled up to the
-                        # audio's length on the share
+                        # a container that does not say how long it is: the loop cache is
+                        # bounded all the same (max_loop_cache_bytes)
                         if (i + 1) * self.frame_bytes > self.max_cache_bytes:
-                            overflow = True
-                            cache.close()
-                            path.unlink(missing_ok=True)
-                            cache = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+                            overflow, cache = True, _given_up(cache, path)
                     if (keep or loops) and not overflow:
                         try:
                             cache.write(arr.data)
@@ -336,16 +291,21 @@ class TemplateFrames:
                 if overflow:  # it must loop, and its frames did not fit
                     self._check_cache_size(i)
                 if not (keep or loops):  # the container overstated its length: cache it now
-                    self._check_cache_size(i)
-                    cache = open(self.cache_path, "w+b")  # noqa: SIM115 - closed below
-                    path = self.cache_path
-                    for arr in self._decode():
-                        cache.write(arr.data)
-                    cache.flush()
+                    cache.close()
+                    cache, path = self._cache_all(i), self.cache_path
                 yield from self._replay(cache.fileno(), i, True, i)
             finally:
                 cache.close()
                 path.unlink(missing_ok=True)  # a kept file was renamed away already
+
+    def _cache_all(self, frames: int) -> BinaryIO:
+        """The loop cache written from a second decode (the caller closes it)."""
+        self._check_cache_size(frames)
+        cache = open(self.cache_path, "w+b")  # noqa: SIM115 - the caller closes it
+        for arr in self._decode():
+            cache.write(arr.data)
+        cache.flush()
+        return cache
 
     def _stop_keeping(
         self, cache: BinaryIO, temp: Path, frames: int, loops: bool, why: OSError
@@ -401,3 +361,10 @@ class TemplateFrames:
                 )
             buf.flags.writeable = False
             yield idx, buf
+
+
+def _given_up(cache: BinaryIO, path: Path) -> BinaryIO:
+    """The loop cache closed and removed; what the frames are written to from then on."""
+    cache.close()
+    path.unlink(missing_ok=True)
+    return open(os.devnull, "wb")  # noqa: SIM115 - the caller closes it
