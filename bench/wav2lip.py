@@ -23,13 +23,8 @@ from support import FFMPEG, make_tone  # noqa: E402
 from w2l_fixture import calibrated_net, real_inputs, save_published  # noqa: E402
 
 from dropbox_daemon.config import ModelsConfig  # noqa: E402
-from dropbox_daemon.render.engines.wav2lip import (  # noqa: E402
-    CPU_BATCH,
-    EXACT_FACE_BLOCKS,
-    EXACT_FROM,
-    FastWav2Lip,
-    cpu_has_bf16,
-)
+from dropbox_daemon.render.engines.precision import EXACT_FACE_BLOCKS, cpu_has_bf16  # noqa: E402
+from dropbox_daemon.render.engines.wav2lip import CPU_BATCH, EXACT_FROM, FastWav2Lip  # noqa: E402
 from dropbox_daemon.render.engines.wav2lip_net import Wav2LipNet  # noqa: E402
 
 BATCH = ModelsConfig().batch_size or CPU_BATCH[torch.float32]  # what the engine runs in fp32

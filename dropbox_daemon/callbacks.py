@@ -25,7 +25,8 @@ import httpx
 from loguru import logger
 
 from dropbox_daemon import __version__, redact
-from dropbox_daemon.config import CallbacksConfig, Config
+from dropbox_daemon.config import Config
+from dropbox_daemon.config_net import CallbacksConfig
 from dropbox_daemon.outbox import Outbox, utc_iso
 from dropbox_daemon.retry import delay, parse_retry_after, retryable_status
 from dropbox_daemon.store import Store, StoreUnavailable, open_store

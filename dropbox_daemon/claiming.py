@@ -15,12 +15,12 @@ from pathlib import Path
 from loguru import logger
 
 from dropbox_daemon import claims, drops, recovery
-from dropbox_daemon.boundary import shown
 from dropbox_daemon.config import InboxConfig
 from dropbox_daemon.coordination import Coordination, best, prevalidate
 from dropbox_daemon.drops import candidate_for
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.loop import Loop
+from dropbox_daemon.names import shown
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.store import HOST_ERRORS, Store, StoreUnavailable
 from dropbox_daemon.watcher import Watcher

@@ -34,12 +34,12 @@ from dropbox_daemon.boundary import (
     make_private_dir,
     move_file,
     read_json,
-    relative_problem,
     remove_tree,
     writable_by_others,
 )
 from dropbox_daemon.drops import MAX_INBOX_ENTRIES, Candidate
 from dropbox_daemon.manifest import is_manifest_name, job_id_problem
+from dropbox_daemon.names import relative_problem
 from dropbox_daemon.outbox import atomic_write_json
 
 DROPBOX_DIR = ".dropbox"  # the daemons' own folder in an inbox

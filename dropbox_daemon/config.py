@@ -15,9 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from dropbox_daemon import redact
+from dropbox_daemon.config_net import (
+    CallbacksConfig,
+    EnginesConfig,
+    HttpConfig,
+    Strict,
+)
 from dropbox_daemon.errors import ConfigError
 
 # the engines a manifest or an inbox may name; `auto` is decided per job (engines.resolve)
@@ -30,11 +36,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SMOKE_INBOX = "smoke"  # the inbox `dropbox-daemon smoke` drops into
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class OutputDefaults(_Strict):
+class OutputDefaults(Strict):
     """Defaults for a manifest's [output] table (inbox first, then these)."""
 
     name: str = "result.mp4"
@@ -45,7 +47,7 @@ class OutputDefaults(_Strict):
     preset: str = "veryfast"  # libx264 preset: speed against file size
 
 
-class InboxConfig(_Strict):
+class InboxConfig(Strict):
     """One watched inbox folder."""
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -67,14 +69,14 @@ class InboxConfig(_Strict):
         return self
 
 
-class LogConfig(_Strict):
+class LogConfig(Strict):
     level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
     file: bool = True  # JSON lines in <state_dir>/logs/daemon.jsonl
     rotation: str = "50 MB"
     retention: int = Field(default=10, ge=1)  # rotated files kept
 
 
-class DaemonConfig(_Strict):
+class DaemonConfig(Strict):
     state_dir: Path = Path(".state")
     outbox: Path = Path("outbox")
     host: str = Field(default_factory=socket.gethostname)
@@ -93,7 +95,7 @@ class DaemonConfig(_Strict):
     log: LogConfig = Field(default_factory=LogConfig)
 
 
-class StoreConfig(_Strict):
+class StoreConfig(Strict):
     """Where jobs, leases and events live: SQLite in state_dir (one daemon) or PostgreSQL (a farm)."""
 
     url: str = ""  # "" : SQLite; "postgresql://user@host:5432/db": one database for the farm
@@ -122,7 +124,7 @@ class StoreConfig(_Strict):
         return v
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(Strict):
     """Ceilings on untrusted input."""
 
     max_manifest_bytes: int = Field(default=256 * 1024, gt=0)
@@ -139,7 +141,7 @@ class LimitsConfig(_Strict):
     max_loop_cache_bytes: int = Field(default=16 << 30, gt=0)
 
 
-class MediaConfig(_Strict):
+class MediaConfig(Strict):
     ffmpeg: str | None = None  # None: the binary shipped by imageio-ffmpeg
     default_fps: float = Field(default=25.0, gt=0, le=120)  # for image templates
     audio_bitrate: str = "192k"
@@ -153,7 +155,7 @@ class MediaConfig(_Strict):
     template_cache_bytes: int = Field(default=4 << 30, ge=0)
 
 
-class FacesConfig(_Strict):
+class FacesConfig(Strict):
     """Face detection and tracking on templates."""
 
     detector: Literal["haar"] = "haar"
@@ -168,7 +170,7 @@ class FacesConfig(_Strict):
     pad_bottom: float = Field(default=0.15, ge=0, le=1)  # grow boxes down to take in the chin
 
 
-class OverlayConfig(_Strict):
+class OverlayConfig(Strict):
     """The visible AI-generated label and the watermark placement."""
 
     label_text: str = Field(default="AI-generated", min_length=1, max_length=80)
@@ -178,7 +180,7 @@ class OverlayConfig(_Strict):
     metadata_tag: str = "AI-generated video (lip-synced by dropbox-daemon)"
 
 
-class HealthConfig(_Strict):
+class HealthConfig(Strict):
     """The heartbeat: health.json, metrics.prom, systemd's watchdog."""
 
     heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
@@ -187,105 +189,13 @@ class HealthConfig(_Strict):
     disk_fail_bytes: int = Field(default=1 << 30, ge=0)  # under this free: no new jobs
 
 
-class RetentionConfig(_Strict):
+class RetentionConfig(Strict):
     every_minutes: float = Field(default=60.0, gt=0)  # how often expired jobs are removed
     backup_every_hours: float = Field(default=24.0, gt=0)  # online backup of the database
     backups_keep: int = Field(default=7, ge=1)
 
 
-class RetryConfig(_Strict):
-    """Exponential back-off with jitter, shared by callbacks and the http engine."""
-
-    initial_seconds: float = Field(default=1.0, gt=0)
-    max_seconds: float = Field(default=300.0, gt=0)  # one wait never longer than this
-    multiplier: float = Field(default=2.0, ge=1)
-    jitter: float = Field(
-        default=0.2, ge=0, le=1
-    )  # +- share of each wait, so retries do not stampede
-
-
-class CallbacksConfig(_Strict):
-    """POSTs of the task record to a manifest's callback_url at the end of a job."""
-
-    allow_hosts: list[str] = Field(default_factory=list)  # "hooks.example.com", "*.example.com"
-    allow_http_hosts: list[str] = Field(
-        default_factory=list
-    )  # hosts that may be called over plain http
-    secret: str | None = None  # HMAC-SHA256 key; X-Dropbox-Signature is sent when set
-    secret_file: Path | None = None  # or read it from this file (keeps it out of config.toml)
-    timeout_seconds: float = Field(default=10.0, gt=0)
-    deadline_seconds: float = Field(default=3600.0, gt=0)  # give up this long after the job ended
-    retry: RetryConfig = Field(default_factory=RetryConfig)
-
-    def signing_key(self) -> bytes | None:
-        if self.secret_file is not None:
-            return self.secret_file.read_text().strip().encode()
-        return self.secret.encode() if self.secret else None
-
-
-class HttpEngineConfig(_Strict):
-    """An existing lip-sync HTTP service (HeyGem-style /human/generate, or submit/poll)."""
-
-    base_url: str | None = None  # e.g. "http://127.0.0.1:8383"
-    mode: Literal["sync", "async"] = "sync"
-    generate_path: str = "/human/generate"  # sync: POST {audio_path, video_path, save_path}
-    submit_path: str = "/submit"  # async: POST -> {task_id}
-    status_path: str = "/status/{task_id}"  # async: GET -> {status, save_path}
-    # [[local prefix, service prefix], ...]: how the service sees this host's files
-    path_map: list[tuple[str, str]] = Field(default_factory=list)
-    request_timeout_seconds: float = Field(
-        default=600.0, gt=0
-    )  # one HTTP request (sync calls render inside it)
-    job_timeout_seconds: float = Field(default=3600.0, gt=0)  # the whole remote job
-    poll_seconds: float = Field(default=2.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1)  # tries of one request on 429/5xx/connection errors
-    retry: RetryConfig = Field(default_factory=RetryConfig)
-
-
-class EnginesConfig(_Strict):
-    http: HttpEngineConfig = Field(default_factory=HttpEngineConfig)
-
-
-class HttpConfig(_Strict):
-    """The optional status endpoint and page (off unless listen is set)."""
-
-    listen: str = ""  # e.g. "127.0.0.1:8765"; empty: no listener
-    token: str | None = None  # bearer token for everything but /health
-    token_file: Path | None = None
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        if v and not re.match(r"^[^\s:]+:\d{1,5}$", v):
-            raise ValueError('must be "host:port", e.g. "127.0.0.1:8765"')
-        return v
-
-    def bearer(self) -> str | None:
-        """The token, or None for no authentication; ConfigError where token_file is set
-        but empty or unreadable (silently serving without a token is what it would mean)."""
-        if self.token_file is not None:
-            try:
-                token = self.token_file.read_text().strip()
-            except OSError as e:
-                raise ConfigError(
-                    f"[http] token_file {self.token_file} cannot be read: {e.strerror}",
-                    hint="create it with the token (chmod 600), or remove token_file",
-                ) from e
-            if not token:
-                raise ConfigError(
-                    f"[http] token_file {self.token_file} is empty: the status endpoint would "
-                    "run without authentication",
-                    hint="write the token into it, or remove token_file to run without one",
-                )
-            return token
-        if self.token is not None and not self.token.strip():
-            raise ConfigError(
-                "[http] token is empty", hint="set a token, or remove the key to run without one"
-            )
-        return self.token
-
-
-class ModelsConfig(_Strict):
+class ModelsConfig(Strict):
     wav2lip: Path | None = (
         None  # wav2lip.pth or wav2lip_gan.pth as published; nothing is downloaded
     )
@@ -299,7 +209,7 @@ class ModelsConfig(_Strict):
     batch_host_bytes: int = Field(default=1 << 30, ge=1 << 24)
 
 
-class Config(_Strict):
+class Config(Strict):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     inbox: list[InboxConfig] = Field(default_factory=list)

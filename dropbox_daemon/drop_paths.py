@@ -10,8 +10,9 @@ import re
 import stat
 from pathlib import Path, PurePosixPath
 
-from dropbox_daemon.boundary import kind, name_problem
+from dropbox_daemon.boundary import kind
 from dropbox_daemon.errors import RejectedDrop
+from dropbox_daemon.names import name_problem
 
 
 def check_media_path(

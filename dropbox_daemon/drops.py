@@ -13,17 +13,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dropbox_daemon.boundary import (
-    NOTED,
-    Refused,
-    kind,
-    lstat,
-    name_problem,
-    read_bounded,
-    relative_problem,
-    walk,
-)
+from dropbox_daemon.boundary import NOTED, Refused, kind, lstat, read_bounded, walk
 from dropbox_daemon.manifest import JOB_FOLDER_MANIFESTS, is_manifest_name
+from dropbox_daemon.names import name_problem, relative_problem
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", ".swx")
 

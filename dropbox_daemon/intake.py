@@ -13,11 +13,12 @@ from pathlib import Path
 
 from loguru import logger
 
-from dropbox_daemon.boundary import MAX_DEPTH, MAX_ENTRIES, Refused, shown, walk
+from dropbox_daemon.boundary import MAX_DEPTH, MAX_ENTRIES, Refused, walk
 from dropbox_daemon.claims import Claim, move_job_folder, move_named, note_job, read_owner
 from dropbox_daemon.config import Config, InboxConfig
 from dropbox_daemon.errors import IllegalTransition, RejectedDrop
 from dropbox_daemon.manifest import Manifest, parse, salvage_job_id
+from dropbox_daemon.names import shown
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.recovery import claim_generation, same_claim
 from dropbox_daemon.render import engines

@@ -9,7 +9,7 @@ from typing import Any
 
 from loguru import logger
 
-from dropbox_daemon import boundary
+from dropbox_daemon import names
 from dropbox_daemon.config import Config
 
 # syslog priorities that journald reads from a "<N>" line prefix
@@ -24,7 +24,7 @@ PRIORITY = {
 }
 
 
-CONTROLS = boundary.CONTROLS | {10: "\\n", 13: "\\r", 9: "\\t"}  # the common three by name
+CONTROLS = names.CONTROLS | {10: "\\n", 13: "\\r", 9: "\\t"}  # the common three by name
 
 
 def escape_controls(record: Any) -> None:

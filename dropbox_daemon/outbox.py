@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dropbox_daemon.boundary import CONTROLS, copy_tree
+from dropbox_daemon.boundary import copy_tree
+from dropbox_daemon.names import CONTROLS
 
 TASK_JSON = "task.json"
 ERROR_JSON = "error.json"

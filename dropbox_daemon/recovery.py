@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dropbox_daemon.boundary import Refused, make_private_dir, shown
+from dropbox_daemon.boundary import Refused, make_private_dir
 from dropbox_daemon.claims import (
     DRAFT_NAME,
     DROP_SUBDIR,
@@ -32,6 +32,7 @@ from dropbox_daemon.claims import (
     read_owner,
 )
 from dropbox_daemon.drops import MAX_INBOX_ENTRIES
+from dropbox_daemon.names import shown
 from dropbox_daemon.outbox import atomic_write_json
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import httpx
 
-from dropbox_daemon.config import RetryConfig
+from dropbox_daemon.config_net import RetryConfig
 
 
 def retryable_status(code: int) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dropbox_daemon import boundary, claims, drops
+from dropbox_daemon import boundary, claims, drops, names
 from dropbox_daemon.boundary import Refused, copy_tree, move_file, read_bounded, remove_tree, walk
 from dropbox_daemon.instances import FolderLeases, Lease, read_lease
 
@@ -160,13 +160,13 @@ def test_move_file_moves_only_a_regular_file_of_one_link(tmp_path) -> None:  # n
 
 
 def test_names_that_are_not_text_are_named_so(tmp_path) -> None:  # noqa: ANN001
-    assert boundary.name_problem(os.fsdecode(b"\xffx.json")) == "is not valid UTF-8"
-    assert boundary.name_problem("a\nb") == "holds control characters"
-    assert boundary.name_problem("é.json") is None
-    assert boundary.shown(os.fsdecode(b"a\xff\n")) == "a\\xff\\x0a"
-    assert boundary.relative_problem(".dropbox/claimed/x/drop/a.wav")
-    assert boundary.relative_problem("../a.wav")
-    assert boundary.relative_problem("sub/a.wav") is None
+    assert names.name_problem(os.fsdecode(b"\xffx.json")) == "is not valid UTF-8"
+    assert names.name_problem("a\nb") == "holds control characters"
+    assert names.name_problem("é.json") is None
+    assert names.shown(os.fsdecode(b"a\xff\n")) == "a\\xff\\x0a"
+    assert names.relative_problem(".dropbox/claimed/x/drop/a.wav")
+    assert names.relative_problem("../a.wav")
+    assert names.relative_problem("sub/a.wav") is None
 
 
 def test_a_forged_lease_is_set_aside_and_a_forged_stop_is_not_believed_at_once(tmp_path) -> None:  # noqa: ANN001

@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from dropbox_daemon.boundary import is_inside
-from dropbox_daemon.config import HttpEngineConfig
+from dropbox_daemon.config_net import HttpEngineConfig
 from dropbox_daemon.errors import EngineError, JobCancelled
 from dropbox_daemon.render.engines.base import (
     AudioFeatures,
