@@ -17,6 +17,7 @@ from loguru import logger
 from dropbox_daemon import claims, drops, recovery
 from dropbox_daemon.config import InboxConfig
 from dropbox_daemon.coordination import Coordination, best, prevalidate
+from dropbox_daemon.coordination.takeover import adopt
 from dropbox_daemon.drops import candidate_for
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.loop import Loop
@@ -253,7 +254,7 @@ class Claiming:
             if cl is None:
                 continue
             try:
-                self.intake.adopt(inbox, cl, owner, "intake resumed after a restart")
+                adopt(self.intake, inbox, cl, owner, "intake resumed after a restart")
             except StoreUnavailable:
                 logger.warning("inbox {}: claim {} waits for the store", inbox.name, cdir.name)
                 self.waiting.append((inbox, cl))

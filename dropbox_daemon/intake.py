@@ -14,105 +14,22 @@ from pathlib import Path
 from loguru import logger
 
 from dropbox_daemon.boundary import MAX_DEPTH, MAX_ENTRIES, Refused, walk
-from dropbox_daemon.claims import Claim, move_job_folder, move_named, note_job, read_owner
+from dropbox_daemon.claims import Claim, move_job_folder, move_named, note_job
 from dropbox_daemon.config import Config, InboxConfig
 from dropbox_daemon.errors import IllegalTransition, RejectedDrop
+from dropbox_daemon.handover import follow_claim, taken_meanwhile
+from dropbox_daemon.job_names import id_for, reserved_earlier
 from dropbox_daemon.manifest import Manifest, parse, salvage_job_id
 from dropbox_daemon.names import shown
 from dropbox_daemon.outbox import Outbox
-from dropbox_daemon.recovery import claim_generation, same_claim
+from dropbox_daemon.recovery import same_claim
 from dropbox_daemon.render import engines
-from dropbox_daemon.store import RUNNING, TERMINAL, Job, JobExists, Store
+from dropbox_daemon.store import Job, JobExists, Store
 
 MAX_DUPLICATES = 10_000
 
 
-def follow_claim(store: Store, prior: Job, cl: Claim, instance: str, why: str) -> Job:
-    """`prior` records this very drop under another generation of its claim folder: a peer
-    wrote it while the claim changed hands (a slow daemon judged dead, a takeover).
-
-    The newest claim folder wins. This daemon's, when newer: the record follows it, else
-    a record naming a folder that is gone sends the job round the farm for ever. Older:
-    the drop is the other instance's now, and this daemon's intake of it ends.
-    """
-    log = logger.bind(job_id=prior.job_id, trace_id=prior.trace_id)
-    for _ in range(5):  # each miss means the record moved on meanwhile: look again
-        theirs = Path(prior.claim_dir or "").name
-        if prior.terminal or claim_generation(cl.dir.name) <= claim_generation(theirs):
-            if theirs != cl.dir.name:
-                log.info(
-                    "job {}: its claim {} is instance {}'s now; this daemon leaves it ({})",
-                    prior.job_id,
-                    theirs,
-                    prior.instance,
-                    prior.state,
-                )
-            return prior
-        after = _take_record(store, prior, str(cl.dir), instance, why)
-        if after is not None:
-            log.warning(
-                "job {}: recorded by instance {} while its claim was being taken over; the "
-                "record now names claim {} of instance {} ({})",
-                prior.job_id,
-                prior.instance,
-                cl.dir.name,
-                instance,
-                after.state,
-            )
-            return after
-        prior = store.get(prior.job_id) or prior
-    raise IllegalTransition(f"job {prior.job_id!r} kept changing while its claim was taken over")
-
-
-def taken_meanwhile(store: Store, cl: Claim, job_id: str, instance: str, why: str) -> Job | None:
-    """The job as it stands after follow_claim, where the database records `job_id` from
-    another generation of this same claim; None where it does not (a different drop)."""
-    prior = store.get(job_id)
-    if prior is None or not same_claim(prior.claim_dir, cl.dir):
-        return None
-    return follow_claim(store, prior, cl, instance, why)
-
-
-def _take_record(store: Store, prior: Job, claim_dir: str, instance: str, why: str) -> Job | None:
-    """The record moved to `instance`'s claim folder under a new generation (which fences off
-    the former holder's writes), changed only if it is still as read; a job the former holder
-    had in intake or in a render is queued again, attempt kept. None: it changed meanwhile."""
-    changes = {"claim_dir": claim_dir, "instance": instance, "generation": prior.generation + 1}
-    if prior.state not in ("received", *RUNNING):
-        note = f"{why}; the record follows the claim folder"
-        return store.update(prior.job_id, log=note, fence=prior.generation, **changes)
-    to, extra, detail = store.resume_plan(prior, why)
-    try:
-        if to == "done":
-            prior = store.catch_up(prior, why, fence=prior.generation)
-        return store.transition(
-            prior.job_id,
-            to,
-            detail=f"{detail}; the record follows the claim folder",
-            expect=(prior.state,),
-            fence=prior.generation,
-            **extra,
-            **changes,
-        )
-    except IllegalTransition:
-        return None
-
-
-MAX_NAME_REUSES = 10_000  # <name>.2, <name>.3, ... for one drop name
-
-
-def name_id(stem: str) -> str:
-    """A job id from a drop's name (its folder's, or a loose manifest's stem) for a drop
-    that names none: transliterated to ASCII (`Démo été 01` -> `Demo-ete-01`, `日本語` ->
-    `RiBenYu`), anything else outside [A-Za-z0-9_-] made `-` (a `.` too: `.<n>` counts the
-    name's reuses, so no name can look like a reuse of another)."""
-    from anyascii import anyascii
-
-    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", anyascii(stem)).strip("-_")[:48].strip("-_")
-    return safe or "job"
-
-
-def _raw_media_names(path: Path, cfg: Config) -> list[str]:
+def raw_media_names(path: Path, cfg: Config) -> list[str]:
     from dropbox_daemon.manifest import read_raw
 
     try:
@@ -179,7 +96,7 @@ class Intake:
         """Validate a claimed drop and record it: queued, duplicate or rejected."""
         if recovered:
             # a crash may have stopped the move half way: finish it, then read from the claim
-            self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
+            self.move_media(cl, raw_media_names(cl.manifest, self.cfg))
         base = cl.drop_dir if recovered else cl.candidate.base_dir
         root = cl.drop_dir if recovered else inbox.path
         try:
@@ -189,9 +106,9 @@ class Intake:
                 cl.manifest, base, root, self.cfg.limits, cl.candidate.manifest
             )
         except RejectedDrop as e:
-            return self._reject(inbox, cl, e, recovered=recovered)
+            return self.reject(inbox, cl, e, recovered=recovered)
         if not recovered:
-            left = self._move_media(cl, manifest.media().values())
+            left = self.move_media(cl, manifest.media().values())
             if left:  # swapped or changed between the check and the move
                 field = next(f for f, v in manifest.media().items() if v in left)
                 name = manifest.media()[field]
@@ -201,13 +118,15 @@ class Intake:
                     field=field,
                     hint="drop the files again, and do not change them once the manifest is in",
                 )
-                return self._reject(inbox, cl, err, recovered=recovered)
+                return self.reject(inbox, cl, err, recovered=recovered)
         if manifest.job_id:
             job_id = manifest.job_id
             # a recovered intake may find the outbox folder it reserved itself before failing
-            fresh = self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id))
+            fresh = self.outbox.reserve(job_id) or (
+                recovered and reserved_earlier(self.outbox, self.store, job_id)
+            )
         else:
-            job_id, fresh = self._named(cl, recovered)
+            job_id, fresh = id_for(cl, recovered, self.outbox, self.store)
         if fresh:
             note_job(cl.dir, job_id, manifest.priority)
             return self._queue_new(inbox, cl, manifest, job_id)
@@ -216,86 +135,9 @@ class Intake:
     def _renamed(self, inbox: InboxConfig, cl: Claim, m: Manifest) -> Job:
         """A drop without a job_id whose name's id turned out taken (a farm daemon with its
         own outbox recorded it just now): the next id of its name; never a duplicate."""
-        job_id, _ = self._named(cl, recovered=False, rerun=False)
+        job_id, _ = id_for(cl, False, self.outbox, self.store, rerun=False)
         note_job(cl.dir, job_id, m.priority)
         return self._queue_new(inbox, cl, m, job_id)
-
-    def _named(self, cl: Claim, recovered: bool, *, rerun: bool = True) -> tuple[str, bool]:
-        """(job id, reserved now) for a drop that names no job_id: its name's. The last job
-        of that name, if it was rejected, is this drop's again (not reserved: the caller runs
-        or rejects it once more); a name whose last job ended otherwise, or still runs,
-        starts a new job, `<name>.2`, `<name>.3`: never a duplicate, since nothing promised
-        idempotency. The id is noted in the claim before its folder is made, so a takeover
-        after a crash in between finds the same one."""
-        noted = (read_owner(cl.dir) or {}).get("job_id") if recovered else None
-        if noted:
-            return noted, self.outbox.reserve(noted) or self._reserved_earlier(noted)
-        base = name_id(cl.candidate.stem)
-        last = None
-        for n in range(1, MAX_NAME_REUSES):
-            job_id = base if n == 1 else f"{base}.{n}"
-            if self.outbox.job_dir(job_id).exists() or self.store.exists(job_id):
-                last = job_id
-                continue
-            if last is not None and rerun:
-                prior = self.store.get(last)
-                if prior is not None and prior.state == "rejected":
-                    return last, False
-            note_job(cl.dir, job_id)
-            if self.outbox.reserve(job_id):
-                return job_id, True
-            last = job_id  # made by a peer just now: a new job of its own
-        raise RuntimeError(f"more than {MAX_NAME_REUSES} jobs named {base}")
-
-    def adopt(self, inbox: InboxConfig, cl: Claim, owner: dict, why: str) -> Job | None:
-        """A job taken over from a dead peer: recorded here under its own job id, attempt kept.
-
-        The peer's outbox folder is this job's; nothing there is re-answered. None when
-        the job turned out to have ended (its claim stays for retention).
-        """
-        job_id = owner.get("job_id")
-        task = self.outbox.read_task(job_id) if job_id else None
-        if job_id is None or task is None or task.get("state") == "received":
-            return self.ingest(inbox, cl, recovered=True)
-        if task.get("state") in TERMINAL:
-            return None
-        self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
-        try:
-            manifest, _media = parse(
-                cl.manifest, cl.drop_dir, cl.drop_dir, self.cfg.limits, cl.candidate.manifest
-            )
-        except RejectedDrop as e:
-            return self._reject(inbox, cl, e, recovered=True)
-        was_running = task.get("state") in RUNNING
-        attempts = int(task.get("attempts") or 0)
-        job = self._base_job(inbox, cl, job_id, manifest).model_copy(
-            update={
-                "trace_id": task.get("trace_id") or uuid.uuid4().hex,
-                "attempts": attempts,
-                "generation": int(task.get("generation") or 0) + 1,
-            }
-        )
-        try:
-            job = self.store.create(job, detail=why, replace=self.own_store)
-        except JobExists:  # a peer recorded it after this daemon read the claim list
-            taken = taken_meanwhile(self.store, cl, job_id, self.cfg.instance_id, why)
-            if taken is None:
-                raise
-            return taken
-        if was_running and attempts >= job.max_attempts:
-            err = {
-                "code": "interrupted",
-                "stage": task.get("state"),
-                "message": f"{why}; {attempts} of {job.max_attempts} attempts used",
-                "hint": "look at the other instance's log for why it stopped; "
-                "`dropbox-daemon retry` runs it again",
-            }
-            return self.store.transition(job_id, "failed", error=err, detail=err["message"])
-        return self.store.transition(
-            job_id,
-            "queued",
-            detail=f"was {task.get('state')} there (attempt {attempts} of {job.max_attempts})",
-        )
 
     def reject_untakeable(self, inbox: InboxConfig, cl: Claim, why: str, tries: int) -> Job:
         """Answer a claim whose intake kept failing: rejected `intake_failed`, with why."""
@@ -306,15 +148,9 @@ class Intake:
             hint="the daemon's log names the claim and the error; fix the drop (input/ holds "
             "it) and drop it again",
         )
-        return self._reject(inbox, cl, err, recovered=True)
+        return self.reject(inbox, cl, err, recovered=True)
 
-    def _reserved_earlier(self, job_id: str) -> bool:
-        """Its outbox folder is this drop's own, reserved by an intake that failed before the
-        job was recorded (a full disk, the database away)."""
-        task = self.outbox.read_task(job_id)
-        return not self.store.exists(job_id) and (task is None or task.get("state") == "received")
-
-    def _move_media(self, cl: Claim, names) -> dict[str, str]:  # noqa: ANN001
+    def move_media(self, cl: Claim, names) -> dict[str, str]:  # noqa: ANN001
         """Move the drop's files beside its claimed manifest (what is already there stays);
         the names a loose manifest gives that stayed where they were, with why."""
         if cl.candidate.job_folder:
@@ -322,7 +158,7 @@ class Intake:
             return {}
         return move_named(cl, list(names))[1]
 
-    def _base_job(self, inbox: InboxConfig, cl: Claim, job_id: str, m: Manifest | None) -> Job:
+    def base_job(self, inbox: InboxConfig, cl: Claim, job_id: str, m: Manifest | None) -> Job:
         return Job(
             job_id=job_id,
             inbox=inbox.name,
@@ -346,7 +182,7 @@ class Intake:
             pickup = {}
         try:
             job = self.store.create(
-                self._base_job(inbox, cl, job_id, m).model_copy(update={"timings": pickup}),
+                self.base_job(inbox, cl, job_id, m).model_copy(update={"timings": pickup}),
                 detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} "
                 f"(claim {cl.claim_id})",
             )
@@ -382,7 +218,7 @@ class Intake:
         if prior is not None and rerun:
             why = "replace = true" if m.replace else "a new drop after a rejection"
             self.outbox.clear_previous_run(job_id)
-            fresh = self._base_job(inbox, cl, job_id, m)
+            fresh = self.base_job(inbox, cl, job_id, m)
             return self.store.transition(
                 job_id,
                 "queued",
@@ -429,7 +265,7 @@ class Intake:
         else:
             raise RuntimeError(f"more than {MAX_DUPLICATES} duplicates of {job_id}")
         note_job(cl.dir, dup_id)
-        job = self._base_job(inbox, cl, dup_id, m).model_copy(update={"duplicate_of": job_id})
+        job = self.base_job(inbox, cl, dup_id, m).model_copy(update={"duplicate_of": job_id})
         self.store.create(
             job, detail=f"drop {cl.candidate.manifest.name!r} repeats job_id {job_id}"
         )
@@ -441,14 +277,16 @@ class Intake:
             detail=f"not run again: {reason}; add replace = true to run it again",
         )
 
-    def _reject(self, inbox: InboxConfig, cl: Claim, err: RejectedDrop, *, recovered: bool) -> Job:
+    def reject(self, inbox: InboxConfig, cl: Claim, err: RejectedDrop, *, recovered: bool) -> Job:
         # only the files that pass the same checks as a valid drop's move; the rest stay
-        left = self._move_media(cl, _raw_media_names(cl.manifest, self.cfg))
+        left = self.move_media(cl, raw_media_names(cl.manifest, self.cfg))
         job_id = salvage_job_id(cl.manifest, self.cfg.limits)
         if job_id is not None:
-            reserved = self.outbox.reserve(job_id) or (recovered and self._reserved_earlier(job_id))
+            reserved = self.outbox.reserve(job_id) or (
+                recovered and reserved_earlier(self.outbox, self.store, job_id)
+            )
         else:
-            job_id, reserved = self._named(cl, recovered)
+            job_id, reserved = id_for(cl, recovered, self.outbox, self.store)
         if not reserved:
             prior = self.store.get(job_id)
             if prior is not None and prior.state == "rejected":
@@ -465,10 +303,10 @@ class Intake:
                     log=f"rejected again: {err.message}",
                 )
             # the named id is another job's: this drop is a new job of its name
-            job_id, _ = self._named(cl, recovered=False, rerun=False)
+            job_id, _ = id_for(cl, False, self.outbox, self.store, rerun=False)
         note_job(cl.dir, job_id)  # a peer taking the claim over sees it was answered
         job = self.store.create(
-            self._base_job(inbox, cl, job_id, None).model_copy(
+            self.base_job(inbox, cl, job_id, None).model_copy(
                 update={"callback_url": _raw_callback_url(cl.manifest, self.cfg)}
             ),
             detail=f"drop {cl.candidate.manifest.name!r} in inbox {inbox.name} (claim {cl.claim_id})",

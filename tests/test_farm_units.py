@@ -13,6 +13,7 @@ import pytest
 from dropbox_daemon import claims, drops, recovery
 from dropbox_daemon.config import InboxConfig
 from dropbox_daemon.coordination import Ready, best
+from dropbox_daemon.coordination.takeover import adopt
 from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.instances import FolderLeases, Lease, boot_id, clash, process_started
 
@@ -212,7 +213,7 @@ def test_a_record_written_while_its_claim_was_taken_over_follows_the_claim(
 
     def b_takes_over() -> None:
         taken.append(b.take_over(cl.dir))
-        b.intake.adopt(b.inbox, taken[0], claims.read_owner(taken[0].dir) or {}, "a is silent")
+        adopt(b.intake, b.inbox, taken[0], claims.read_owner(taken[0].dir) or {}, "a is silent")
 
     real = {"create": a.store.create, "transition": a.store.transition}
     hook = {"before_create": "create", "before_queue": "transition"}.get(moment)

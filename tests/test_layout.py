@@ -125,8 +125,6 @@ LIMITS = {"module": 400, "class": 250, "function": 60}  # lines
 # (issue 22: the list is to be emptied by splitting these by idea).
 OVER = {
     "daemon.py:Daemon": 332,
-    "intake.py": 483,
-    "intake.py:Intake": 317,
     "store/pg_link.py:Link": 276,
 }
 

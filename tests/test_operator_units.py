@@ -12,7 +12,7 @@ from dropbox_daemon import health
 from dropbox_daemon.cli import daemon_state
 from dropbox_daemon.cli.doctor import unit_paths
 from dropbox_daemon.config import load
-from dropbox_daemon.intake import name_id
+from dropbox_daemon.job_names import name_id
 from dropbox_daemon.outbox import utc_iso
 
 

@@ -34,6 +34,7 @@ from loguru import logger
 
 from dropbox_daemon import claims, drops, recovery
 from dropbox_daemon.config import Config, InboxConfig
+from dropbox_daemon.coordination.takeover import adopt
 from dropbox_daemon.errors import RejectedDrop
 from dropbox_daemon.instances import FolderLeases, Lease, StoreLeases
 from dropbox_daemon.intake import Intake
@@ -268,8 +269,8 @@ class Coordination(ABC):
                 continue
             logger.warning("inbox {}: claim {} {}", inbox.name, cdir.name, why)
             # a peer judged dead may record the drop meanwhile: the record then follows the
-            # claim folder (intake.follow_claim)
-            job = intake.adopt(inbox, cl, claims.read_owner(new) or owner, why)
+            # claim folder (handover.follow_claim)
+            job = adopt(intake, inbox, cl, claims.read_owner(new) or owner, why)
             if job is not None:
                 taken.append(job)
         return taken
