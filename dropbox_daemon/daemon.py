@@ -15,10 +15,8 @@ Signal handlers only set flags; the loop acts on them.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
-from typing import Any
 
 from loguru import logger
 
@@ -36,7 +34,8 @@ from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.outcomes import Outcomes
 from dropbox_daemon.parts import make_parts
 from dropbox_daemon.peers import PeerDuties
-from dropbox_daemon.pidfile import PID_FILE, read_pid
+from dropbox_daemon.pidfile import PID_FILE, hold_state_dir
+from dropbox_daemon.reporting import Reporter
 from dropbox_daemon.scheduler import Scheduler
 from dropbox_daemon.store import Job, Store, StoreUnavailable, open_store
 from dropbox_daemon.supervise import Current, Supervisor
@@ -62,7 +61,6 @@ class Daemon:
 
         self.worker = WorkerHandle(cfg, wake=self.wake.set)
         self.farm: Coordination | None = None  # with the store: how its daemons coordinate
-        self.store_down: str | None = None  # why the store failed, while it does
         self.next_rescan = 0.0
         self.flags = Flags()
         self.view = health.DaemonView()
@@ -72,8 +70,18 @@ class Daemon:
         self.deliverer = Deliverer(cfg, on_give_up=self.metrics.callback_failures.inc)
         self.web = Web(cfg, self.view, self.metrics)
         self.holding_said: str | None = None  # the disk-low reason last logged
-        self.signature: tuple[Any, ...] = ()  # health.signature of the view last shared
-        self.loop = Loop(cfg, self.flags, self.view, self.on_store_down)
+        self.report = Reporter(
+            cfg,
+            self.view,
+            self.metrics,
+            self.notifier,
+            self.scheduler,
+            self.worker,
+            current=lambda: self.current,
+            wake=self.wake,
+            flags=self.flags,
+        )
+        self.loop = Loop(cfg, self.flags, self.view, self.report.store_down)
         # the parts of each pass, made with the store (_make_parts)
         self.claiming: Claiming
         self.supervisor: Supervisor
@@ -109,7 +117,7 @@ class Daemon:
         os.umask(UMASK)
         for p in (d.state_dir, d.outbox, self.cfg.daemon_dir):
             p.mkdir(parents=True, exist_ok=True)
-        self._lock_state_dir()
+        self._lock = hold_state_dir(self.cfg)  # kept open: the lock lasts as long as the daemon
         for inbox in self.cfg.inbox:
             claims.make_dropbox(inbox.path)
         delay = 1.0
@@ -118,7 +126,7 @@ class Daemon:
                 self._recover()
                 break
             except StoreUnavailable as e:
-                if not self._waiting_for_store(e.message, delay):
+                if not self.report.waiting_for_store(e.message, delay):
                     raise ConfigError("stopped while waiting for the farm's database") from e
                 delay = min(5.0, delay * 2)
         self.view.store_error = None
@@ -126,7 +134,7 @@ class Daemon:
         self.view.watch_modes = dict(self.watcher.modes)
         self.web.start()
         self.worker.start()
-        self._share_view()  # the first heartbeat already names the worker
+        self.report.share()  # the first heartbeat already names the worker
         self.scheduler.start()
         self.deliverer.start()
         logger.info(
@@ -141,7 +149,7 @@ class Daemon:
     def _recover(self) -> None:
         """Open the store, take this instance's lease, put back what the last run left."""
         if self.store is None:
-            self.store = open_store(self.cfg, self.outbox, on_wait=self._waiting_for_store)
+            self.store = open_store(self.cfg, self.outbox, on_wait=self.report.waiting_for_store)
         if self.farm is None:
             self.farm = open_coordination(self.cfg, self.store)
         self.farm.register(time.time())
@@ -162,21 +170,6 @@ class Daemon:
             )
         self.claiming.recover_orphan_claims()
 
-    def _lock_state_dir(self) -> None:
-        """One daemon per state folder: a second one would run every job twice."""
-        import fcntl
-
-        self._lock = open(self.cfg.daemon.state_dir / "daemon.lock", "a+")  # noqa: SIM115
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            other = read_pid(self.cfg)
-            raise ConfigError(
-                f"another dropbox-daemon (pid {other}) already runs on {self.cfg.daemon.state_dir}",
-                hint="stop it first, or give this one its own [daemon] state_dir",
-            ) from e
-        (self.cfg.daemon.state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
-
     def install_signals(self) -> None:
         signals.install(self.flags, self.wake.set)
 
@@ -196,9 +189,9 @@ class Daemon:
             while not self.flags.stop:
                 try:
                     self.loop_once(time.time())
-                    self._store_back()
+                    self.report.store_back()
                 except StoreUnavailable as e:
-                    self.on_store_down(e)
+                    self.report.store_down(e)
                     self.wake.wait(1.0)
                 except Exception as e:  # noqa: BLE001 - the service outlives any one bad pass
                     why = f"{type(e).__name__}: {e}"[:300]
@@ -220,28 +213,9 @@ class Daemon:
         """The last health record: "stopped", the worker gone, so no reader takes the last
         heartbeat of a daemon that is no longer there for a running one."""
         self.view.stopped_at = time.time()
-        self.view.stop_reason = self.view.stop_reason or self._stop_reason()
-        self._share_view(beat=False)
-        try:
-            store = self.store if self.view.store_error is None else None
-            health.write(
-                self.cfg,
-                health.build(
-                    self.view, self.cfg, store, self.metrics, time.time(), time.monotonic()
-                ),
-                self.metrics,
-            )
-        except Exception as e:  # noqa: BLE001 - stopping goes on; the pid file is gone anyway
-            logger.warning("health.json not marked stopped: {}", e)
-
-    def _stop_reason(self) -> str:
-        names = []
-        for n in self.flags.signals:
-            try:
-                names.append(signal.Signals(n).name)
-            except ValueError:
-                names.append(f"signal {n}")
-        return ", ".join(dict.fromkeys(names)) or "asked to stop"
+        self.view.stop_reason = self.view.stop_reason or signals.names(self.flags.signals)
+        self.report.share(beat=False)
+        self.report.write_stopped(self.store)
 
     def _let_go(self) -> None:
         """What a started daemon holds, given back: its lease (as stopped), the watches,
@@ -256,8 +230,8 @@ class Daemon:
     def stop(self) -> None:
         """Stop taking jobs; let the running one finish within stop_timeout, else re-queue it."""
         self.view.stopping = True
-        self.view.stop_reason = self._stop_reason()
-        self._share_view()  # "stopping" is read at once, not at the next heartbeat
+        self.view.stop_reason = signals.names(self.flags.signals)
+        self.report.share()  # "stopping" is read at once, not at the next heartbeat
         self.notifier.stopping(
             f"stopping; {'finishing ' + self.current.job_id if self.current else 'idle'}"
         )
@@ -270,7 +244,7 @@ class Daemon:
             )
         while self.current is not None and not self.flags.immediate and time.monotonic() < deadline:
             self.supervisor.handle_worker(time.time(), dispatching=False)
-            self._share_view()
+            self.report.share()
             self.wake.wait(0.1)
             self.wake.clear()
         self.supervisor.abandon("the daemon was stopped during the job")
@@ -312,72 +286,12 @@ class Daemon:
         self.holding_said = self.view.holding
         self.view.pass_done = time.monotonic()
         self.view.pass_error = None
-        self._share_view()
-
-    def _waiting_for_store(self, reason: str, delay: float) -> bool:
-        """Start-up, the farm's database not answering yet (refused, timed out, no free
-        connection slot): say so in the log, health.json and to systemd, then wait."""
-        if reason != self.store_down:
-            logger.warning(
-                "store: cannot use the farm's database yet ({}); the daemon starts once it "
-                "answers, retrying with back-off up to every 5 s (SIGTERM stops it)",
-                reason,
-            )
-            self.store_down = reason
-        self.view.store_error = f"starting: waiting for the database ({reason})"
-        try:
-            now, mono = time.time(), time.monotonic()
-            health.write(
-                self.cfg,
-                health.build(self.view, self.cfg, None, self.metrics, now, mono),
-                self.metrics,
-            )
-        except OSError as e:
-            logger.warning("health.json not written while waiting for the database: {}", e)
-        # systemd: still starting, not hung (TimeoutStartSec is extended past each wait)
-        self.notifier.send(
-            f"STATUS=waiting for the database: {reason}"[:300],
-            f"EXTEND_TIMEOUT_USEC={int((delay + 60) * 1_000_000)}",
-        )
-        self.wake.wait(delay)
-        self.wake.clear()
-        return not self.flags.stop
-
-    def on_store_down(self, e: StoreUnavailable) -> None:
-        if self.store_down is None:
-            self.store_down = e.message
-            logger.error(
-                "store: unreachable ({}); the running job goes on and its result is recorded "
-                "once the database is back; no new job starts meanwhile",
-                e.message,
-            )
-        self.view.store_error = e.message
-        self._share_view()
-
-    def _store_back(self) -> None:
-        if self.store_down is not None:
-            logger.info("store: reachable again after '{}'", self.store_down)
-            self.store_down = None
-            self.view.store_error = None
-            self._share_view()
+        self.report.share()
 
     def _on_change(self, job: Job, from_state: str | None) -> None:
         self.metrics.on_change(job, from_state)
         if job.callback_url and job.terminal:
             self.deliverer.wake.set()
-
-    def _share_view(self, beat: bool = True) -> None:
-        """Copy what the main loop knows into the view; a change a reader acts on (phase,
-        worker, current job, store, disk) is written to health.json now."""
-        v, w = self.view, self.worker
-        v.worker_pid = w.pid if w.state != "stopped" else None
-        v.worker_state, v.worker_info = w.state, w.info
-        v.worker_restarts = w.restarts
-        v.current_job = self.current.job_id if self.current else None
-        now = health.signature(v)
-        if beat and now != self.signature:
-            self.scheduler.beat_now()
-        self.signature = now
 
 
 def run_daemon(cfg: Config) -> int:

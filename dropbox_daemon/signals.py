@@ -47,3 +47,14 @@ def _wake_on_signals(r: int, wake: Callable[[], None]) -> None:
         except OSError:
             return
         wake()
+
+
+def names(received: list[int]) -> str:
+    """The signals received, by name, each once: why the daemon stops."""
+    out = []
+    for n in received:
+        try:
+            out.append(signal.Signals(n).name)
+        except ValueError:
+            out.append(f"signal {n}")
+    return ", ".join(dict.fromkeys(out)) or "asked to stop"

@@ -98,21 +98,11 @@ class Link:
         self.pool: ConnectionPool | None = None
         self.down = False  # calls fail fast; one thread (the reviver) tries to reconnect
         self.closed = False
-        # peers come back well within stale_claim_seconds: none takes over another's jobs
-        # because that one was still waiting out its back-off after an outage
-        self.max_backoff = max(0.5, min(MAX_BACKOFF, stale_seconds / 4))
-        # how long a call waits for a connection of the pool: after a restart of the server
-        # the pool's own reconnect backs off for seconds; a loop held that long misses its
-        # lease renewals and its peers take over its jobs. Past this the link is down and
-        # the reviver (max_backoff) brings it back.
-        self.wait = min(settings.call_timeout, max(1.0, stale_seconds / 4))
+        self.max_backoff, self.wait, self.local = clocks(settings.call_timeout, stale_seconds)
         self.capped_until: float | None = None
         self.last_error: str | None = None
         self.connect_error: str | None = None
         self.security: dict[str, Any] = {}
-        call = settings.call_timeout
-        idle = max(1, min(10, int(stale_seconds / 2)))
-        self.local = (f"{int(call * 1000)}ms", f"{int(min(5.0, call) * 1000)}ms", f"{idle}s")
         self.kwargs = connect_kwargs(settings, instance)
         self.conn_class = type("FarmConnection", (_Conn,), {"link": self})
 
@@ -152,31 +142,11 @@ class Link:
         try:
             conn = self.conn_class.connect(self.url, **self.kwargs)
         except psycopg.OperationalError as e:
-            why = first_line(e)
-            if PERMANENT.search(why):
-                raise ConfigError(
-                    f"[store] url: PostgreSQL at {self.where} refused this daemon: {why}",
-                    hint=connect_hint(why, self.url),
-                ) from None
-            raise _Passing(explain(why)) from None
+            raise refusal(first_line(e), self.where, self.url) from None
         try:
-            with DEADLINES.watch(conn, self.settings.call_timeout * 2):
-                enc = adapt_text(conn)
-                tls = describe_tls(conn)
-                version = check_ready(conn, self.where, self.settings.config_hint)
-        except psycopg.OperationalError as e:
-            raise _Passing(first_line(e)) from None
+            self.security = first_look(conn, self.where, self.settings)
         finally:
             conn.close()
-        self.security = {
-            **tls,
-            "server_encoding": enc,
-            "encoding": text_mode(enc),
-            "schema_version": version,
-            "pool_size": self.settings.pool_size,
-        }
-        if enc not in ("UTF8", "SQL_ASCII"):
-            logger.info("store: the database {} is {}", self.where, text_mode(enc))
         self._pool()  # its first connection opens in the background
 
     def _new_pool(self) -> ConnectionPool:
@@ -361,8 +331,58 @@ class Link:
             return
 
 
+def clocks(call: float, stale_seconds: float) -> tuple[float, float, tuple[str, str, str]]:
+    """A link's times: (the reviver's longest back-off, how long a call waits for a pooled
+    connection, the SET LOCAL statement, lock and idle-in-transaction timeouts)."""
+    # peers come back well within stale_claim_seconds: none takes over another's jobs
+    # because that one was still waiting out its back-off after an outage
+    max_backoff = max(0.5, min(MAX_BACKOFF, stale_seconds / 4))
+    # after a restart of the server the pool's own reconnect backs off for seconds; a loop
+    # held that long misses its lease renewals and its peers take over its jobs. Past this
+    # wait the link is down and the reviver (max_backoff) brings it back.
+    wait = min(call, max(1.0, stale_seconds / 4))
+    idle = max(1, min(10, int(stale_seconds / 2)))
+    return (
+        max_backoff,
+        wait,
+        (f"{int(call * 1000)}ms", f"{int(min(5.0, call) * 1000)}ms", f"{idle}s"),
+    )
+
+
 class _Passing(Exception):
     """A connection failure that may pass by itself (refused, timed out, no slot free)."""
+
+
+def refusal(why: str, where: str, url: str) -> Exception:
+    """A failed first connection: ConfigError where it will not pass by itself (password, no
+    such database, certificate), else _Passing (the start-up waits and tries again)."""
+    if PERMANENT.search(why):
+        return ConfigError(
+            f"[store] url: PostgreSQL at {where} refused this daemon: {why}",
+            hint=connect_hint(why, url),
+        )
+    return _Passing(explain(why))
+
+
+def first_look(conn: psycopg.Connection, where: str, settings: LinkSettings) -> dict[str, Any]:
+    """The start-up checks on one connection (text adapted to the server's encoding, TLS, our
+    schema and rights), as the link's description: what doctor, status and health show."""
+    try:
+        with DEADLINES.watch(conn, settings.call_timeout * 2):
+            enc = adapt_text(conn)
+            tls = describe_tls(conn)
+            version = check_ready(conn, where, settings.config_hint)
+    except psycopg.OperationalError as e:
+        raise _Passing(first_line(e)) from None
+    if enc not in ("UTF8", "SQL_ASCII"):
+        logger.info("store: the database {} is {}", where, text_mode(enc))
+    return {
+        **tls,
+        "server_encoding": enc,
+        "encoding": text_mode(enc),
+        "schema_version": version,
+        "pool_size": settings.pool_size,
+    }
 
 
 _LINKS: dict[tuple[Any, ...], Link] = {}
