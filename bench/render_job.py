@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from dropbox_daemon import config
+from dropbox_daemon.protocol import JobSpec, resolve_output
 from dropbox_daemon.render import engines, pipeline
 
 
@@ -50,17 +51,19 @@ def main() -> None:
     t = time.perf_counter()
     eng.load()
     load = time.perf_counter() - t
-    job = {
-        "job_id": "bench",
-        "inbox": "b",
-        "claim_dir": str(root / "claim"),
-        "outbox_dir": str(root / "out"),
-        "manifest": {
-            "audio": Path(audio).name,
-            "template": Path(template).name,
-            "output": {"height": height},
-        },
+    manifest = {
+        "audio": Path(audio).name,
+        "template": Path(template).name,
+        "output": {"height": height},
     }
+    job = JobSpec(
+        job_id="bench",
+        inbox="b",
+        claim_dir=str(root / "claim"),
+        outbox_dir=str(root / "out"),
+        manifest=manifest,
+        output=resolve_output(cfg.inbox[0].output.model_dump(), manifest),
+    )
     logs: list[str] = []
     t = time.perf_counter()
     result = pipeline.run(

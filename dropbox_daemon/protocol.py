@@ -22,8 +22,10 @@ __all__ = [
     "FromWorker",
     "Inputs",
     "JobOrder",
+    "JobSpec",
     "Loads",
     "Log",
+    "Output",
     "Progress",
     "Ready",
     "Result",
@@ -31,6 +33,7 @@ __all__ = [
     "Stop",
     "ToWorker",
     "ValidationError",
+    "resolve_output",
     "what_is_wrong",
 ]
 
@@ -40,17 +43,45 @@ class _Message(BaseModel):
 
 
 # -- daemon -> worker ----------------------------------------------------------------------
+class Output(_Message):
+    """A job's output options, resolved once by the daemon: the manifest's [output], then
+    its inbox's, then the defaults (the worker derives nothing from the config again)."""
+
+    name: str = "result.mp4"
+    height: int | None = None
+    fps: float | None = None
+    crf: int = 20
+    ai_label: bool = True
+    preset: str = "veryfast"
+    watermark: str | None = None
+
+
+def resolve_output(defaults: dict[str, Any], manifest: dict[str, Any] | None) -> Output:
+    """The inbox's output defaults, each overridden by the manifest's [output] where it
+    gives one (a value of None leaves the default)."""
+    given = (manifest or {}).get("output") or {}
+    return Output(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+
+
+class JobSpec(_Message):
+    """What the worker is told of a job: who it is, where its files are, what the drop asked
+    for, and its output options (None: its inbox is no longer configured; the job fails)."""
+
+    job_id: str = Field(min_length=1)
+    trace_id: str = "-"
+    inbox: str
+    engine: str | None = None
+    claim_dir: str | None = None  # where its drop was claimed; every intake names one
+    outbox_dir: str = Field(min_length=1)
+    manifest: dict[str, Any] = Field(default_factory=dict)
+    output: Output | None = None
+
+
 class JobOrder(_Message):
-    """Render this job: its record as the store holds it, and its folder in the outbox."""
+    """Render this job."""
 
     type: Literal["job"] = "job"
-    job: dict[str, Any]
-
-    @model_validator(mode="after")
-    def _names_its_job(self) -> JobOrder:
-        if not isinstance(self.job.get("job_id"), str) or not self.job.get("outbox_dir"):
-            raise ValueError("a job order names its job_id and its outbox_dir")
-        return self
+    job: JobSpec
 
 
 class Cancel(_Message):

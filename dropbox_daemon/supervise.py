@@ -13,7 +13,7 @@ from loguru import logger
 
 from dropbox_daemon import protocol
 from dropbox_daemon.coordination import Coordination
-from dropbox_daemon.errors import IllegalTransition
+from dropbox_daemon.errors import ConfigError, IllegalTransition
 from dropbox_daemon.intake import Intake
 from dropbox_daemon.loop import Loop
 from dropbox_daemon.metrics import Metrics
@@ -116,9 +116,7 @@ class Supervisor:
             )
             job = self.store.update(job.job_id, config_hash=self.intake.config_hash) or job
         self.last_served[job.inbox] = now
-        order = protocol.JobOrder(
-            job={**job.model_dump(), "outbox_dir": str(self.outbox.job_dir(job.job_id))}
-        )
+        order = protocol.JobOrder(job=self.spec_of(job))
         if not self.worker.send(order):
             self.outcomes.requeue(
                 job.job_id, "the worker could not be reached", count_attempt=False
@@ -133,6 +131,24 @@ class Supervisor:
             job.engine,
             job.inbox,
             job.attempts,
+        )
+
+    def spec_of(self, job: Job) -> protocol.JobSpec:
+        """The job as the worker is told it, its output options resolved here, once."""
+        try:
+            defaults = self.cfg.inbox_by_name(job.inbox).output.model_dump()
+            output = protocol.resolve_output(defaults, job.manifest)
+        except ConfigError:  # its inbox left the config: the worker fails it, saying so
+            output = None
+        return protocol.JobSpec(
+            job_id=job.job_id,
+            trace_id=job.trace_id,
+            inbox=job.inbox,
+            engine=job.engine,
+            claim_dir=job.claim_dir,
+            outbox_dir=str(self.outbox.job_dir(job.job_id)),
+            manifest=job.manifest or {},
+            output=output,
         )
 
     def handle_worker(self, now: float, dispatching: bool = True) -> None:

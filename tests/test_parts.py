@@ -189,8 +189,9 @@ def test_claiming_holds_one_job_beyond_the_running_one(parts: Bench, media) -> N
 def test_a_job_order_reaches_the_worker_and_its_result_ends_the_job(parts: Bench, media) -> None:  # noqa: ANN001
     started(parts, media, "j1")
     order = parts.worker.sent[-1]
-    assert isinstance(order, JobOrder) and order.job["job_id"] == "j1"
-    assert order.job["outbox_dir"] == str(parts.outbox.job_dir("j1"))
+    assert isinstance(order, JobOrder) and order.job.job_id == "j1"
+    assert order.job.outbox_dir == str(parts.outbox.job_dir("j1"))
+    assert order.job.output is not None and order.job.output.name == "result.mp4"  # resolved here
     assert parts.worker.state == "busy" and parts.store.get("j1").state == "preparing"  # type: ignore[union-attr]
     parts.worker.says(type="stage", job_id="j1", stage="rendering")
     parts.worker.says(type="log", job_id="j1", message="frames: 25")

@@ -13,7 +13,8 @@ import pytest
 
 from dropbox_daemon import config
 from dropbox_daemon.claims import DROP_SUBDIR
-from dropbox_daemon.errors import JobCancelled, MediaError, RenderError
+from dropbox_daemon.errors import ConfigError, JobCancelled, MediaError, RenderError
+from dropbox_daemon.protocol import JobSpec, resolve_output
 from dropbox_daemon.render import chain, inputs, plan, publish, track
 from dropbox_daemon.render.engines.base import AudioFeatures
 from dropbox_daemon.render.engines.passthrough import PassthroughEngine
@@ -31,8 +32,11 @@ def make_cfg(tmp_path: Path, **sections: dict) -> config.Config:
     return config.from_dict(data, source=tmp_path / "config.toml", env={})
 
 
-def make_job(tmp_path: Path, audio: Path, template: Path, **output: object) -> dict:
-    """A claimed job as the worker receives it: its files in the claim's drop folder."""
+def make_job(
+    tmp_path: Path, audio: Path, template: Path, cfg: config.Config | None = None, **output: object
+) -> JobSpec:
+    """A claimed job as the worker receives it: its files in the claim's drop folder, its
+    output options resolved as the daemon resolves them (cfg's first inbox's defaults)."""
     drop = tmp_path / "claim" / DROP_SUBDIR
     drop.mkdir(parents=True)
     shutil.copy(audio, drop / audio.name)
@@ -40,13 +44,15 @@ def make_job(tmp_path: Path, audio: Path, template: Path, **output: object) -> d
     out = tmp_path / "outbox" / "j1"
     out.mkdir(parents=True)
     manifest = {"audio": audio.name, "template": template.name, "output": output}
-    return {
-        "job_id": "j1",
-        "inbox": "default",
-        "manifest": manifest,
-        "claim_dir": str(tmp_path / "claim"),
-        "outbox_dir": str(out),
-    }
+    defaults = (cfg.inbox[0].output if cfg else config.OutputDefaults()).model_dump()
+    return JobSpec(
+        job_id="j1",
+        inbox="default",
+        manifest=manifest,
+        claim_dir=str(tmp_path / "claim"),
+        outbox_dir=str(out),
+        output=resolve_output(defaults, manifest),
+    )
 
 
 class Said:
@@ -92,9 +98,12 @@ def test_options_come_from_the_manifest_then_the_inbox_then_defaults(tmp_path, m
         tmp_path,
         inbox=[{"name": "default", "path": str(tmp_path), "output": {"crf": 30, "fps": 20}}],
     )
-    job = make_job(tmp_path, media.tone, media.image, fps=12, height=None)
-    opts = plan.options_for(job, cfg)
+    job = make_job(tmp_path, media.tone, media.image, cfg, fps=12, height=None)
+    opts = plan.options_for(job)
     assert (opts["fps"], opts["crf"], opts["name"]) == (12, 30, "result.mp4")
+    gone = job.model_copy(update={"output": None})  # its inbox left the config meanwhile
+    with pytest.raises(ConfigError, match="no longer in this daemon's config"):
+        plan.options_for(gone)
 
 
 def test_the_plan_scales_a_large_template_down_and_refuses_a_size_over_the_limit(
@@ -111,7 +120,7 @@ def test_the_plan_scales_a_large_template_down_and_refuses_a_size_over_the_limit
     assert p.n_frames == 50 and p.fps == 25.0  # 2 s at the default rate of a still
     assert "scaled down to fit [limits] max_pixels (300000)" in said.logs()
     assert p.partial.parent == p.final.parent and p.partial.name.startswith(".")
-    job["manifest"]["output"]["height"] = 720
+    job = job.model_copy(update={"output": job.output.model_copy(update={"height": 720})})
     with pytest.raises(MediaError) as e:
         plan.plan_output(job, found, cfg, said)
     assert e.value.code == "too_many_pixels" and "output.height" in e.value.hint
@@ -224,12 +233,14 @@ def test_publish_renames_the_checked_file_and_a_taken_over_job_is_not_published(
 ) -> None:  # noqa: ANN001
     rendered, p, _said = run_chain(tmp_path, media, PassthroughEngine())
     info = publish.check_result(p.partial, 2.0, p.fps, p.n_frames)
-    job = {"job_id": "j1", "claim_dir": str(tmp_path / "claim")}
+    job = JobSpec(
+        job_id="j1", inbox="default", claim_dir=str(tmp_path / "claim"), outbox_dir=str(p.out_dir)
+    )
     out = publish.publish_result(job, p, info, rendered.poster)
     assert p.final.exists() and not p.partial.exists() and out["frames"] == 50
     assert (p.out_dir / "poster.jpg").exists() and out["bytes"] == p.final.stat().st_size
     other = p.out_dir / ".other.partial"
     other.write_bytes(b"x")
     with pytest.raises(RenderError) as e:
-        publish.still_ours({"job_id": "j1", "claim_dir": str(tmp_path / "gone")}, other)
+        publish.still_ours(job.model_copy(update={"claim_dir": str(tmp_path / "gone")}), other)
     assert e.value.code == "taken_over" and not other.exists()

@@ -10,11 +10,12 @@ from pathlib import Path
 from test_render_steps import make_cfg, make_job
 
 from dropbox_daemon.errors import JobCancelled, RejectedDrop, RenderError
+from dropbox_daemon.protocol import JobSpec
 from dropbox_daemon.render.process import WorkerLoop, outcome_of
 
 
 def test_errors_become_outcomes_a_person_can_act_on() -> None:
-    job = {"job_id": "j1"}
+    job = JobSpec(job_id="j1", inbox="default", outbox_dir="/outbox/j1")
     assert outcome_of(JobCancelled("stopped", stage="rendering"), job)["outcome"] == "cancelled"
     rejected = outcome_of(RejectedDrop("bad wav", code="audio_invalid", field="audio"), job)
     assert rejected["outcome"] == "rejected" and rejected["error"]["code"] == "audio_invalid"
@@ -35,8 +36,8 @@ def test_the_loop_renders_a_job_answers_each_step_and_stops_when_told(
     thread.start()
     ready = daemon_end.recv()  # passthrough is not preloaded: the job loads it (a log line)
     assert ready["type"] == "ready" and ready["device"] == "cpu"
-    job = {**make_job(tmp_path, media.tone, media.image), "engine": "passthrough"}
-    daemon_end.send({"type": "job", "job": job})
+    job = make_job(tmp_path, media.tone, media.image).model_copy(update={"engine": "passthrough"})
+    daemon_end.send({"type": "job", "job": job.model_dump()})
     daemon_end.send({"type": "stop"})
     said = []
     while not said or said[-1]["type"] != "result":
@@ -89,13 +90,13 @@ def test_a_sticky_cuda_error_ends_the_worker_not_only_the_job(monkeypatch) -> No
         fails(RuntimeError("CUDA error: an illegal memory access")),
         raising=False,
     )
-    loop.run_job({"job_id": "j"})
+    loop.run_job(JobSpec(job_id="j", inbox="default", outbox_dir="/outbox/j"))
     assert exits == [W.EXIT_GPU_BROKEN]
     monkeypatch.setattr(
         loop, "engine_for", fails(EngineError("no face", code="no_face")), raising=False
     )
     exits.clear()
-    loop.run_job({"job_id": "j"})
+    loop.run_job(JobSpec(job_id="j", inbox="default", outbox_dir="/outbox/j"))
     assert exits == [] and sent[-1]["outcome"] == "failed"
 
 

@@ -21,7 +21,7 @@ __all__ = [
 
 def open_coordination(cfg: Config, store: Store) -> Coordination:
     """The way the store's daemons coordinate: a farm's database, or the shared folder."""
-    if store.shared:
+    if store.farm:
         from dropbox_daemon.coordination.database import DatabaseCoordination
         from dropbox_daemon.store.postgres import PostgresStore
 

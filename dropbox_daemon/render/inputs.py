@@ -11,6 +11,7 @@ from typing import Any
 from dropbox_daemon.claims import DROP_SUBDIR
 from dropbox_daemon.config import Config, LimitsConfig
 from dropbox_daemon.errors import EngineError, RejectedDrop
+from dropbox_daemon.protocol import JobSpec
 from dropbox_daemon.render.engines.base import Engine, RenderContext
 from dropbox_daemon.render.media.probe import (
     AudioInfo,
@@ -44,11 +45,11 @@ class Inputs:
         )
 
 
-def prepare_inputs(job: dict[str, Any], cfg: Config, emit: Emit) -> Inputs:
+def prepare_inputs(job: JobSpec, cfg: Config, emit: Emit) -> Inputs:
     """Probe and hash the job's audio and template; emit their record and a log line.
     Raises RejectedDrop (field, code, hint) for a file that is not what it must be."""
-    drop = Path(job["claim_dir"]) / DROP_SUBDIR
-    manifest = job["manifest"]
+    drop = Path(job.claim_dir or "") / DROP_SUBDIR
+    manifest = job.manifest
     audio_path, template_path = drop / manifest["audio"], drop / manifest["template"]
     found = Inputs(
         drop=drop,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dropbox_daemon.config import Config
+from dropbox_daemon.protocol import JobSpec
 from dropbox_daemon.render.chain import StageChain
 from dropbox_daemon.render.engines.base import AudioFeatures, Engine
 from dropbox_daemon.render.inputs import Emit, Inputs, engine_source, prepare_inputs
@@ -39,12 +40,12 @@ __all__ = ["options_for", "run"]
 
 
 def run(
-    job: dict[str, Any], cfg: Config, engine: Engine, emit: Emit, cancel: threading.Event
+    job: JobSpec, cfg: Config, engine: Engine, emit: Emit, cancel: threading.Event
 ) -> dict[str, Any]:
     """Render one job; returns {"output": ..., "timings": ...}; raises DaemonError."""
     t0 = time.monotonic()
     found = prepare_inputs(job, cfg, emit)
-    opts = options_for(job, cfg)
+    opts = options_for(job)
     found = engine_source(found, engine, render_context(job, found, opts, emit, cancel), cfg.limits)
     plan = plan_output(job, found, cfg, emit)
     source = template_source(found, plan, job, cfg, emit)
@@ -67,7 +68,7 @@ def run(
         plan.overlays,
     )  # fmt: skip
     try:
-        rendered = chain.run(args, Path(job["claim_dir"]) / "ffmpeg.log", emit, cancel)
+        rendered = chain.run(args, Path(job.claim_dir or "") / "ffmpeg.log", emit, cancel)
         info = check_result(plan.partial, found.audio.duration, plan.fps, plan.n_frames)
         output = publish_result(job, plan, info, rendered.poster)
     except BaseException:
@@ -85,7 +86,7 @@ def run(
 
 
 def template_source(
-    found: Inputs, plan: Plan, job: dict[str, Any], cfg: Config, emit: Emit
+    found: Inputs, plan: Plan, job: JobSpec, cfg: Config, emit: Emit
 ) -> TemplateFrames:
     """The template's frames at the output size and rate, shown as a player shows them
     (rotation, pixel aspect, deinterlaced, transparency over [media] background); a video's
@@ -97,7 +98,7 @@ def template_source(
         plan.size,
         plan.fps,
         plan.n_frames,
-        Path(job["claim_dir"]) / "loop-cache.raw",
+        Path(job.claim_dir or "") / "loop-cache.raw",
         cfg.limits.max_loop_cache_bytes,
         view,
         store=FrameStore(cfg.daemon.state_dir / "templates", cfg.media.template_cache_bytes),

@@ -11,7 +11,8 @@ from typing import Any
 
 from dropbox_daemon import cpus
 from dropbox_daemon.config import Config
-from dropbox_daemon.errors import MediaError
+from dropbox_daemon.errors import ConfigError, MediaError
+from dropbox_daemon.protocol import JobSpec
 from dropbox_daemon.render import compose
 from dropbox_daemon.render.engines.base import RenderContext
 from dropbox_daemon.render.inputs import Emit, Inputs
@@ -39,19 +40,21 @@ class Plan:
     partial: Path  # the hidden file ffmpeg writes; renamed to `final` when it checks out
 
 
-def options_for(job: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    """The job's output options: the manifest's [output], then the inbox's, then defaults."""
-    inbox = cfg.inbox_by_name(job["inbox"])
-    opts = inbox.output.model_dump()
-    manifest_out = (job.get("manifest") or {}).get("output") or {}
-    opts.update({k: v for k, v in manifest_out.items() if v is not None})
-    return opts
+def options_for(job: JobSpec) -> dict[str, Any]:
+    """The job's output options as the daemon resolved them (manifest, inbox, defaults)."""
+    if job.output is None:
+        raise ConfigError(
+            f"job {job.job_id}: its inbox {job.inbox!r} is no longer in this daemon's config, so "
+            "its output options cannot be resolved",
+            hint="put the inbox back in config.toml and `dropbox-daemon retry` the job",
+        )
+    return job.output.model_dump()
 
 
-def plan_output(job: dict[str, Any], found: Inputs, cfg: Config, emit: Emit) -> Plan:
+def plan_output(job: JobSpec, found: Inputs, cfg: Config, emit: Emit) -> Plan:
     """The output's rate, size (scaled down to [limits] max_pixels, said in the log) and frame
     count; MediaError too_many_pixels for a size asked for over the limit."""
-    opts, limits, visual = options_for(job, cfg), cfg.limits, found.visual
+    opts, limits, visual = options_for(job), cfg.limits, found.visual
     fps = min(float(opts["fps"] or visual.fps or cfg.media.default_fps), limits.max_fps)
     size = output_size(visual.width, visual.height, opts["height"], limits.max_pixels)
     if not opts["height"] and size[0] * size[1] < visual.width * visual.height // 2:
@@ -69,7 +72,7 @@ def plan_output(job: dict[str, Any], found: Inputs, cfg: Config, emit: Emit) -> 
             stage="preparing",
             hint="set a smaller output.height",
         )
-    out_dir = Path(job["outbox_dir"])
+    out_dir = Path(job.outbox_dir)
     return Plan(
         opts=opts,
         fps=fps,
@@ -138,7 +141,7 @@ def encoder_args(plan: Plan, found: Inputs, cfg: Config, emit: Emit) -> EncodeCo
 
 
 def render_context(
-    job: dict[str, Any],
+    job: JobSpec,
     found: Inputs,
     opts: dict[str, Any],
     emit: Emit,
@@ -147,16 +150,16 @@ def render_context(
 ) -> RenderContext:
     """What the engine is told about the job (rate, size and frame count once planned)."""
     return RenderContext(
-        job_id=job["job_id"],
+        job_id=job.job_id,
         audio_path=found.audio_path,
         audio_duration=found.audio.duration,
         fps=plan.fps if plan else 0.0,
         n_frames=plan.n_frames if plan else 0,
         size=plan.size if plan else (0, 0),
-        work_dir=Path(job["claim_dir"]),
+        work_dir=Path(job.claim_dir or ""),
         options=opts,
         log=lambda m: emit({"type": "log", "message": m}),
-        trace_id=job.get("trace_id", "-"),
+        trace_id=job.trace_id,
         cancel=cancel,
         alive=lambda: emit({"type": "alive"}),
     )

@@ -41,7 +41,7 @@ class WorkerLoop:
         self.send_lock = threading.Lock()
         self.loaded: dict[str, Any] = {}  # engine name -> warm engine
         self.loads: dict[str, int] = {}  # engine name -> times loaded
-        self.jobs: list[dict[str, Any]] = []
+        self.jobs: list[protocol.JobSpec] = []
         self.have_job = threading.Condition()
         self.cancels: dict[str, threading.Event] = {}
         self.stopping = threading.Event()
@@ -80,7 +80,7 @@ class WorkerLoop:
             try:
                 self.run_job(job)
             finally:
-                self.cancels.pop(job["job_id"], None)
+                self.cancels.pop(job.job_id, None)
 
     def read_orders(self) -> None:
         """The daemon's orders, queued for the serve loop (a cancel sets the job's event)."""
@@ -99,8 +99,8 @@ class WorkerLoop:
                 continue
             with self.have_job:
                 if isinstance(order, protocol.JobOrder):
-                    self.cancels[order.job["job_id"]] = threading.Event()
-                    self.jobs.append(dict(order.job))
+                    self.cancels[order.job.job_id] = threading.Event()
+                    self.jobs.append(order.job)
                 elif isinstance(order, protocol.Cancel) and order.job_id in self.cancels:
                     self.cancels[order.job_id].set()
                 elif isinstance(order, protocol.Stop):
@@ -109,7 +109,7 @@ class WorkerLoop:
             if isinstance(order, protocol.Stop):
                 return
 
-    def next_job(self) -> dict[str, Any] | None:
+    def next_job(self) -> protocol.JobSpec | None:
         """The next job, waiting for one; None once the daemon said stop and none is left."""
         with self.have_job:
             while not self.jobs and not self.stopping.is_set():
@@ -152,9 +152,9 @@ class WorkerLoop:
             }
         )
 
-    def engine_for(self, job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> Any:
+    def engine_for(self, job: protocol.JobSpec, emit: Callable[[dict[str, Any]], None]) -> Any:
         """The job's engine, loaded now (and said in the job's log) if no job used it yet."""
-        name = job["engine"]
+        name = job.engine
         if name not in self.loaded:
             t = time.monotonic()
             self.load(name)
@@ -164,11 +164,11 @@ class WorkerLoop:
             emit({"type": "loads", "loads": self.loads})
         return self.loaded[name]
 
-    def run_job(self, job: dict[str, Any]) -> None:
+    def run_job(self, job: protocol.JobSpec) -> None:
         """Render one job and send its result; any error ends the job, never the worker."""
         from dropbox_daemon.render import pipeline
 
-        job_id = job["job_id"]
+        job_id = job.job_id
 
         def emit(msg: dict[str, Any]) -> None:
             self.send({**msg, "job_id": job_id})
@@ -181,7 +181,7 @@ class WorkerLoop:
             if sticky := sticky_cuda_error(e):
                 # every later CUDA call in this process fails the same way: a fresh worker
                 # (a new CUDA context) takes the job again, its attempt counted by the daemon
-                logger.bind(job_id=job_id, trace_id=job.get("trace_id")).error(
+                logger.bind(job_id=job_id, trace_id=job.trace_id).error(
                     "job {}: the GPU's context is broken ({}); this worker exits and a new one "
                     "takes the job again (a recurring one: see the kernel log, nvidia-smi -q, "
                     "for Xid errors)",
@@ -225,7 +225,7 @@ def sticky_cuda_error(e: BaseException) -> str | None:
     return None
 
 
-def outcome_of(e: Exception, job: dict[str, Any]) -> dict[str, Any]:
+def outcome_of(e: Exception, job: protocol.JobSpec) -> dict[str, Any]:
     """A job's result message for the error that ended it: cancelled, rejected or failed, with
     the error's code, stage, message and hint (a bug's traceback goes to the daemon's log)."""
     if isinstance(e, JobCancelled):
@@ -246,8 +246,8 @@ def outcome_of(e: Exception, job: dict[str, Any]) -> dict[str, Any]:
             },
         }
     tb = "".join(traceback.format_exception(e))
-    job_id = job["job_id"]
-    logger.bind(job_id=job_id, trace_id=job.get("trace_id")).error(
+    job_id = job.job_id
+    logger.bind(job_id=job_id, trace_id=job.trace_id).error(
         "job {} crashed in the worker; it fails and the worker goes on:\n{}", job_id, tb
     )
     return {

@@ -12,6 +12,7 @@ import numpy as np
 
 from dropbox_daemon.errors import MediaError, RenderError
 from dropbox_daemon.outbox import POSTER, atomic_write, publish
+from dropbox_daemon.protocol import JobSpec
 from dropbox_daemon.render.media.probe import ResultInfo, probe_result, sha256_file
 
 if TYPE_CHECKING:
@@ -48,14 +49,14 @@ def check_result(path: Path, audio_duration: float, fps: float, n_frames: int) -
     return info
 
 
-def still_ours(job: dict[str, Any], partial: Path) -> None:
+def still_ours(job: JobSpec, partial: Path) -> None:
     """The fence where a result is published: a claim folder renamed by a peer's takeover
     means this render was given up on; its result must not replace the peer's."""
-    claim = job.get("claim_dir")
+    claim = job.claim_dir
     if claim and not os.path.isdir(claim):
         partial.unlink(missing_ok=True)
         raise RenderError(
-            f"job {job['job_id']} was taken over by another instance while this one was silent; "
+            f"job {job.job_id} was taken over by another instance while this one was silent; "
             "its result is not published",
             code="taken_over",
             stage="encoding",
@@ -64,7 +65,7 @@ def still_ours(job: dict[str, Any], partial: Path) -> None:
 
 
 def publish_result(
-    job: dict[str, Any], plan: Plan, info: ResultInfo, poster: np.ndarray | None
+    job: JobSpec, plan: Plan, info: ResultInfo, poster: np.ndarray | None
 ) -> dict[str, Any]:
     """Write the poster and rename the checked file to its name in the outbox, if the job is
     still ours; task.json's `output` record."""

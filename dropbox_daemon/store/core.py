@@ -35,7 +35,7 @@ class StoreCore:
     """The backend's hooks and the reads every part uses."""
 
     backend = "base"
-    shared = False  # True: one database for several daemons (a farm)
+    farm = False  # True: one database for every daemon of a farm (PostgreSQL)
     LOCK = ""  # appended to a row read inside a transaction that will write it
     SKIP_LOCKED = ""  # appended where a farm's daemons must not take the same rows
 

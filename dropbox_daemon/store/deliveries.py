@@ -19,7 +19,7 @@ class Deliveries(StoreCore):
         """Pending deliveries that are due; in a farm, leased to this daemon so no other sends them."""
         with self.transaction() as c:
             rows = rows_of(c.execute(Q.due_deliveries + self.SKIP_LOCKED, (now, limit)))
-            if self.shared:
+            if self.farm:
                 for r in rows:
                     c.execute(Q.lease_delivery, (now + self.DELIVERY_LEASE, r["id"]))
         return rows

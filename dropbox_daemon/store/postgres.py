@@ -63,7 +63,7 @@ class PostgresStore(Store):
     a transaction and a daemon holds at most [store] pool_size connections."""
 
     backend = "postgresql"
-    shared = True
+    farm = True  # one database for every daemon of a farm
     LOCK = " FOR UPDATE"
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 

@@ -84,7 +84,7 @@ class Queries(StoreCore):
 
     def held(self) -> list[Job]:
         """Jobs that have not ended and are this daemon's to finish (in a farm: this instance's)."""
-        if self.shared:
+        if self.farm:
             return self._query(Q.held_by_instance, (self.instance,))
         return self._query(Q.held)
 

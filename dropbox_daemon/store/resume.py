@@ -18,7 +18,7 @@ class Resume(StateMachine):
     def recover_interrupted(self) -> list[Job]:
         """At start-up: this daemon's interrupted jobs resume (resume_plan says how)."""
         out = []
-        if self.shared:
+        if self.farm:
             interrupted = self._query(Q.interrupted_of_instance, (self.instance,))
         else:
             interrupted = self._query(Q.interrupted)

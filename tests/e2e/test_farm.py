@@ -33,11 +33,11 @@ def store_url(request) -> str:  # noqa: ANN001
     return "" if request.param == "folder" else request.getfixturevalue("pg_url")
 
 
-VALID, INVALID = 150, 15
+VALID, INVALID = 185, 15  # 200 drops
 
 
 def storm(ds, media, tmp_path) -> None:  # noqa: ANN001
-    """150 valid + 15 invalid drops from 8 writers; one daemon killed -9 mid-storm and restarted."""
+    """185 valid + 15 invalid drops from 8 writers; one daemon killed -9 mid-storm and restarted."""
     inbox, outbox = ds[0].inbox, ds[0].outbox
     _ = (media.tone_short, media.tiny_image)  # made once here: the fixture is not thread-safe
     ids = [f"v{n:03d}" for n in range(VALID)] + [f"bad{n:02d}" for n in range(INVALID)]
