@@ -123,6 +123,10 @@ class StoreConfig(Strict):
             raise ValueError('must be empty (SQLite) or "postgresql://user@host:port/dbname"')
         return v
 
+    def shown_url(self) -> str:
+        """The URL as logs, hashes and answers may show it: its password left out."""
+        return redact.url(self.url)
+
 
 class LimitsConfig(Strict):
     """Ceilings on untrusted input."""
@@ -250,10 +254,6 @@ class Config(Strict):
         raise ConfigError(f"no inbox named {name!r} (configured: {known})", hint="check --inbox")
 
     @property
-    def db_path(self) -> Path:
-        return self.daemon.state_dir / "jobs.sqlite3"
-
-    @property
     def instance_id(self) -> str:
         """[daemon] instance, or the host name plus a stable suffix of the state folder's path."""
         if self.daemon.instance:
@@ -278,7 +278,7 @@ class Config(Strict):
             mode="json",
             exclude={"http": {"token"}, "callbacks": {"secret"}, "store": {"url"}},
         )
-        data["store_url"] = redact.url(self.store.url)
+        data["store_url"] = self.store.shown_url()
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -16,7 +16,7 @@ from dropbox_daemon.metrics import Metrics
 from dropbox_daemon.notify import Notifier
 from dropbox_daemon.outbox import Outbox
 from dropbox_daemon.scheduler import Scheduler
-from dropbox_daemon.store import Job, SqliteStore
+from dropbox_daemon.store import Job, SqliteStore, sqlite_path
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -66,7 +66,7 @@ def add_job(
 def test_retention_removes_exactly_the_expired_jobs(tmp_path) -> None:  # noqa: ANN001
     cfg = make_cfg(tmp_path)
     assert [i.keep_days for i in cfg.inbox] == [7.0, 3.0]
-    store = SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox))
+    store = SqliteStore(sqlite_path(cfg), Outbox(cfg.daemon.outbox))
     add_job(store, cfg, "old-done", "main", "done", 8)
     add_job(store, cfg, "young-done", "main", "done", 6)
     add_job(store, cfg, "old-rejected", "main", "rejected", 30)
@@ -90,18 +90,18 @@ def test_retention_removes_exactly_the_expired_jobs(tmp_path) -> None:  # noqa: 
 
 def test_backup_restores_to_a_working_database(tmp_path) -> None:  # noqa: ANN001
     cfg = make_cfg(tmp_path, retention={"backups_keep": 2})
-    store = SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox))
+    store = SqliteStore(sqlite_path(cfg), Outbox(cfg.daemon.outbox))
     for n in range(3):
         add_job(store, cfg, f"j{n}", "main", "done", 1)
     dests = [retention.backup(store, cfg, now=NOW + k) for k in range(3)]
     kept = sorted((cfg.daemon.state_dir / "backups").glob("jobs-*.sqlite3"))
     assert kept == dests[1:]  # the oldest went
     store.close()
-    cfg.db_path.unlink()
+    sqlite_path(cfg).unlink()
     for suffix in ("-wal", "-shm"):
-        Path(str(cfg.db_path) + suffix).unlink(missing_ok=True)
-    dests[-1].replace(cfg.db_path)  # the operator's restore: copy a backup into place
-    restored = SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox))
+        Path(str(sqlite_path(cfg)) + suffix).unlink(missing_ok=True)
+    dests[-1].replace(sqlite_path(cfg))  # the operator's restore: copy a backup into place
+    restored = SqliteStore(sqlite_path(cfg), Outbox(cfg.daemon.outbox))
     assert restored.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert sorted(j.job_id for j in restored.jobs()) == ["j0", "j1", "j2"]
     assert len(restored.events("j1")) == 6
@@ -173,7 +173,7 @@ def test_heartbeat_pings_the_watchdog_only_while_healthy(tmp_path, notify_socket
     for i in cfg.inbox:
         i.path.mkdir(parents=True)
     cfg.daemon.outbox.mkdir(parents=True)
-    SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox)).close()
+    SqliteStore(sqlite_path(cfg), Outbox(cfg.daemon.outbox)).close()
     view = health.DaemonView(worker_state="idle", ready=True, loop_tick=time.monotonic())
     sched = Scheduler(cfg, view, Metrics(), Notifier(path))
     sched.heartbeat()
@@ -186,7 +186,7 @@ def test_heartbeat_pings_the_watchdog_only_while_healthy(tmp_path, notify_socket
     assert "WATCHDOG=1" not in received(sock)
     beat = json.loads((cfg.daemon_dir / "health.json").read_text())
     assert beat["status"] == "failing" and "main loop silent" in beat["reasons"][0]
-    assert sqlite3.connect(cfg.db_path).execute("SELECT 1").fetchone() == (1,)
+    assert sqlite3.connect(sqlite_path(cfg)).execute("SELECT 1").fetchone() == (1,)
 
 
 def test_a_long_retention_run_does_not_hold_the_heartbeat_back(tmp_path, monkeypatch) -> None:  # noqa: ANN001
@@ -201,7 +201,7 @@ def test_a_long_retention_run_does_not_hold_the_heartbeat_back(tmp_path, monkeyp
     for i in cfg.inbox:
         i.path.mkdir(parents=True)
     cfg.daemon.outbox.mkdir(parents=True)
-    SqliteStore(cfg.db_path, Outbox(cfg.daemon.outbox)).close()  # the daemon makes it first
+    SqliteStore(sqlite_path(cfg), Outbox(cfg.daemon.outbox)).close()  # the daemon makes it first
     release, purging = threading.Event(), threading.Event()
 
     def slow_purge(store, cfg):  # noqa: ANN001, ANN202

@@ -7,22 +7,16 @@ import argparse
 from dropbox_daemon import __version__
 from dropbox_daemon import config as config_mod
 from dropbox_daemon.cli.output import say
-from dropbox_daemon.errors import EXIT_FAILURE, EXIT_OK, ConfigError
+from dropbox_daemon.errors import EXIT_FAILURE, EXIT_OK
 
 
 def cmd_db(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     """`db migrate` / `db status`: the farm's schema, applied by a role that owns it."""
     from dropbox_daemon.redact import url as redact_url
-    from dropbox_daemon.store import pg_schema
+    from dropbox_daemon.store import admin_url, pg_schema
     from dropbox_daemon.store.pg_conn import connect, settings_of, where
 
-    url = args.url or cfg.store.url
-    if not url:
-        raise ConfigError(
-            "db: no database: [store] url is empty (this daemon uses SQLite, which migrates "
-            "itself)",
-            hint="set [store] url in the config, or pass --url postgresql://owner@host/db",
-        )
+    url = admin_url(cfg, args.url)
     with connect(url, settings_of(cfg)) as conn:
         have = pg_schema.current_version(conn)
         applied: list[int] = []

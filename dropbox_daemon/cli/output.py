@@ -52,11 +52,11 @@ def store_of(cfg: config_mod.Config):  # noqa: ANN202
     """The jobs database, never created here: a command run before the daemon's first start
     (or with the wrong --config, or as another user) must not make its state folder."""
     from dropbox_daemon.outbox import Outbox
-    from dropbox_daemon.store import has_store, open_store
+    from dropbox_daemon.store import has_store, open_store, sqlite_path
 
     if not has_store(cfg):
         raise CliError(
-            f"no jobs database at {cfg.db_path}: no daemon has run with this config yet",
+            f"no jobs database at {sqlite_path(cfg)}: no daemon has run with this config yet",
             EXIT_NOT_FOUND,
             "start it (dropbox-daemon run, or systemctl start dropbox-daemon), or pass the "
             "config it runs with (--config)",

@@ -3,6 +3,9 @@ PostgreSQL for a farm; the SQL of both in sql/, loaded by name (statements.py)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from dropbox_daemon.errors import ConfigError
 from dropbox_daemon.outbox import CALLBACK_STATES
 from dropbox_daemon.store.base import Store
 from dropbox_daemon.store.job import (
@@ -38,7 +41,30 @@ __all__ = [
     "open_store",
     "store_name",
     "pick_next",
+    "sqlite_path",
+    "admin_url",
 ]
+
+
+SQLITE_FILE = "jobs.sqlite3"  # in [daemon] state_dir: one daemon's own store
+
+
+def sqlite_path(cfg) -> Path:  # noqa: ANN001
+    """Where a daemon without a farm database keeps its jobs (SQLite)."""
+    return cfg.daemon.state_dir / SQLITE_FILE
+
+
+def admin_url(cfg, given: str | None = None) -> str:  # noqa: ANN001
+    """The farm database `db migrate`/`db status` work on: --url (the owner's), else [store]
+    url; ConfigError where there is none (SQLite migrates itself)."""
+    url = given or cfg.store.url
+    if not url:
+        raise ConfigError(
+            "db: no database: [store] url is empty (this daemon uses SQLite, which migrates "
+            "itself)",
+            hint="set [store] url in the config, or pass --url postgresql://owner@host/db",
+        )
+    return url
 
 
 def open_store(cfg, outbox, on_wait=None) -> Store:  # noqa: ANN001
@@ -58,7 +84,7 @@ def open_store(cfg, outbox, on_wait=None) -> Store:  # noqa: ANN001
             stale_seconds=cfg.daemon.stale_claim_seconds,
             on_wait=on_wait,
         )
-    return SqliteStore(cfg.db_path, outbox, instance=cfg.instance_id)
+    return SqliteStore(sqlite_path(cfg), outbox, instance=cfg.instance_id)
 
 
 def is_farm(cfg) -> bool:  # noqa: ANN001
@@ -68,9 +94,9 @@ def is_farm(cfg) -> bool:  # noqa: ANN001
 
 def has_store(cfg) -> bool:  # noqa: ANN001
     """There is a store to read: a farm's database, or the SQLite file of a daemon that ran."""
-    return is_farm(cfg) or cfg.db_path.exists()
+    return is_farm(cfg) or sqlite_path(cfg).exists()
 
 
 def store_name(cfg) -> str:  # noqa: ANN001
     """The store as messages name it."""
-    return "the farm database" if is_farm(cfg) else str(cfg.db_path)
+    return "the farm database" if is_farm(cfg) else str(sqlite_path(cfg))
