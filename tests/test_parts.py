@@ -319,3 +319,58 @@ def test_a_message_that_is_not_the_protocols_is_set_aside(parts: Bench, media) -
     parts.worker.says(type="stage", job_id="p1", stage="rendering")  # the protocol's: acted on
     parts.pass_()
     assert parts.store.get("p1").state == "rendering"  # type: ignore[union-attr]
+
+
+class CountedBeats:
+    """A scheduler stand-in that counts the heartbeats asked for now."""
+
+    def __init__(self) -> None:
+        self.beats = 0
+
+    def beat_now(self) -> None:
+        self.beats += 1
+
+
+def test_the_reporter_shares_each_change_once_and_says_an_outage_once(parts: Bench, media) -> None:  # noqa: ANN001
+    """The view is copied from the worker handle and the running job; health.json is asked
+    for at once only where something a reader acts on changed; the store's outage is said
+    once, its return once, and the view says why meanwhile."""
+    import threading
+
+    from loguru import logger
+
+    from dropbox_daemon.reporting import Reporter
+
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(str(m)), level="INFO")
+    beats = CountedBeats()
+    view = parts.loop.view
+    report = Reporter(
+        parts.cfg,
+        view,
+        Metrics(),
+        Notifier(""),
+        beats,  # type: ignore[arg-type]
+        parts.worker,
+        current=lambda: parts.supervisor.current,
+        wake=threading.Event(),
+        flags=Flags(),
+    )
+    try:
+        report.share()
+        assert beats.beats == 1 and view.worker_state == "starting" and view.worker_pid == 7001
+        report.share()
+        assert beats.beats == 1  # nothing changed: no write
+        started(parts, media, "j1")
+        report.share()
+        assert beats.beats == 2 and view.worker_state == "busy" and view.current_job == "j1"
+        for _ in range(3):
+            report.store_down(StoreUnavailable("the database went away"))
+        assert view.store_error == "the database went away"
+        report.store_back()
+        report.store_back()
+    finally:
+        logger.remove(sink)
+    assert sum("store: unreachable" in m for m in said) == 1, said
+    assert sum("store: reachable again" in m for m in said) == 1, said
+    assert view.store_error is None and report.store_down_why is None
