@@ -9,9 +9,9 @@ pipeline.py  one job, as the steps below take it, in this order:
 inputs.py      prepare the inputs: probe the audio and template by content, hash them, log them
 plan.py        plan the output: options, rate, size, frame count, overlays, encoder arguments
 track.py       the template's face track: from the cache or by detection; no_face with numbers
-chain.py       the stage chain: decode -> engine -> compose -> encode, in threads, with progress
+chain.py       the render chain: decode -> engine -> compose -> encode, in threads, with progress
 publish.py     check the rendered file, make sure the job is still ours, publish, describe it
-stages.py    the threads of the chain and the queues between them
+threads.py   the threads of the chain and the queues between them
 compose.py   blending the generated mouth into the frame, overlays (watermark, AI label)
 faces.py     face detection and smoothed tracks
 engines/     the lip-sync engines behind one interface: passthrough, preview, wav2lip, http

@@ -1,6 +1,6 @@
-"""Step 4: the stage chain. Template decoding, face detection (when the track is not cached),
+"""Step 4: the render chain. Template decoding, face detection (when the track is not cached),
 the engine, compositing and the encoder each run in a thread of their own, handing frames
-over through small queues (stages.py), so the stages overlap, memory stays flat, and the
+over through small queues (threads.py), so the steps overlap, memory stays flat, and the
 encoder is never starved by a stage that could have run ahead. Progress is reported every
 PROGRESS_EVERY seconds; a cancel stops it."""
 
@@ -27,7 +27,7 @@ from dropbox_daemon.render.engines.base import (
 from dropbox_daemon.render.inputs import Emit
 from dropbox_daemon.render.media.encode import EncodeCommand, Encoder
 from dropbox_daemon.render.media.frames import TemplateFrames
-from dropbox_daemon.render.stages import Meter, Threaded
+from dropbox_daemon.render.threads import Meter, Threaded
 from dropbox_daemon.render.track import FaceBoxes
 
 PROGRESS_EVERY = 0.5  # seconds between progress messages

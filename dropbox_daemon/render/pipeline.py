@@ -2,7 +2,7 @@
 
   prepare the inputs (render/inputs.py) -> plan the output (render/plan.py) ->
   the face track (render/track.py: from the cache, or detected as frames flow through) ->
-  the stage chain (render/chain.py) -> check and publish (render/publish.py)
+  the render chain (render/chain.py) -> check and publish (render/publish.py)
 
 The pipeline reports through `emit` (stage changes, progress, inputs, log lines) and
 returns the output record and timings; errors are DaemonError values that the daemon

@@ -1,6 +1,6 @@
 """Step 3: the template's face track, one box (or None) per template frame at the output
 rate: from the cache (by template content, view, size, rate and settings), or detected as
-the frames flow through the stage chain. Too few faces is no_face, with where they are
+the frames flow through the render chain. Too few faces is no_face, with where they are
 missing and what a closer look found."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def track_settings(cfg: Config) -> faces.TrackSettings:
 
 
 class FaceBoxes:
-    """One face box per output frame for the stage chain. A cached track is looked up by the
+    """One face box per output frame for the render chain. A cached track is looked up by the
     template frame's index; otherwise the track is detected as the frames flow (TrackStream:
     each frame goes on once its box is final), and once the template has been seen through it
     is cached and checked: too few faces is no_face, with the numbers."""

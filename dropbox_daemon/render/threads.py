@@ -1,6 +1,6 @@
-"""Bounded producer/consumer stages for the render chain, with per-stage busy times.
+"""The render chain's threads: bounded producer/consumer steps, each with its busy time.
 
-Each stage runs its iterator in its own thread and hands items over through a
+Each step runs its iterator in its own thread and hands items over through a
 small queue, so decoding, the engine, compositing and encoding overlap. The
 heavy work in every stage (PyAV, OpenCV, numpy, pipe writes) releases the GIL.
 """
