@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-avx2 lint bench bench-gpu bench-farm soak clean
+.PHONY: demo test test-avx2 lint bench bench-gpu bench-farm soak clean wheelhouse image
 
 # A GPU host keeps its CUDA build of torch: TORCH_INDEX installs one first (e.g.
 # TORCH_INDEX=https://download.pytorch.org/whl/cu126), and a venv that already has one (README,
@@ -54,6 +54,16 @@ bench-farm: $(STAMP)  # needs PostgreSQL server binaries (apt-get install postgr
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
+
+# Containers (docs/operations.md "Containers"). The wheelhouse: every wheel the image
+# installs, for a build without the package index (docker build --build-arg WHEELS=local);
+# made with the image's Python version (3.11).
+WHEEL_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+wheelhouse:
+	$(WHEEL_PYTHON) -m pip download --quiet --dest .wheelhouse -c constraints.txt . dumb-init 'setuptools>=68' wheel
+
+image:
+	docker build -t dropbox-daemon .
 
 clean:
 	rm -rf $(VENV) .state

@@ -356,6 +356,10 @@ ENV_OVERRIDES = {
     "DROPBOX_DAEMON_STATE_DIR": ("daemon", "state_dir"),
     "DROPBOX_DAEMON_INSTANCE": ("daemon", "instance"),
     "DROPBOX_DAEMON_STORE_URL": ("store", "url"),
+    # containers (Dockerfile, compose.yaml): the status page and the weights without a file
+    "DROPBOX_DAEMON_HTTP_LISTEN": ("http", "listen"),
+    "DROPBOX_DAEMON_HTTP_TOKEN_FILE": ("http", "token_file"),
+    "DROPBOX_DAEMON_WAV2LIP": ("models", "wav2lip"),
 }
 
 

@@ -12,9 +12,16 @@ import os
 from pathlib import Path
 
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU the driver knows
+# the host's GPU count where this process sees only its own: a container given one GPU
+# (the NVIDIA Container Toolkit shows it only that one's folder; compose.yaml sets it)
+HOST_GPUS_ENV = "DROPBOX_DAEMON_HOST_GPUS"
 
 
-def gpus_on_host(root: Path = NVIDIA_GPUS) -> int:
+def gpus_on_host(root: Path = NVIDIA_GPUS, told: str | None = None) -> int:
+    """$DROPBOX_DAEMON_HOST_GPUS where set to a number, else the driver's folders."""
+    told = os.environ.get(HOST_GPUS_ENV) if told is None else told
+    if told and told.strip().isdigit():
+        return int(told)
     try:
         return sum(1 for p in root.iterdir() if p.is_dir())
     except OSError:

@@ -97,6 +97,21 @@ def test_environment_overrides_the_file_for_per_gpu_units(tmp_path: Path) -> Non
         )
 
 
+def test_environment_sets_the_status_page_and_the_weights_for_containers(tmp_path: Path) -> None:
+    data = {"inbox": [{"name": "a", "path": "in"}], "http": {"listen": ""}}
+    (tmp_path / "token").write_text("s3cret\n")
+    env = {
+        "DROPBOX_DAEMON_HTTP_LISTEN": "0.0.0.0:8765",
+        "DROPBOX_DAEMON_HTTP_TOKEN_FILE": str(tmp_path / "token"),
+        "DROPBOX_DAEMON_WAV2LIP": "models/wav2lip_gan.pth",
+    }
+    cfg = config.from_dict(data, source=tmp_path / "c.toml", env=env)
+    assert cfg.http.listen == "0.0.0.0:8765" and cfg.http.bearer() == "s3cret"
+    assert cfg.models.wav2lip == tmp_path / "models" / "wav2lip_gan.pth"  # beside the file
+    with pytest.raises(ConfigError, match="listen"):
+        config.from_dict(data, source=tmp_path / "c.toml", env={"DROPBOX_DAEMON_HTTP_LISTEN": "x"})
+
+
 @pytest.mark.parametrize(
     "given, shown",
     [

@@ -12,6 +12,9 @@ def test_gpus_on_host_counts_the_drivers_folders(tmp_path: Path) -> None:
     for bus in ("0000:17:00.0", "0000:65:00.0", "0000:ca:00.0", "0000:e3:00.0"):
         (tmp_path / bus).mkdir()
     assert cpus.gpus_on_host(tmp_path) == 4
+    # a container given one GPU sees only its folder: compose.yaml says how many the host has
+    assert cpus.gpus_on_host(tmp_path / "absent", told="8") == 8
+    assert cpus.gpus_on_host(tmp_path, told="eight") == 4  # not a number: the driver's count
 
 
 def test_a_daemon_per_gpu_takes_its_share() -> None:

@@ -14,7 +14,7 @@ from dropbox_daemon.cli.jobs import cmd_cancel, cmd_jobs, cmd_logs, cmd_retry, c
 from dropbox_daemon.cli.output import EXIT_NAMES, NoSuchJob, say_error
 from dropbox_daemon.cli.parser import build_parser
 from dropbox_daemon.cli.service import cmd_run
-from dropbox_daemon.cli.status import cmd_status, daemon_state
+from dropbox_daemon.cli.status import cmd_healthcheck, cmd_status, daemon_state
 from dropbox_daemon.cli.submit import cmd_submit
 from dropbox_daemon.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_FOUND, CliError, ConfigError
 
@@ -24,6 +24,7 @@ COMMANDS = {
     "run": cmd_run,
     "submit": cmd_submit,
     "status": cmd_status,
+    "healthcheck": cmd_healthcheck,
     "jobs": cmd_jobs,
     "show": cmd_show,
     "retry": cmd_retry,

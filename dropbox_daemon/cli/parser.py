@@ -66,6 +66,12 @@ def _job_commands(
     )
     s.add_argument("--timeout", type=float, default=3600, help="seconds --wait waits")
     sub.add_parser("status", parents=[common], help="is the daemon up; jobs by state")
+    sub.add_parser(
+        "healthcheck",
+        parents=[common],
+        help="exit 0 if this daemon runs and its heartbeat is fresh and healthy (a container's "
+        "HEALTHCHECK: reads health.json and the pid file, no database)",
+    )
     j = sub.add_parser("jobs", parents=[common], help="list jobs")
     j.add_argument("--state")
     j.add_argument("--inbox")

@@ -171,3 +171,19 @@ def cmd_status(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     }
     say(args, "\n".join(lines), data)
     return EXIT_OK if running and state["healthy"] else EXIT_FAILURE
+
+
+def cmd_healthcheck(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    """A container's HEALTHCHECK or a monitor's probe: 0 where this daemon runs and its own
+    heartbeat is fresh and says ok or degraded, 1 otherwise, with `status`'s first line. It
+    reads only the pid file and health.json (no database: a probe every few seconds costs
+    nothing, and a farm database's outage shows in the heartbeat's status, not as a probe
+    that hangs)."""
+    import time
+
+    pid = _daemon_pid(cfg)
+    state = daemon_state(pid, _read_beat(cfg), cfg.health.heartbeat_seconds, time.time())
+    healthy = state["healthy"] and state["phase"] not in ("stopped", "killed", "hung")
+    data = {"healthy": healthy, "pid": pid, "phase": state["phase"], "summary": state["line"]}
+    say(args, f"dropbox-daemon {__version__}: {state['line']}", data)
+    return EXIT_OK if healthy else EXIT_FAILURE

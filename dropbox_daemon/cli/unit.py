@@ -71,12 +71,17 @@ def check_unit(cfg: Config, unit: str | None = None) -> list[Check]:
     else:
         found = installed_unit(unit or UNIT_NAME)
         if found is None:
+            # the repository's unit, where there is one (not in a container's installed package)
+            hint = (
+                f"; `doctor --unit {UNIT}` checks the repository's unit against this config"
+                if UNIT.is_file()
+                else ""
+            )
             return [
                 Check(
                     "systemd unit",
                     "ok",
-                    f"no {unit or UNIT_NAME} installed (not run by systemd here); "
-                    f"`doctor --unit {UNIT}` checks the repository's unit against this config",
+                    f"no {unit or UNIT_NAME} installed (not run by systemd here){hint}",
                 )
             ]
         where, text = found
