@@ -45,7 +45,7 @@ CPU_IMAGE_AIM = 1.5e9  # bytes (issue 23): the CPU image under 1.5 GB
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root (chroot and mounts run the image's files)"
-    for tool in ("podman", "mmdebstrap", "unshare", "chroot"):
+    for tool in ("podman", "mmdebstrap", "unshare", "chroot", "flock"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install podman mmdebstrap)"
     return None
@@ -70,19 +70,9 @@ def _run(*cmd: str, timeout: float = 900, **kw: object) -> subprocess.CompletedP
 
 
 def _base_image() -> None:
-    """Debian bookworm with python3 and its venv: made once per machine and kept."""
-    if subprocess.run(["podman", "image", "exists", BASE]).returncode == 0:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        tar = Path(tmp) / "rootfs.tar"
-        _run(
-            "mmdebstrap",
-            "--variant=apt",
-            "--include=python3,python3-venv,ca-certificates",
-            "bookworm",
-            str(tar),
-        )
-        _run("podman", "import", str(tar), BASE)
+    """Debian bookworm with python3 and its venv: made once per machine and kept (.ci/run
+    starts making it while the venv installs; the script waits for a maker under way)."""
+    _run(str(REPO / ".ci" / "container-base"), BASE, timeout=900)
 
 
 @dataclass

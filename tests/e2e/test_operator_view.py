@@ -229,6 +229,7 @@ def test_every_command_answers_json_errors_included(daemon, media) -> None:  # n
         "run": [],  # this state folder's daemon already runs: a config error
         "submit": [tone, image, "--job-id", "j2"],
         "status": [],
+        "healthcheck": [],
         "jobs": ["--state", "done"],
         "show": ["j1"],
         "retry": ["j1"],  # done: not retried
@@ -272,6 +273,10 @@ def test_every_command_answers_json_errors_included(daemon, media) -> None:  # n
     assert err["exit"] == "not_found" and "nosuch" in err["message"]
     log = json.loads(daemon.cli("logs", "j1", "--json").stdout)
     assert log["job_id"] == "j1" and any("-> done" in line for line in log["log"]), log
+    # the container's health check: this daemon runs and its heartbeat says so
+    r = daemon.cli("healthcheck", "--json")
+    check = json.loads(r.stdout)
+    assert r.returncode == 0 and check["healthy"] and check["phase"] == "running", check
 
 
 def _drop_folder(d, name: str, audio, template, **manifest) -> None:  # noqa: ANN001, ANN003
