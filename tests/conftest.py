@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support import (  # noqa: E402
+    REPORT,
     DaemonProc,
     astronaut,
     make_face_video,
@@ -16,6 +17,14 @@ from support import (  # noqa: E402
     make_tone,
     make_video,
 )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
+    """The figures tests measured in passing (support.REPORT), after the summary."""
+    if REPORT:
+        terminalreporter.section("figures measured by the tests")
+        for line in REPORT:
+            terminalreporter.write_line(line)
 
 
 class Media:

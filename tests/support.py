@@ -19,6 +19,8 @@ from typing import Any
 import imageio_ffmpeg
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+# figures the tests measure in passing (the container image's size), printed after the run
+REPORT: list[str] = []
 TERMINAL = {"done", "failed", "cancelled", "rejected", "duplicate"}
 
 
