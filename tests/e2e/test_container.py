@@ -50,8 +50,8 @@ def _missing() -> str | None:
     return None
 
 
-def _need_tools() -> None:
-    why = _missing()
+def _cannot_run(why: str | None) -> None:
+    """Skip for `why`, or fail where CI requires the container tests; nothing if None."""
     if why is None:
         return
     if os.environ.get(REQUIRE_ENV) == "1":
@@ -85,7 +85,7 @@ class Image:
 
 @pytest.fixture(scope="module")
 def image() -> Iterator[Image]:
-    _need_tools()
+    _cannot_run(_missing())
     given = os.environ.get("DROPBOX_TEST_IMAGE")  # an image built before: test it as it is
     name = given or f"localhost/dropbox-daemon:test-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
@@ -145,7 +145,7 @@ def in_image(img: Image, vols: tuple[Path, Path], *args: str) -> list[str]:
     """The command line that runs `args` in the image as its user with its environment
     (as `docker run` would: env, workdir's volumes); args[0] is the program."""
     user = img.config["User"]
-    env = [e for e in img.config["Env"]]
+    env = img.config["Env"]
     return [
         "env",
         f"USERSPEC={user}",
@@ -262,9 +262,7 @@ def _daemons(spec: dict, profile: str) -> dict[str, dict]:
 def _compose(*profiles: str) -> dict:
     tool = shutil.which("docker-compose")
     if tool is None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but docker-compose is not installed")
-        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+        _cannot_run("docker-compose is not installed (apt-get install docker-compose)")
     args = [tool, "-f", str(REPO / "compose.yaml")]
     for p in profiles:
         args += ["--profile", p]
