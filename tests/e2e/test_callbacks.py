@@ -142,7 +142,14 @@ def test_host_not_on_the_allowlist_is_never_called(daemon_factory, media) -> Non
         assert "'127.0.0.1' is not in [callbacks] allow_hosts" in log
         assert server.requests == []
         # not only in the job's log: the daemon's log warns, task.json and the client say it
-        line = next(x for x in d.log_text().splitlines() if "callback for job cb3" in x)
+        # the job's log is written first; the daemon's log line follows it (and its stream is
+        # buffered), so it is waited for, never read once
+        line = wait_for(
+            lambda: next((x for x in d.log_text().splitlines() if "callback for job cb3" in x), None),
+            30,
+            "the daemon's warning",
+            d,
+        )
         assert "WARNING" in line and "not sent" in line and "allow_hosts" in line, line
         from dropbox_daemon.client import JobHandle
 
