@@ -45,6 +45,7 @@ class OutputDefaults(Strict):
     crf: int = Field(default=20, ge=0, le=51)
     ai_label: bool = True
     preset: str = "veryfast"  # libx264 preset: speed against file size
+    hdr: Literal["tonemap", "keep"] = "tonemap"  # an HLG/PQ template: SDR BT.709, or kept HDR
 
 
 class InboxConfig(Strict):

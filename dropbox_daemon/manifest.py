@@ -71,6 +71,7 @@ class OutputOptions(_Strict):
     crf: int | None = Field(default=None, ge=0, le=51)
     watermark: str | None = None
     ai_label: bool | None = None
+    hdr: Literal["tonemap", "keep"] | None = None
 
     @field_validator("name")
     @classmethod

@@ -54,6 +54,7 @@ class Output(_Message):
     ai_label: bool = True
     preset: str = "veryfast"
     watermark: str | None = None
+    hdr: str = "tonemap"  # "keep": an HLG/PQ template's result stays HDR
 
 
 def resolve_output(defaults: dict[str, Any], manifest: dict[str, Any] | None) -> Output:

@@ -69,7 +69,9 @@ def run(
     )  # fmt: skip
     try:
         rendered = chain.run(args, Path(job.claim_dir or "") / "ffmpeg.log", emit, cancel)
-        info = check_result(plan.partial, found.audio.duration, plan.fps, plan.n_frames)
+        info = check_result(
+            plan.partial, found.audio.duration, plan.fps, plan.n_frames, args.colour.pix_fmt
+        )
         output = publish_result(job, plan, info, rendered.poster)
     except BaseException:
         plan.partial.unlink(missing_ok=True)
@@ -91,7 +93,7 @@ def template_source(
     """The template's frames at the output size and rate, shown as a player shows them
     (rotation, pixel aspect, deinterlaced, transparency over [media] background); a video's
     decoded frames are kept in the template cache for the next job on the same template."""
-    view = View.of(found.visual, cfg.media.background)
+    view = View.of(found.visual, cfg.media.background, plan.opts.get("hdr", "tonemap"))
     return TemplateFrames(
         found.template_path,
         found.visual,

@@ -16,6 +16,7 @@ from dropbox_daemon.protocol import JobSpec
 from dropbox_daemon.render import compose
 from dropbox_daemon.render.engines.base import RenderContext
 from dropbox_daemon.render.inputs import Emit, Inputs
+from dropbox_daemon.render.media.colour import OutputColour
 from dropbox_daemon.render.media.encode import (
     EncodeCommand,
     encode_args,
@@ -112,7 +113,11 @@ def encoder_args(plan: Plan, found: Inputs, cfg: Config, emit: Emit) -> EncodeCo
     job's audio muxed in, the AI-generated tag when the label is on; with `auto` choosing
     NVENC, libx264's too, for an NVENC that fails to open."""
     ffmpeg_bin = ffmpeg_binary(cfg.media.ffmpeg)
-    vcodec, why = video_encoder(ffmpeg_bin, cfg.media.video_encoder, plan.size)
+    colour = output_colour(found, plan.opts, emit)
+    if colour.ten_bit and cfg.media.video_encoder != "libx264":
+        vcodec, why = "libx264", "10-bit HDR, which NVENC's H.264 does not encode"
+    else:
+        vcodec, why = video_encoder(ffmpeg_bin, cfg.media.video_encoder, plan.size)
     emit({"type": "log", "message": f"video encoder {vcodec}: {why}"})
     tagged = plan.opts["ai_label"]
 
@@ -134,10 +139,24 @@ def encoder_args(plan: Plan, found: Inputs, cfg: Config, emit: Emit) -> EncodeCo
                 cfg.media.encode_threads, cpus.this_share(), cpus.usable_cpus()
             ),
             vcodec=codec,
+            colour=colour,
         )
 
     auto_nvenc = vcodec == "h264_nvenc" and cfg.media.video_encoder == "auto"
-    return EncodeCommand(args(vcodec), args("libx264") if auto_nvenc else None)
+    return EncodeCommand(args(vcodec), args("libx264") if auto_nvenc else None, colour)
+
+
+def output_colour(found: Inputs, opts: dict[str, Any], emit: Emit) -> OutputColour:
+    """The result's colour (BT.709 SDR, or a kept HDR template's), said in the log with how
+    the template's colour is read."""
+    visual = found.visual
+    colour = OutputColour.for_template(visual.transfer, opts.get("hdr", "tonemap"))
+    how = "kept" if colour.ten_bit else "converted"
+    if visual.transfer != "sdr" and not colour.ten_bit:
+        how = 'tone-mapped ([output] hdr = "keep" keeps it HDR)'
+    said = visual.colour or "unknown"
+    emit({"type": "log", "message": f"colour: template {said}, {how}; result {colour.describe()}"})
+    return colour
 
 
 def render_context(

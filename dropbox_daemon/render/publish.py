@@ -26,14 +26,16 @@ def write_poster(out_dir: Path, frame: np.ndarray) -> None:
         atomic_write(out_dir / POSTER, jpg.tobytes())
 
 
-def check_result(path: Path, audio_duration: float, fps: float, n_frames: int) -> ResultInfo:
+def check_result(
+    path: Path, audio_duration: float, fps: float, n_frames: int, pix_fmt: str = "yuv420p"
+) -> ResultInfo:
     """Probe the rendered file before anyone can see it; MediaError (file removed) if it is off."""
     info = probe_result(path)
     problems = []
     if info.video_codec != "h264" or info.audio_codec != "aac":
         problems.append(f"codecs {info.video_codec}/{info.audio_codec}, expected h264/aac")
-    if info.pix_fmt not in ("yuv420p", None):
-        problems.append(f"pixel format {info.pix_fmt}, expected yuv420p")
+    if info.pix_fmt not in (pix_fmt, None):
+        problems.append(f"pixel format {info.pix_fmt}, expected {pix_fmt}")
     if abs(info.duration - audio_duration) > 1.0 / fps + 0.03:
         problems.append(f"duration {info.duration:.3f} s, audio is {audio_duration:.3f} s")
     if abs(info.frames - n_frames) > 1:

@@ -145,7 +145,9 @@ def test_host_not_on_the_allowlist_is_never_called(daemon_factory, media) -> Non
         # the job's log is written first; the daemon's log line follows it (and its stream is
         # buffered), so it is waited for, never read once
         line = wait_for(
-            lambda: next((x for x in d.log_text().splitlines() if "callback for job cb3" in x), None),
+            lambda: next(
+                (x for x in d.log_text().splitlines() if "callback for job cb3" in x), None
+            ),
             30,
             "the daemon's warning",
             d,

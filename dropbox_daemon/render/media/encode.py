@@ -16,6 +16,7 @@ import ffmpeg
 import numpy as np
 
 from dropbox_daemon.errors import MediaError, RenderError
+from dropbox_daemon.render.media.colour import OutputColour
 
 STDERR_TAIL = 1500  # characters of ffmpeg's log quoted in an error
 NVIDIA_DEVICE = Path("/dev/nvidiactl")
@@ -135,8 +136,11 @@ def encode_args(
     metadata: dict[str, str],
     threads: int = 0,
     vcodec: str = "libx264",
+    colour: OutputColour | None = None,
 ) -> list[str]:
-    """The argument list of one encode (no shell ever sees it)."""
+    """The argument list of one encode (no shell ever sees it): BGR in, Y'CbCr out by the
+    result's matrix (BT.709 unless an HDR template is kept), the stream tagged to match."""
+    colour = colour or OutputColour()
     video = ffmpeg.input(
         "pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{size[0]}x{size[1]}", framerate=fps
     )
@@ -149,7 +153,10 @@ def encode_args(
     )
     opts: dict[str, object] = {
         "vcodec": vcodec,
-        "pix_fmt": "yuv420p",
+        "vf": colour.ffmpeg_filter(),
+        "pix_fmt": colour.pix_fmt,
+        "color_range": "tv",
+        **colour.ffmpeg_tags(),
         **quality,
         "acodec": "aac",
         "audio_bitrate": audio_bitrate,
@@ -180,6 +187,7 @@ class EncodeCommand:
 
     args: list[str]
     fallback: list[str] | None = None
+    colour: OutputColour = OutputColour()
 
 
 HOLD_BYTES = 256 << 20  # frames kept for a fallback until the encoder has shown it opened

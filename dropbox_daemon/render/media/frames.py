@@ -23,6 +23,7 @@ import av
 import numpy as np
 
 from dropbox_daemon.errors import RenderError
+from dropbox_daemon.render.media.colour import Colour, HdrMode, tone_map
 from dropbox_daemon.render.media.frame_math import (
     EPS,
     parse_colour,
@@ -37,20 +38,22 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class View:
     """How a decoded template frame is shown: turned upright as a player turns it, at its
-    display aspect (the output size does that), deinterlaced, transparency flattened."""
+    display aspect (the output size does that), deinterlaced, transparency flattened, its
+    colours converted as its tags say (HDR tone-mapped to SDR unless `hdr` is "keep")."""
 
     rotation: int = 0  # degrees clockwise (VisualInfo.rotation)
     background: tuple[int, int, int] = (0, 0, 0)  # BGR under transparent pixels
     deinterlace: bool = False
     alpha: bool = False
+    hdr: HdrMode = "tonemap"
 
     @classmethod
-    def of(cls, info: VisualInfo, background: str = "#000000") -> View:
-        return cls(info.rotation, parse_colour(background), info.interlaced, info.alpha)
+    def of(cls, info: VisualInfo, background: str = "#000000", hdr: HdrMode = "tonemap") -> View:
+        return cls(info.rotation, parse_colour(background), info.interlaced, info.alpha, hdr)
 
     def key(self) -> str:
         """What changes the pictures (for the face-track cache key)."""
-        return f"r{self.rotation}:d{int(self.deinterlace)}"
+        return f"r{self.rotation}:d{int(self.deinterlace)}" + (":hdr" if self.hdr == "keep" else "")
 
     def stored_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The size to scale a stored picture to, so that once turned it is `size`."""
@@ -66,17 +69,24 @@ def flatten(bgra: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
 
 
 def to_bgr(frame: av.VideoFrame, size: tuple[int, int], view: View | None = None) -> np.ndarray:
-    """A decoded frame as an (h, w, 3) uint8 BGR array of exactly `size`, shown as `view` says."""
+    """A decoded frame as an (h, w, 3) uint8 BGR array of exactly `size`, shown as `view` says:
+    converted by its own matrix and range, HLG and PQ tone-mapped to SDR BT.709."""
     view = view or View()
     w, h = view.stored_size(size)
-    fmt = "bgra" if view.alpha else "bgr24"
+    colour = Colour.of_frame(frame)
+    tone = colour.hdr and view.hdr != "keep"
+    fmt = "rgb48le" if tone else "bgra" if view.alpha else "bgr24"
     if (frame.width - frame.width % 2, frame.height - frame.height % 2) == (w, h):
-        arr = frame.to_ndarray(format=fmt)
+        arr = frame.reformat(format=fmt, **colour.decode_args()).to_ndarray()
         if arr.shape[:2] != (h, w):
             arr = arr[:h, :w]
     else:
-        arr = frame.reformat(width=w, height=h, format=fmt, interpolation="AREA").to_ndarray()
-    if view.alpha:
+        arr = frame.reformat(
+            width=w, height=h, format=fmt, interpolation="AREA", **colour.decode_args()
+        ).to_ndarray()
+    if tone:
+        arr = tone_map(arr, colour.transfer)
+    elif view.alpha:
         arr = flatten(arr, view.background)
     if view.rotation:
         arr = np.rot90(arr, -view.rotation // 90)

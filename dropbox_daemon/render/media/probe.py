@@ -18,6 +18,7 @@ import av
 
 from dropbox_daemon.config import LimitsConfig
 from dropbox_daemon.errors import MediaError, RejectedDrop
+from dropbox_daemon.render.media.colour import Colour
 from dropbox_daemon.render.media.headers import image_header_size
 
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe"}
@@ -53,6 +54,8 @@ class VisualInfo:
     pix_fmt: str = ""
     interlaced: bool = False  # deinterlaced while decoding
     alpha: bool = False  # transparent pixels are flattened onto [media] background
+    colour: str = ""  # how its code values are meant (Colour.describe: "BT.709 limited range")
+    transfer: str = "sdr"  # "sdr", or "hlg" / "pq" for HDR (tone-mapped unless hdr = "keep")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -253,6 +256,8 @@ def _describe(c: Any, stream: Any, first: av.VideoFrame, is_image: bool) -> Visu
         pix_fmt=first.format.name,
         interlaced=bool(first.interlaced_frame) and not is_image,
         alpha=has_alpha(first.format.name),
+        colour=(colour := Colour.of_frame(first)).describe(),
+        transfer=colour.transfer,
     )
     if is_image:
         return VisualInfo("image", dw, dh, None, None, 1, cc.name, c.format.name, **extra)
