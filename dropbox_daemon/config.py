@@ -173,6 +173,9 @@ class FacesConfig(Strict):
     max_gap: int = Field(default=12, ge=0)  # missed frames carried over between two detections
     smooth: int = Field(default=5, ge=1, le=51)  # moving-average window over box coordinates
     pad_bottom: float = Field(default=0.15, ge=0, le=1)  # grow boxes down to take in the chin
+    # detect on one frame in this many, the boxes between interpolated (every frame while the
+    # face is lost, and at scene cuts); 1: every frame
+    detect_every: int = Field(default=3, ge=1, le=12)
 
 
 class OverlayConfig(Strict):

@@ -159,7 +159,7 @@ def test_track_cache_needs_enough_frames(tmp_path) -> None:  # noqa: ANN001
 def test_a_closer_look_names_a_turned_picture_and_a_small_face() -> None:
     import cv2
 
-    from dropbox_daemon.render.faces import look_closer
+    from dropbox_daemon.render.track import look_closer
 
     img = astronaut(256)
     turned = look_closer(np.ascontiguousarray(np.rot90(img, 1)))  # stored sideways, no flag
@@ -169,3 +169,54 @@ def test_a_closer_look_names_a_turned_picture_and_a_small_face() -> None:
     small = look_closer(wide)
     assert small.what and "% of the picture wide" in small.what and "at least 8%" in small.what
     assert look_closer(np.full((240, 320, 3), 90, np.uint8)).what is None
+
+
+def moving_face(n: int, cut_at: int | None = None) -> list[np.ndarray]:
+    """A 480x360 clip of the astronaut drifting (up to 3 px a frame, as a presenter moves);
+    from `cut_at` on, another shot: her face smaller, on the right, on another background."""
+    face, small = astronaut(320), astronaut(240)
+    frames = []
+    for i in range(n):
+        frame = np.full((360, 480, 3), 40, np.uint8)
+        if cut_at is not None and i >= cut_at:
+            frame[:] = 170
+            x, y = 240 - (i - cut_at) // 4, 100
+            frame[y : y + 240, x : x + 240] = small
+        else:
+            x, y = 70 + int(60 * np.sin(i / 12)), 20 + int(20 * np.cos(i / 9))
+            frame[y : y + 320, x : x + 320] = face
+        frames.append(frame)
+    return frames
+
+
+def test_detecting_one_frame_in_three_keeps_the_track_of_every_frame() -> None:
+    """The stated tolerance: every box within IoU 0.85 of the one detection on every frame
+    gives, faces on the same frames, at a third of the detector's calls or fewer."""
+    frames = moving_face(90)
+    every = TrackStream(HaarDetector(), TrackSettings())
+    third = TrackStream(HaarDetector(), TrackSettings(every=3))
+    for f in frames:
+        every.push(f)
+        third.push(f)
+    every.finish()
+    third.finish()
+    assert [b is None for b in third.track] == [b is None for b in every.track]
+    assert all(b is not None for b in every.track)
+    worst = min(iou(a, b) for a, b in zip(every.track, third.track, strict=True))
+    assert worst >= 0.85, worst
+    assert third.detections <= len(frames) // 3 + 2, third.detections
+
+
+def test_a_scene_cut_is_detected_at_once_and_never_interpolated_across() -> None:
+    frames = moving_face(60, cut_at=31)  # 31 is not a multiple of 3: a frame the stride skips
+    third = TrackStream(HaarDetector(), TrackSettings(every=3))
+    for f in frames:
+        third.push(f)
+    third.finish()
+    assert third.looked[30] and third.looked[31]  # the shot's last frame and the new one's first
+    before, after = third.track[30], third.track[31]
+    assert before is not None and after is not None
+    assert before[0] < 220 and after[0] > 280, (before, after)  # each in its own shot's place
+    for i in range(31, 60):  # the new shot's face, small, on the right
+        box = third.track[i]
+        assert box is not None and box[2] - box[0] < 90 and box[0] > 280, (i, box)

@@ -27,6 +27,8 @@ REFRESH_EVERY = (
     25  # frames: a whole-frame search at least this often, even while the face is followed
 )
 AROUND = 0.6  # the search window around the previous face: this share of its size on every side
+CUT_LEVEL = 24.0  # mean absolute change of a coarse grid of pixels (0..255) that is a scene cut
+CUT_GRID = 16  # every this many pixels, each way, are compared for a cut
 
 
 class Detector(ABC):
@@ -124,50 +126,18 @@ class HaarDetector(Detector):
 
 
 @dataclass(frozen=True)
-class Finding:
-    """What a closer look at a frame without a usable face found, for the no_face error."""
-
-    what: str | None  # the measured cause, or None when nothing more was found
-    hint: str
-
-
-def look_closer(bgr: np.ndarray, detect_width: int = 480) -> Finding:
-    """Search a frame where the track has no face for a face in a turned picture (a template
-    stored sideways without a rotation flag), then for faces smaller than the track accepts."""
-    detector = HaarDetector(detect_width)
-    for turns, degrees in ((-1, 90), (2, 180), (1, 270)):
-        turned = np.ascontiguousarray(np.rot90(bgr, turns))
-        if detector.detect(turned):
-            return Finding(
-                f"the template looks turned: a face is found once the picture is turned "
-                f"{degrees} degrees clockwise, and the file carries no rotation for it",
-                "turn the template upright (e.g. ffmpeg -i in.mp4 -vf transpose=... out.mp4) or "
-                "set its display rotation; poster.jpg shows it as the file says",
-            )
-    w = bgr.shape[1]
-    small = HaarDetector(min(w, 4 * detect_width), min_face=0.0).detect(bgr)
-    if small:
-        x0, _, x1, _ = small[0]
-        need = detector.min_face
-        return Finding(
-            f"the only faces are small: the clearest is {(x1 - x0) / w:.1%} of the picture "
-            f"wide ({x1 - x0} px of {w}); at least {need:.0%} is needed",
-            "crop or zoom the template so the face fills at least 1/10 of its width; "
-            "poster.jpg shows the frame",
-        )
-    return Finding(None, "")
-
-
-@dataclass(frozen=True)
 class TrackSettings:
     detector: str = "haar"
     max_gap: int = 12  # frames: a face missed this long or shorter is carried over
     smooth: int = 5  # frames in the moving average of box coordinates
     # top, bottom, left, right as shares of the box: Haar boxes end at the lower lip, the chin is below
     pad: tuple[float, float, float, float] = (0.0, 0.15, 0.0, 0.0)
+    every: int = 1  # frames: detect on one in `every`, the boxes between interpolated
 
     def key(self) -> str:
-        return json.dumps([TRACK_VERSION, self.detector, self.max_gap, self.smooth, list(self.pad)])
+        return json.dumps(
+            [TRACK_VERSION, self.detector, self.max_gap, self.smooth, list(self.pad), self.every]
+        )
 
 
 def pick_face(boxes: list[Box], previous: Box | None) -> Box | None:
@@ -231,33 +201,92 @@ def pad_box(box: Box, pad: tuple[float, float, float, float], size: tuple[int, i
     )
 
 
+def _alike(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and float(np.abs(a - b).mean()) <= CUT_LEVEL
+
+
 class TrackStream:
     """The face track built as frames arrive: push() each frame in order, and get back the
     boxes that are final (index, box), finish() at the end for the rest. A box is final once
     the frames after it that its gap filling and smoothing look at have been seen
-    (max_gap + smooth/2 frames), so frames can flow on while detection runs: the same boxes
-    as detecting every frame first and filling and smoothing after."""
+    (max_gap + smooth/2 frames, and one more: a cut can fill in the frame before it), so
+    frames can flow on while detection runs.
+
+    Detection runs on one frame in `settings.every` (the frames between are looked up by the
+    gap filling, as a missed frame is), on every frame while the face is lost, on the first
+    frame of a new shot (a scene cut: the picture changes as a whole) and on the frame before
+    it, so no box is interpolated across a cut, and on the last frame. With `every` = 1 this
+    is detecting every frame first and filling and smoothing after, each shot on its own."""
 
     def __init__(self, detector: Detector, settings: TrackSettings) -> None:
         self.detector, self.settings = detector, settings
         self.raw: list[Box | None] = []
+        self.looked: list[bool] = []  # whether detection ran on that frame
         self.track: list[Box | None] = []  # the final boxes so far
         self.previous: Box | None = None
         self.size: tuple[int, int] = (0, 0)
         self.reach = settings.max_gap + settings.smooth // 2 + 1  # frames a box depends on
+        self.last_frame: np.ndarray | None = None
+        self.grids: list[np.ndarray] = []  # the coarse grids of the last two frames
+        self.lost = False  # the last detection found no face
+        self.cuts: list[int] = []  # the first frame of each shot after the first
+        self.detections = 0
 
     def push(self, frame: np.ndarray) -> list[tuple[int, Box | None]]:
-        """Detect (around the previous face, the whole frame every REFRESH_EVERY frames)."""
+        """Detect where due (around the previous face, the whole frame every REFRESH_EVERY
+        frames)."""
         i = len(self.raw)
         self.size = (frame.shape[1], frame.shape[0])
-        near = self.previous if i % REFRESH_EVERY else None
-        box = pick_face(self.detector.detect(frame, near), self.previous)
-        self.raw.append(box)
+        cut = self._cut(frame)
+        if cut:
+            self.cuts.append(i)
+            if self.looked and not self.looked[-1] and self.last_frame is not None:
+                self._look(i - 1, self.last_frame)  # the last frame of the shot before
+        self.raw.append(None)
+        self.looked.append(False)
+        if cut or self.lost or i % self.settings.every == 0:
+            self._look(i, frame, whole=cut)
+        self.last_frame = frame
+        return self._final(len(self.raw) - self.reach - 1)
+
+    def _cut(self, frame: np.ndarray) -> bool:
+        """Whether this frame starts a new shot. A frame unlike the one before whose next
+        frame is like the one before it (a flash, a dropped frame, a hand across the lens)
+        was no cut: it is taken back, and its face filled from its neighbours."""
+        grid = frame[::CUT_GRID, ::CUT_GRID].astype(np.int16)
+        before, self.grids = self.grids, [*self.grids[-1:], grid]
+        if not before:
+            return False
+        if not _alike(grid, before[-1]):
+            if (
+                len(before) == 2
+                and self.cuts[-1:] == [len(self.raw) - 1]
+                and _alike(grid, before[0])
+            ):
+                self.cuts.pop()  # back to the picture before the last frame: no cut at all
+                return False
+            return True
+        return False
+
+    def _look(self, i: int, frame: np.ndarray, whole: bool = False) -> None:
+        near = None if whole or i % REFRESH_EVERY == 0 else self.previous
+        box = pick_face(self.detector.detect(frame, near), None if whole else self.previous)
+        self.raw[i], self.looked[i] = box, True
+        self.lost = box is None
+        self.detections += 1
         if box is not None:
             self.previous = box
-        return self._final(len(self.raw) - self.reach)
+
+    def _shot(self, i: int, lo: int, hi: int) -> tuple[int, int]:
+        for c in reversed(self.cuts):
+            if c <= i:
+                return max(lo, c), hi
+            hi = min(hi, c)
+        return lo, hi
 
     def finish(self) -> list[tuple[int, Box | None]]:
+        if self.looked and not self.looked[-1] and self.last_frame is not None:
+            self._look(len(self.raw) - 1, self.last_frame)  # the track ends on a detection
         return self._final(len(self.raw))
 
     def _final(self, upto: int) -> list[tuple[int, Box | None]]:
@@ -267,6 +296,7 @@ class TrackStream:
             # a box depends on the raw boxes up to `reach` frames on either side of it: gaps
             # filled up to max_gap + 1 frames away, for the boxes within smooth/2 of it
             lo, hi = max(0, i - self.reach), min(len(self.raw), i + self.reach + 1)
+            lo, hi = self._shot(i, lo, hi)  # nothing is filled or smoothed across a cut
             box = smooth_at(fill_gaps(self.raw[lo:hi], s.max_gap), i - lo, s.smooth)
             box = pad_box(box, s.pad, self.size) if box is not None else None
             self.track.append(box)

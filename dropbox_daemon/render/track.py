@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ def track_settings(cfg: Config) -> faces.TrackSettings:
         max_gap=fc.max_gap,
         smooth=fc.smooth,
         pad=(0.0, fc.pad_bottom, 0.0, 0.0),
+        every=max(1, min(fc.detect_every, fc.max_gap + 1)),  # the gaps between must be filled
     )
 
 
@@ -132,10 +134,10 @@ def no_face(
     for i, frame in enumerate(source.template_frames(worst[0] + 1)):  # noqa: B007
         if i == worst[0]:
             break
-    finding = faces.Finding(None, "")
+    finding = Finding(None, "")
     if frame is not None:
         write_poster(out_dir, frame)
-        finding = faces.look_closer(frame, cfg.faces.detect_width)
+        finding = look_closer(frame, cfg.faces.detect_width)
     shown = ", ".join(f"{a}-{b}" for a, b in ranges[:5]) + (" ..." if len(ranges) > 5 else "")
     return RenderError(
         f"no usable face in the template: a face was found in {share:.0%} of its "
@@ -147,3 +149,38 @@ def no_face(
         or "use a template where one face looks at the camera, well lit and at least "
         "1/10 of the picture wide; poster.jpg shows the worst frame",
     )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a closer look at a frame without a usable face found, for the no_face error."""
+
+    what: str | None  # the measured cause, or None when nothing more was found
+    hint: str
+
+
+def look_closer(bgr: np.ndarray, detect_width: int = 480) -> Finding:
+    """Search a frame where the track has no face for a face in a turned picture (a template
+    stored sideways without a rotation flag), then for faces smaller than the track accepts."""
+    detector = faces.HaarDetector(detect_width)
+    for turns, degrees in ((-1, 90), (2, 180), (1, 270)):
+        turned = np.ascontiguousarray(np.rot90(bgr, turns))
+        if detector.detect(turned):
+            return Finding(
+                f"the template looks turned: a face is found once the picture is turned "
+                f"{degrees} degrees clockwise, and the file carries no rotation for it",
+                "turn the template upright (e.g. ffmpeg -i in.mp4 -vf transpose=... out.mp4) or "
+                "set its display rotation; poster.jpg shows it as the file says",
+            )
+    w = bgr.shape[1]
+    small = faces.HaarDetector(min(w, 4 * detect_width), min_face=0.0).detect(bgr)
+    if small:
+        x0, _, x1, _ = small[0]
+        need = detector.min_face
+        return Finding(
+            f"the only faces are small: the clearest is {(x1 - x0) / w:.1%} of the picture "
+            f"wide ({x1 - x0} px of {w}); at least {need:.0%} is needed",
+            "crop or zoom the template so the face fills at least 1/10 of its width; "
+            "poster.jpg shows the frame",
+        )
+    return Finding(None, "")
