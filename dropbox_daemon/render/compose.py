@@ -34,9 +34,21 @@ def blend(frame: np.ndarray, patch: Patch) -> np.ndarray:
     region = out[y0:y1, x0:x1]
     h, w = region.shape[:2]
     mask = patch.mask if patch.mask is not None else feathered_box(w, h)
-    m = mask[:h, :w, None]
-    region[:] = (region * (1 - m) + patch.pixels[:h, :w] * m + 0.5).astype(np.uint8)
+    m = np.ascontiguousarray(mask[:h, :w], np.float32)
+    region[:] = mix(region, np.ascontiguousarray(patch.pixels[:h, :w]), m, inverse(m))
     return out
+
+
+def mix(under: np.ndarray, over: np.ndarray, w: np.ndarray, w_under: np.ndarray) -> np.ndarray:
+    """under * w_under + over * w (w_under = 1 - w), rounded: OpenCV's blend, a quarter of
+    numpy's float arithmetic on the same pixels (this runs beside the model, on its cores)."""
+    if under.size == 0:
+        return under
+    return cv2.blendLinear(np.ascontiguousarray(under), over, w_under, w)
+
+
+def inverse(w: np.ndarray) -> np.ndarray:
+    return np.subtract(1.0, w, dtype=np.float32)
 
 
 @dataclass
@@ -45,15 +57,20 @@ class Overlay:
 
     x: int
     y: int
-    bgr: np.ndarray  # float32
-    alpha: np.ndarray  # float32, (h, w, 1)
+    bgr: np.ndarray  # uint8
+    alpha: np.ndarray  # float32, (h, w)
+
+    def __post_init__(self) -> None:
+        self.under = inverse(self.alpha)
 
     def apply(self, frame: np.ndarray) -> None:
         """Alpha-blend onto `frame` in place (whatever falls outside the frame is dropped)."""
         roi = frame[self.y : self.y + self.bgr.shape[0], self.x : self.x + self.bgr.shape[1]]
         h, w = roi.shape[:2]
-        a = self.alpha[:h, :w]
-        roi[:] = (roi * (1 - a) + self.bgr[:h, :w] * a + 0.5).astype(np.uint8)
+        a, under = self.alpha[:h, :w], self.under[:h, :w]
+        if (h, w) != self.alpha.shape:
+            a, under = np.ascontiguousarray(a), np.ascontiguousarray(under)
+        roi[:] = mix(roi, np.ascontiguousarray(self.bgr[:h, :w]), a, under)
 
 
 def watermark_overlay(
@@ -76,13 +93,13 @@ def watermark_overlay(
     target_h = min(target_h, fh // 2)
     img = cv2.resize(img, (target_w, target_h), interpolation=cv2.INTER_AREA)
     alpha = (
-        img[..., 3:4].astype(np.float32) / 255
+        img[..., 3].astype(np.float32) / 255
         if img.shape[2] == 4
-        else np.ones((target_h, target_w, 1), np.float32)
+        else np.ones((target_h, target_w), np.float32)
     )
     margin = int(margin_share * fw)
     x, y = max(0, fw - target_w - margin), max(0, fh - target_h - margin)
-    return Overlay(x, y, img[..., :3].astype(np.float32), alpha * opacity)
+    return Overlay(x, y, np.ascontiguousarray(img[..., :3]), alpha * np.float32(opacity))
 
 
 def label_overlay(text: str, size: tuple[int, int], *, margin_share: float) -> Overlay:
@@ -104,7 +121,7 @@ def label_overlay(text: str, size: tuple[int, int], *, margin_share: float) -> O
         thick,
         cv2.LINE_AA,
     )
-    text_alpha = bgr.max(axis=2, keepdims=True).astype(np.float32) / 255
-    alpha = np.maximum(0.45, text_alpha)  # the box itself at 45%, the text opaque
+    text_alpha = bgr.max(axis=2).astype(np.float32) / 255
+    alpha = np.maximum(np.float32(0.45), text_alpha)  # the box itself at 45%, the text opaque
     margin = int(margin_share * fw)
-    return Overlay(margin, max(0, fh - h - margin), bgr.astype(np.float32), alpha)
+    return Overlay(margin, max(0, fh - h - margin), bgr, alpha)
