@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pickup.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/frames.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/wav2lip.py
 	$(BIN)/python bench/web.py
