@@ -130,16 +130,13 @@ class OutputColour:
 
     def ffmpeg_filter(self) -> str:
         """The RGB -> Y'CbCr conversion of the encode, with the frames tagged to match."""
-        if self.transfer == "sdr":
-            matrix, prim, trc, fmt = "bt709", "bt709", "bt709", "yuv420p"
-        else:
-            trc = "smpte2084" if self.transfer == "pq" else "arib-std-b67"
-            matrix, prim, fmt = "bt2020nc", "bt2020", "yuv420p10le"
+        tags = self.ffmpeg_tags()
+        matrix = tags["colorspace"]
         scale_matrix = "bt2020" if matrix == "bt2020nc" else matrix
         return (
-            f"scale=out_color_matrix={scale_matrix}:out_range=tv,"
-            f"format={fmt},"
-            f"setparams=range=tv:color_primaries={prim}:color_trc={trc}:colorspace={matrix}"
+            f"scale=out_color_matrix={scale_matrix}:out_range=tv,format={self.pix_fmt},"
+            f"setparams=range=tv:color_primaries={tags['color_primaries']}:"
+            f"color_trc={tags['color_trc']}:colorspace={matrix}"
         )
 
     def ffmpeg_tags(self) -> dict[str, str]:
