@@ -173,8 +173,21 @@ def test_no_face_in_a_video_is_found_once_it_has_been_seen_through(tmp_path, med
     assert (p.out_dir / "poster.jpg").stat().st_size > 0
 
 
-def run_chain(tmp_path: Path, media, engine, cancel: threading.Event | None = None):  # noqa: ANN001, ANN201
+def run_chain(  # noqa: ANN201
+    tmp_path: Path,
+    media,  # noqa: ANN001
+    engine,  # noqa: ANN001
+    cancel: threading.Event | None = None,
+    keep_source: list | None = None,
+    on_disk: bool = True,
+):
+    """Plan a job on the face video and run its chain; `keep_source` gets the frames' source,
+    `on_disk=False` keeps every frame in memory (none read back from the cache file)."""
     cfg, job, found, p, source, said = planned(tmp_path, media, media.face_video)
+    if keep_source is not None:
+        keep_source.append(source)
+    if not on_disk:
+        source.disk.adopt = lambda *_a, **_k: None  # type: ignore[method-assign]
     cancel = cancel or threading.Event()
     tr = (
         track.FaceBoxes(source, found.template_sha, p.n_frames, cfg, said, p.out_dir)

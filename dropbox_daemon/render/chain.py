@@ -60,21 +60,27 @@ class StageChain:
         self.source, self.boxes, self.engine = source, boxes, engine
         self.features, self.ctx, self.overlays = features, ctx, overlays
         self.meter = Meter()
-        self.in_flight: deque[FaceFrame] = deque()  # frames the engine took, not yet answered
+        # frames the engine took, not yet answered: each one's picture, or its template index
+        # where the picture can be read back from disk (it is not held meanwhile)
+        self.in_flight: deque[np.ndarray | int] = deque()
 
     def boxed(self, frames: Iterator[tuple[int, np.ndarray]]) -> Iterator[FaceFrame]:
         """Template frames at the output size and rate, each with its face box (None when the
         engine needs no faces)."""
         if self.boxes is None:
-            return (FaceFrame(i, frame, None) for i, (_src, frame) in enumerate(frames))
+            return (FaceFrame(i, frame, None, src) for i, (src, frame) in enumerate(frames))
         return self.boxes.over(frames)
 
-    def generated(self, frames: Iterator[FaceFrame]) -> Iterator[tuple[FaceFrame, Patch | None]]:
-        """The engine's patch for each frame, paired with the frame it was made for."""
+    def generated(
+        self, frames: Iterator[FaceFrame]
+    ) -> Iterator[tuple[np.ndarray | int, Patch | None]]:
+        """The engine's patch for each frame, paired with the frame it was made for (or the
+        template index to read it back from)."""
+        disk = self.source.disk
 
         def feed() -> Iterator[FaceFrame]:
             for ff in self.meter.waiting("engine", frames):
-                self.in_flight.append(ff)
+                self.in_flight.append(ff.src if disk.has(ff.src) else ff.frame)
                 yield ff
 
         for patch in self.meter.timed(
@@ -82,14 +88,22 @@ class StageChain:
         ):
             yield self.in_flight.popleft(), patch
 
-    def composed(self, patched: Iterator[tuple[FaceFrame, Patch | None]]) -> Iterator[np.ndarray]:
+    def composed(
+        self, patched: Iterator[tuple[np.ndarray | int, Patch | None]]
+    ) -> Iterator[np.ndarray]:
         """Each frame with its patch blended in and the overlays drawn on it."""
-        for ff, patch in patched:
+        pool = self.source.pool
+        for held, patch in patched:
             t = time.perf_counter()
-            frame = compose.blend(ff.frame, patch) if patch is not None else ff.frame
+            if isinstance(held, int):  # read back into a buffer of its own: blended in place
+                frame = self.source.disk.read(held)
+                if patch is not None:
+                    compose.blend_into(frame, patch)
+            else:
+                frame = compose.blend(held, patch, pool) if patch is not None else held
             if self.overlays:
                 if not frame.flags.writeable:
-                    frame = frame.copy()
+                    frame = pool.copy_of(frame)
                 for ov in self.overlays:
                     ov.apply(frame)
             self.meter.add("compose", time.perf_counter() - t)
@@ -131,6 +145,9 @@ class StageChain:
                 st.close()
             encoder.kill()
             raise
+        finally:
+            self.source.disk.release()
+            self.source.pool.close()
         if self.boxes is not None and self.boxes.streaming:
             self.meter.add("faces", self.boxes.seconds)
         rendered.busy = {f"busy_{k}": round(v, 4) for k, v in self.meter.busy.items()}

@@ -15,6 +15,7 @@ import numpy as np
 
 from dropbox_daemon.errors import MediaError
 from dropbox_daemon.render.engines.base import Patch
+from dropbox_daemon.render.media.frame_pool import FramePool
 
 
 @lru_cache(maxsize=32)
@@ -27,9 +28,14 @@ def feathered_box(w: int, h: int, feather: float = 0.12) -> np.ndarray:
     return (m * m * (3 - 2 * m)).astype(np.float32)
 
 
-def blend(frame: np.ndarray, patch: Patch) -> np.ndarray:
-    """A copy of `frame` with `patch` composited in through its (feathered) mask."""
-    out = frame.copy()
+def blend(frame: np.ndarray, patch: Patch, pool: FramePool | None = None) -> np.ndarray:
+    """A copy of `frame` (in a buffer of `pool`, where given) with `patch` composited in
+    through its (feathered) mask."""
+    return blend_into(pool.copy_of(frame) if pool is not None else frame.copy(), patch)
+
+
+def blend_into(out: np.ndarray, patch: Patch) -> np.ndarray:
+    """`patch` composited into the writable frame `out` itself; `out` returned."""
     x0, y0, x1, y1 = patch.box
     region = out[y0:y1, x0:x1]
     h, w = region.shape[:2]

@@ -119,10 +119,12 @@ class WorkerLoop:
     def load(self, name: str) -> Any:
         """Create and load an engine once; later jobs find it warm."""
         from dropbox_daemon.render import engines
+        from dropbox_daemon.render.media.frame_pool import return_free_memory
 
         eng = engines.create(name, self.cfg)
         t = time.monotonic()
         eng.load()
+        return_free_memory()
         self.loaded[name] = eng
         self.loads[name] = self.loads.get(name, 0) + 1
         logger.info("engine {} loaded in {:.2f} s on {}", name, time.monotonic() - t, eng.device)
@@ -167,6 +169,7 @@ class WorkerLoop:
     def run_job(self, job: protocol.JobSpec) -> None:
         """Render one job and send its result; any error ends the job, never the worker."""
         from dropbox_daemon.render import pipeline
+        from dropbox_daemon.render.media.frame_pool import return_free_memory
 
         job_id = job.job_id
 
@@ -190,6 +193,8 @@ class WorkerLoop:
                 )
                 self.exit(EXIT_GPU_BROKEN)
             emit({"type": "result", **outcome_of(e, job)})
+        finally:
+            return_free_memory()
 
     def exit(self, code: int) -> None:
         sys.stderr.flush()

@@ -71,7 +71,7 @@ class FaceBoxes:
         if self.known is not None:
             known = self.known
             for i, (src, frame) in enumerate(frames):
-                yield FaceFrame(i, frame, known[min(src, len(known) - 1)])
+                yield FaceFrame(i, frame, known[min(src, len(known) - 1)], src)
             return
         pending: deque[tuple[int, int, np.ndarray]] = deque()  # frames whose box is not final
         seeing, last = True, -1
@@ -97,7 +97,7 @@ class FaceBoxes:
         track = self.stream.track
         while pending and pending[0][1] < len(track):
             i, src, frame = pending.popleft()
-            yield FaceFrame(i, frame, track[src])
+            yield FaceFrame(i, frame, track[src], src)
 
     def _seen_through(self, *, complete: bool) -> Track:
         """The whole track is known: cache it (`complete`: it covers the whole template), say

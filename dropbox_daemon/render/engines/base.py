@@ -29,6 +29,7 @@ class FaceFrame:
     index: int
     frame: np.ndarray  # (h, w, 3) BGR uint8, read-only
     box: Box | None
+    src: int = -1  # the template frame it shows (where the chain can read it back), -1: unknown
 
 
 @dataclass

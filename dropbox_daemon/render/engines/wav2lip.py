@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,7 @@ from dropbox_daemon.errors import EngineError
 from dropbox_daemon.render.compose import feathered_box
 from dropbox_daemon.render.engines.base import (
     AudioFeatures,
+    Box,
     Engine,
     FaceFrame,
     Patch,
@@ -43,6 +45,23 @@ FACE = 96  # the model's face crop, pixels
 # stages on the same two cores, 8 was up to 10% faster (docs/benchmarks.md). bf16: 8%
 # faster at 16.
 CPU_BATCH = {torch.float32: 4, torch.bfloat16: 16}
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One frame as a batch needs it: its index, its box, its face at the model's size."""
+
+    index: int
+    box: Box | None
+    pixels: np.ndarray | None
+
+    @classmethod
+    def of(cls, ff: FaceFrame) -> Crop:
+        if ff.box is None:
+            return cls(ff.index, None, None)
+        x0, y0, x1, y1 = ff.box
+        face = cv2.resize(ff.frame[y0:y1, x0:x1], (FACE, FACE), interpolation=cv2.INTER_AREA)
+        return cls(ff.index, ff.box, face)
 
 
 class Pending:
@@ -241,19 +260,21 @@ class Wav2LipEngine(Engine):
         """Batches of `batch` faces; with `in_flight` batches started before the oldest is
         pasted back (on CUDA: the GPU runs batch k while the host crops k+1 and pastes k-1)."""
         assert self.model is not None
-        started: deque[tuple[list[FaceFrame], Pending | None]] = deque()
-        pending: list[FaceFrame] = []
+        # each frame is cropped as it arrives and then let go (the chain holds it, or reads
+        # it back from disk): a batch waiting to fill, or on its way, keeps crops and boxes
+        started: deque[tuple[list[Box | None], Pending | None]] = deque()
+        pending: list[Crop] = []
         n_faces = 0
         for ff in frames:
-            pending.append(ff)
+            pending.append(Crop.of(ff))
             n_faces += ff.box is not None
             if n_faces >= self.host_batch(ff.frame.nbytes):
-                started.append((pending, self._start(pending, audio)))
+                started.append(([c.box for c in pending], self._start(pending, audio)))
                 pending, n_faces = [], 0
                 while len(started) > self.in_flight:
                     yield from self._finish(*started.popleft())
         if pending:
-            started.append((pending, self._start(pending, audio)))
+            started.append(([c.box for c in pending], self._start(pending, audio)))
         while started:
             yield from self._finish(*started.popleft())
 
@@ -263,30 +284,23 @@ class Wav2LipEngine(Engine):
         held = max(1, frame_bytes) * (self.in_flight + 1)
         return max(1, min(self.batch, self.host_bytes // held))
 
-    def _start(self, items: list[FaceFrame], audio: AudioFeatures) -> Pending | None:
-        with_face = [ff for ff in items if ff.box is not None]
+    def _start(self, items: list[Crop], audio: AudioFeatures) -> Pending | None:
+        with_face = [c for c in items if c.pixels is not None]
         if not with_face:
             return None
-        crops = [
-            cv2.resize(
-                ff.frame[b[1] : b[3], b[0] : b[2]], (FACE, FACE), interpolation=cv2.INTER_AREA
-            )
-            for ff in with_face
-            for b in [ff.box]
-        ]
-        mel = np.stack([audio.mel_window(ff.index) for ff in with_face]).astype(np.float32)
-        return self._submit(mel, model_inputs(crops))
+        mel = np.stack([audio.mel_window(c.index) for c in with_face]).astype(np.float32)
+        return self._submit(mel, model_inputs([c.pixels for c in with_face]))
 
-    def _finish(self, items: list[FaceFrame], started: Pending | None) -> Iterator[Patch | None]:
+    def _finish(self, boxes: list[Box | None], started: Pending | None) -> Iterator[Patch | None]:
         pred = iter(started.result() if started is not None else ())
-        for ff in items:
-            if ff.box is None:
+        for box in boxes:
+            if box is None:
                 yield None
                 continue
-            x0, y0, x1, y1 = ff.box
+            x0, y0, x1, y1 = box
             face = np.clip(next(pred) * 255.0 + 0.5, 0, 255).astype(np.uint8)
             pixels = cv2.resize(face, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
-            yield Patch(ff.box, pixels, lower_face_mask(x1 - x0, y1 - y0))
+            yield Patch(box, pixels, lower_face_mask(x1 - x0, y1 - y0))
 
     def _submit(self, mel: np.ndarray, faces: np.ndarray) -> Pending:
         """Start the model, splitting the batch in halves for as long as the GPU runs out of

@@ -29,6 +29,7 @@ from dropbox_daemon.render.media.frame_math import (
     parse_colour,
     pingpong_index,
 )
+from dropbox_daemon.render.media.frame_pool import FramePool, FramesOnDisk
 from dropbox_daemon.render.media.frame_store import FrameStore
 from dropbox_daemon.render.media.probe import VisualInfo
 
@@ -186,6 +187,8 @@ class TemplateFrames:
         self.source_frames = 0  # frames of the template at the output rate, once known
         self.store, self.store_key, self.note = store, store_key, note  # the template cache
         self.from_store = False  # the frames were read back from the template cache
+        self.pool = FramePool((size[1], size[0], 3))  # the buffers of this job's frames
+        self.disk = FramesOnDisk(self.pool)  # frames that can be read again by index
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         if self.info.kind == "image":
@@ -218,7 +221,7 @@ class TemplateFrames:
         src_fps = self.info.fps or self.fps
         with av.open(str(self.path)) as c:
             for frame, slots in resample(timed_frames(c, self.view, src_fps), self.fps, src_fps):
-                arr = to_bgr(frame, self.size, self.view)
+                arr = self.pool.copy_of(to_bgr(frame, self.size, self.view))
                 arr.flags.writeable = False
                 for _ in range(slots):
                     yield arr
@@ -250,25 +253,20 @@ class TemplateFrames:
     def _decode_once(self) -> Iterator[tuple[int, np.ndarray]]:
         """The first pass from the decoder, kept in a raw file where it is needed to loop or a
         later job can use it; later passes read back from that file."""
-        estimate = None
-        if self.info.frames and self.info.fps:
-            estimate = math.ceil(self.info.frames * self.fps / self.info.fps)
-        loops = estimate is None or estimate < self.n_out + 2
-        if loops and estimate:
-            self._check_cache_size(estimate)
-        keep = self.store is not None and self.store.room_for(
-            min(estimate or self.n_out, self.n_out) * self.frame_bytes
-        )
-        path = self.store.temp_path(self.store_key) if keep else self.cache_path
+        estimate, loops, keep = self._cache_plan()
+        path = self.store.temp_path(self.store_key) if self.store and keep else self.cache_path
         i, ended, overflow = 0, False, False
-        with open(path, "w+b") if (keep or loops) else open(os.devnull, "wb") as cache:
+        backed = keep or loops  # frames written go on in the file self.disk reads back
+        with open(path, "w+b") if backed else open(os.devnull, "wb") as cache:
+            if backed:
+                self.disk.adopt(cache.fileno())
             try:
                 for arr in self._decode():
                     if loops and not keep and not overflow and not estimate:
                         # a container that does not say how long it is: the loop cache is
                         # bounded all the same (max_loop_cache_bytes)
                         if (i + 1) * self.frame_bytes > self.max_cache_bytes:
-                            overflow, cache = True, _given_up(cache, path)
+                            overflow, backed, cache = True, False, _given_up(cache, path)
                     if (keep or loops) and not overflow:
                         try:
                             cache.write(arr.data)
@@ -276,9 +274,11 @@ class TemplateFrames:
                             if not keep:
                                 raise
                             cache, path = self._stop_keeping(cache, path, i, loops, e)
-                            keep = False
+                            keep, backed = False, False
                             if loops:
                                 cache.write(arr.data)
+                        if backed:
+                            self.disk.written(i + 1)
                     yield i, arr
                     i += 1
                     if i >= self.n_out:
@@ -307,6 +307,20 @@ class TemplateFrames:
             finally:
                 cache.close()
                 path.unlink(missing_ok=True)  # a kept file was renamed away already
+
+    def _cache_plan(self) -> tuple[int | None, bool, bool]:
+        """(frames the container says it has at the output rate, whether the job loops it,
+        whether the template cache keeps its frames)."""
+        estimate = None
+        if self.info.frames and self.info.fps:
+            estimate = math.ceil(self.info.frames * self.fps / self.info.fps)
+        loops = estimate is None or estimate < self.n_out + 2
+        if loops and estimate:
+            self._check_cache_size(estimate)
+        keep = self.store is not None and self.store.room_for(
+            min(estimate or self.n_out, self.n_out) * self.frame_bytes
+        )
+        return estimate, loops, keep
 
     def _cache_all(self, frames: int) -> BinaryIO:
         """The loop cache written from a second decode (the caller closes it)."""
@@ -357,10 +371,10 @@ class TemplateFrames:
         (played back and forth where it is the whole template)."""
         if complete:
             self.source_frames = frames
-        h, w = self.size[1], self.size[0]
+        self.disk.adopt(fd, frames)
         for j in range(start, self.n_out):
             idx = pingpong_index(j, frames) if complete else j
-            buf = np.empty((h, w, 3), np.uint8)
+            buf = self.pool.take()
             got = os.preadv(fd, [buf], idx * self.frame_bytes)
             if got != self.frame_bytes:
                 raise RenderError(
