@@ -150,7 +150,7 @@ class MediaConfig(Strict):
     ffmpeg: str | None = None  # None: the binary shipped by imageio-ffmpeg
     default_fps: float = Field(default=25.0, gt=0, le=120)  # for image templates
     audio_bitrate: str = "192k"
-    encode_threads: int = Field(default=0, ge=0)  # 0: ffmpeg decides
+    encode_threads: int = Field(default=0, ge=0)  # 0: cpus.encode_threads decides
     # auto: h264_nvenc where an NVIDIA GPU and a test encode work, else libx264
     video_encoder: Literal["auto", "libx264", "h264_nvenc"] = "auto"
     # what shows through the transparent pixels of a template (RGBA PNG, WebP, GIF, ProRes 4444)

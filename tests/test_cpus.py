@@ -31,3 +31,7 @@ def test_the_encoder_gets_the_share_unless_configured() -> None:
     assert cpus.encode_threads(0, 8, 64) == 8
     assert cpus.encode_threads(0, 64, 64) == 0  # ffmpeg decides for the whole host
     assert cpus.encode_threads(3, 8, 64) == 3
+    # beside a model on the CPU: a quarter of the share, at least one; the configured wins
+    assert cpus.encode_threads(0, 2, 2, beside_model=True) == 1
+    assert cpus.encode_threads(0, 16, 16, beside_model=True) == 4
+    assert cpus.encode_threads(6, 16, 16, beside_model=True) == 6

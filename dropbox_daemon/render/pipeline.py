@@ -62,7 +62,7 @@ def run(
     emit({"type": "stage", "stage": "rendering"})
     for stale in plan.out_dir.glob(".*.partial"):  # left by a worker that was killed
         stale.unlink(missing_ok=True)
-    args = encoder_args(plan, found, cfg, emit)
+    args = encoder_args(plan, found, cfg, emit, engine.model_on_cpu)
     chain = StageChain(
         source, boxes, engine, features, render_context(job, found, plan.opts, emit, cancel, plan),
         plan.overlays,

@@ -108,16 +108,26 @@ def overlays_for(
     return overlays
 
 
-def encoder_args(plan: Plan, found: Inputs, cfg: Config, emit: Emit) -> EncodeCommand:
+def encoder_args(
+    plan: Plan, found: Inputs, cfg: Config, emit: Emit, beside_model: bool = False
+) -> EncodeCommand:
     """ffmpeg's arguments for the result: the encoder chosen (and why, in the log), the
     job's audio muxed in, the AI-generated tag when the label is on; with `auto` choosing
-    NVENC, libx264's too, for an NVENC that fails to open."""
+    NVENC, libx264's too, for an NVENC that fails to open. `beside_model`: the engine's
+    model runs on the CPU (libx264 gets fewer threads, cpus.encode_threads)."""
     ffmpeg_bin = ffmpeg_binary(cfg.media.ffmpeg)
     colour = output_colour(found, plan.opts, emit)
     if colour.ten_bit and cfg.media.video_encoder != "libx264":
         vcodec, why = "libx264", "10-bit HDR, which NVENC's H.264 does not encode"
     else:
         vcodec, why = video_encoder(ffmpeg_bin, cfg.media.video_encoder, plan.size)
+    threads = cpus.encode_threads(
+        cfg.media.encode_threads, cpus.this_share(), cpus.usable_cpus(), beside_model
+    )
+    if threads and vcodec == "libx264":
+        why += f"; {threads} thread{'s' if threads > 1 else ''}"
+        if beside_model and not cfg.media.encode_threads:
+            why += " beside the model on the CPU ([media] encode_threads = 0)"
     emit({"type": "log", "message": f"video encoder {vcodec}: {why}"})
     tagged = plan.opts["ai_label"]
 
@@ -135,9 +145,7 @@ def encoder_args(plan: Plan, found: Inputs, cfg: Config, emit: Emit) -> EncodeCo
             metadata={"comment": cfg.overlay.metadata_tag, "ai_generated": "true"}
             if tagged
             else {},
-            threads=cpus.encode_threads(
-                cfg.media.encode_threads, cpus.this_share(), cpus.usable_cpus()
-            ),
+            threads=threads,
             vcodec=codec,
             colour=colour,
         )

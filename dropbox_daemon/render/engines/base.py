@@ -85,6 +85,9 @@ class Engine(ABC):
     name: str = "base"
     device: str = "cpu"
     needs_faces: bool = True  # False: the pipeline skips face tracking (passthrough)
+    # its model runs on the CPU, on the cores the encoder would take: the encoder is then
+    # given fewer threads (it only has to keep up with the model; cpus.encode_threads)
+    model_on_cpu: bool = False
 
     def load(self) -> None:  # noqa: B027 - engines without models have nothing to load
         """Load models once, before the first job (the worker stays warm)."""

@@ -234,6 +234,7 @@ class Wav2LipEngine(Engine):
         )
         logger.info(describe_precision(self.precision, device, self.model.dtype))
         self.device = f"{device}/{DTYPE_NAMES[self.model.dtype]}"
+        self.model_on_cpu = device == "cpu"
         if self.batch == 0:
             self.batch = CPU_BATCH.get(self.model.dtype, 8)
             if device == "cpu":
