@@ -159,3 +159,22 @@ def test_without_a_fallback_an_encoder_that_fails_is_the_jobs_error(tmp_path: Pa
             enc.write(np.zeros((240, 320, 3), np.uint8))
         enc.close()
     assert e.value.code == "encode_failed"
+
+
+def test_the_frame_pipe_is_widened_to_a_mebibyte(tmp_path) -> None:  # noqa: ANN001
+    import fcntl
+    import subprocess
+
+    from dropbox_daemon.render.media.encode import PIPE_BYTES, widen_pipe
+
+    proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        assert proc.stdin is not None
+        cap = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        widen_pipe(proc.stdin)
+        after = fcntl.fcntl(proc.stdin.fileno(), fcntl.F_GETPIPE_SZ)
+        assert after == min(PIPE_BYTES, cap) or (cap < PIPE_BYTES and after < PIPE_BYTES)
+        widen_pipe(None)  # no pipe: nothing to do
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait()

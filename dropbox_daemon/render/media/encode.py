@@ -6,11 +6,14 @@ stderr goes to a log file whose tail becomes the error message on failure.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import ffmpeg
 import numpy as np
@@ -190,6 +193,20 @@ class EncodeCommand:
     colour: OutputColour = OutputColour()
 
 
+PIPE_BYTES = 1 << 20  # the frame pipe's buffer: Linux's largest for any user by default
+
+
+def widen_pipe(pipe: IO[bytes] | None) -> None:
+    """Give the pipe to ffmpeg a 1 MiB buffer instead of 64 KiB: a 720p frame then crosses
+    in 3 wake-ups of the encoder instead of 43, and fewer switches leave the model's threads
+    their cores (first 720p job 25.7-27.0 -> 23.4-24.0 s median, 2 A/B runs of 3 alternating
+    rounds, 2 cores). Best effort: a host that caps pipe sizes keeps the default."""
+    if pipe is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # F_SETPIPE_SZ: Linux only
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
 HOLD_BYTES = 256 << 20  # frames kept for a fallback until the encoder has shown it opened
 
 
@@ -221,6 +238,7 @@ class Encoder:
         self.proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
         )
+        widen_pipe(self.proc.stdin)
 
     def write(self, frame: np.ndarray) -> None:
         if self.held is not None:
