@@ -132,3 +132,16 @@ def test_frames_waiting_on_the_engine_are_not_held_in_memory(tmp_path, media) ->
     again, _p, _said = run_chain(tmp_path / "b", media, engine, keep_source=held, on_disk=False)
     assert held[0].pool.mapped >= 48
     assert (again.poster == rendered.poster).all()
+
+
+def test_a_frame_cut_short_on_disk_fails_the_job_with_a_reason(tmp_path) -> None:  # noqa: ANN001
+    from dropbox_daemon.errors import RenderError
+
+    disk = FramesOnDisk(FramePool((2, 2, 3)))
+    (tmp_path / "short").write_bytes(b"\x00" * 20)  # 12-byte frames: the second is cut at 8
+    with open(tmp_path / "short", "rb") as f:
+        disk.adopt(f.fileno(), 2)
+    with pytest.raises(RenderError) as e:
+        disk.read(1)
+    assert e.value.code == "io_error" and "8 of 12 bytes at frame 1" in e.value.message
+    disk.release()

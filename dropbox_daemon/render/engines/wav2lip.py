@@ -40,7 +40,9 @@ from dropbox_daemon.render.engines.wav2lip_net import fold_batchnorm, load_refer
 FACE = 96  # the model's face crop, pixels
 # Frames per model call on the CPU where [models] batch_size is 0, by the precision it runs:
 # fp32 at 4 holds the fewest activations (the worker's peak on a 720p job: 700 MB at 4, 800
-# at 8, 940 at 16), which keeps the process tree under 1 GB. The model alone is as fast at
+# at 8, 940 at 16, measured while the engine still held each batch's frames: they are read
+# back from disk now, bf16 at 16 peaks at 600-690), which keeps the process tree under 1 GB.
+# The model alone is as fast at
 # 4 as at 8 (13.9-14.8 against 13.8-14.4 frames/s, AVX2 host); within a job, with the other
 # stages on the same two cores, 8 was up to 10% faster (docs/benchmarks.md). bf16: 8%
 # faster at 16.

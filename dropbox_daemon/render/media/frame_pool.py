@@ -23,6 +23,8 @@ from collections import deque
 
 import numpy as np
 
+from dropbox_daemon.errors import RenderError
+
 
 class FramePool:
     """take() gives a writable (h, w, c) uint8 array over a pooled buffer; the buffer is
@@ -113,7 +115,12 @@ class FramesOnDisk:
                 raise ValueError(f"frame {index} is not on disk")
             got = os.preadv(self._fd, [out], index * self.pool.nbytes)
         if got != self.pool.nbytes:
-            raise OSError(f"read {got} of {self.pool.nbytes} bytes of frame {index}")
+            raise RenderError(
+                f"frame cache read back {got} of {self.pool.nbytes} bytes at frame {index}",
+                code="io_error",
+                stage="rendering",
+                hint="check the disk of the state folder (the template cache) and the inbox",
+            )
         return out
 
     def release(self) -> None:
