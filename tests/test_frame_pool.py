@@ -145,3 +145,28 @@ def test_a_frame_cut_short_on_disk_fails_the_job_with_a_reason(tmp_path) -> None
         disk.read(1)
     assert e.value.code == "io_error" and "8 of 12 bytes at frame 1" in e.value.message
     disk.release()
+
+
+def test_frames_moved_to_another_file_let_the_first_go(tmp_path) -> None:  # noqa: ANN001
+    disk = FramesOnDisk(FramePool((1, 1, 3)))
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"\x01" * 9)
+    second.write_bytes(b"\x02" * 6)  # two whole frames copied of the three
+    with open(first, "rb") as a:
+        disk.adopt(a.fileno(), 3)
+    first.unlink()
+    with open(second, "rb") as b:
+        disk.move_to(b.fileno())
+    assert [disk.has(k) for k in range(3)] == [True, True, False]
+    assert (disk.read(1) == 2).all()
+    import os
+
+    # the first file's descriptor is closed: nothing of this process holds it any more
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the descriptor listdir itself used
+            continue
+    assert not any(h.startswith(str(first)) for h in held)
+    disk.release()

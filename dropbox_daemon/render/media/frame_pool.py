@@ -98,6 +98,18 @@ class FramesOnDisk:
             if self._fd < 0:
                 self._fd, self._count = os.dup(fd), frames
 
+    def move_to(self, fd: int) -> None:
+        """The frames now live in `fd`'s file, at the same places (a full disk made the
+        decoder give up the template cache and copy them into the job's loop cache): the
+        given-up file is let go, so its space comes back now, not when the job ends."""
+        whole = os.fstat(fd).st_size // self.pool.nbytes
+        new = os.dup(fd)
+        with self._lock:
+            old, self._fd = self._fd, new
+            self._count = min(self._count, whole)
+        if old >= 0:
+            os.close(old)
+
     def written(self, frames: int) -> None:
         """The first `frames` frames are whole in the adopted file."""
         with self._lock:

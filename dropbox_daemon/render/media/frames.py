@@ -274,8 +274,9 @@ class TemplateFrames:
                             if not keep:
                                 raise
                             cache, path = self._stop_keeping(cache, path, i, loops, e)
-                            keep, backed = False, False
-                            if loops:
+                            keep, backed = False, loops
+                            if loops:  # the frames so far were copied to the loop cache
+                                self.disk.move_to(cache.fileno())
                                 cache.write(arr.data)
                         if backed:
                             self.disk.written(i + 1)
