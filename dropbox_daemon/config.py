@@ -211,6 +211,8 @@ class ModelsConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # frames per model call on the CPU; 0: CPU_BATCH by precision (engines/wav2lip.py)
     batch_size: int = Field(default=0, ge=0, le=1024)
+    # model calls running at once on the CPU, each on share / n threads; 0: 2 from 2 cores up
+    cpu_streams: int = Field(default=0, ge=0, le=64)
     cuda_batch_size: int = Field(default=128, ge=1, le=4096)  # upper bound; fitted to free memory
     # host memory the full frames of the batches in flight may take (each waits for its
     # patch): the batch is cut to fit at the job's frame size (1080p: 6 MB a frame)

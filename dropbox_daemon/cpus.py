@@ -47,6 +47,14 @@ def this_share() -> int:
     return cpu_share(usable_cpus(), gpus_on_host(), os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
+def model_streams(configured: int, share: int) -> int:
+    """Model calls at once on the CPU: the configured number (at most the share), else 2
+    where the share has 2 cores or more (each on half of them), else 1."""
+    if configured:
+        return max(1, min(configured, share))
+    return 2 if share >= 2 else 1
+
+
 def apply(share: int) -> None:
     """Size torch's and OpenCV's pools to `share` cores (in the worker, once)."""
     import cv2

@@ -27,6 +27,18 @@ def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001
             terminalreporter.write_line(line)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_kept() -> object:
+    """A wav2lip engine loaded in this process sets torch's threads for its model calls (one
+    each where two run at once): put them back, so later tests run on every core."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 class Media:
     """Real media files, made once per session and cached under the pytest cache."""
 

@@ -35,3 +35,14 @@ def test_the_encoder_gets_the_share_unless_configured() -> None:
     assert cpus.encode_threads(0, 2, 2, beside_model=True) == 1
     assert cpus.encode_threads(0, 16, 16, beside_model=True) == 4
     assert cpus.encode_threads(6, 16, 16, beside_model=True) == 6
+
+
+def test_model_calls_at_once_on_the_cpu() -> None:
+    """Two from 2 cores up (each on half), one on a single core; the configured number wins,
+    at most one call per core."""
+    assert cpus.model_streams(0, 1) == 1
+    assert cpus.model_streams(0, 2) == 2
+    assert cpus.model_streams(0, 16) == 2
+    assert cpus.model_streams(4, 16) == 4
+    assert cpus.model_streams(4, 2) == 2
+    assert cpus.model_streams(1, 16) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from dropbox_daemon.render.engines.base import AudioFeatures, FaceFrame, RenderC
 from dropbox_daemon.render.engines.precision import (
     choose_dtype,
     cpu_flags,
-    cpu_has_bf16,
+    cpu_has_amx,
     describe_precision,
 )
 from dropbox_daemon.render.engines.wav2lip import (
@@ -73,7 +74,7 @@ def test_published_format_loads_with_and_without_module_prefix(checkpoint, tmp_p
 
 
 def test_auto_precision_follows_the_cpu_flags(checkpoint) -> None:  # noqa: ANN001
-    want = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    want = torch.bfloat16 if cpu_has_amx() else torch.float32
     assert FastWav2Lip(checkpoint[1]).dtype == want
     assert FastWav2Lip(checkpoint[1], precision="fp32").dtype == torch.float32
     line = describe_precision("auto", "cpu", want)
@@ -82,20 +83,26 @@ def test_auto_precision_follows_the_cpu_flags(checkpoint) -> None:  # noqa: ANN0
     )
 
 
-@pytest.mark.parametrize("cpu_bf16", [False, True], ids=["avx2-cpu", "bf16-cpu"])
-def test_the_precision_matrix_for_both_cpu_classes(cpu_bf16: bool) -> None:
-    """Every row of the choice, for a CPU with and without bf16, whichever this one is."""
+@pytest.mark.parametrize(
+    ("cpu_bf16", "cpu_amx"),
+    [(False, False), (True, False), (True, True)],
+    ids=["avx2-cpu", "avx512-bf16-cpu", "amx-cpu"],
+)
+def test_the_precision_matrix_for_every_cpu_class(cpu_bf16: bool, cpu_amx: bool) -> None:
+    """Every row of the choice, for each CPU class, whichever this one is: auto runs bf16 on
+    AMX only (AVX512-BF16 alone runs this model faster in fp32)."""
     for device, precision, want in [
         ("cuda", "auto", torch.float16),
         ("cuda", "fp16", torch.float16),
         ("cuda", "bf16", torch.bfloat16),
         ("cuda", "fp32", torch.float32),
-        ("cpu", "auto", torch.bfloat16 if cpu_bf16 else torch.float32),
+        ("cpu", "auto", torch.bfloat16 if cpu_amx else torch.float32),
         ("cpu", "bf16", torch.bfloat16),  # forced: runs (slowly, with a warning) anywhere
         ("cpu", "fp16", torch.float32),  # fp16 is CUDA's; the CPU says so and runs fp32
         ("cpu", "fp32", torch.float32),
     ]:
-        assert choose_dtype(precision, device, cpu_bf16=cpu_bf16) == want, (device, precision)
+        got = choose_dtype(precision, device, cpu_bf16=cpu_bf16, cpu_amx=cpu_amx)
+        assert got == want, (device, precision)
 
 
 def test_a_cap_on_onednn_below_bf16_chooses_fp32_and_says_why(checkpoint) -> None:  # noqa: ANN001
@@ -213,22 +220,41 @@ def _frames(n: int) -> list[FaceFrame]:
 
 
 def test_batches_in_flight_give_the_same_patches_in_order(checkpoint) -> None:  # noqa: ANN001
-    """The overlapped schedule (CUDA's) and the plain one agree patch for patch, gaps included."""
+    """The plain schedule, the overlapped one (CUDA's) and two model calls at once on the CPU
+    (each in a thread of its own) agree patch for patch, gaps included."""
     _, path = checkpoint
     t = np.arange(2 * A.SAMPLE_RATE) / A.SAMPLE_RATE
     samples = (0.3 * np.sin(2 * np.pi * 220 * t) * (t % 0.5 < 0.25)).astype(np.float32)
     audio = AudioFeatures(samples, 25.0, 23)
     ctx = RenderContext("j", Path("a.wav"), 0.92, 25.0, 23, (512, 512), Path("."))
-    engine = Wav2LipEngine(path, precision="fp32", batch=4)
+    engine = Wav2LipEngine(path, precision="fp32", batch=4, cpu_streams=1)
     engine.load()
+    assert engine.streams is None and engine.in_flight == 0
     plain = list(engine.render(iter(_frames(23)), audio, ctx))
     engine.in_flight = 2
     overlapped = list(engine.render(iter(_frames(23)), audio, ctx))
-    assert len(plain) == len(overlapped) == 23
-    for i, (a, b) in enumerate(zip(plain, overlapped, strict=True)):
-        assert (a is None) == (b is None) == (i % 3 == 2)
-        if a is not None:
-            assert a.box == b.box and np.array_equal(a.pixels, b.pixels)
+    side = Wav2LipEngine(path, precision="fp32", batch=4, cpu_streams=2)
+    side.load()
+    assert side.streams is not None and side.in_flight == 2
+    threads: list[str] = []
+    model = side.model
+
+    def called(mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return model(mel, faces)
+
+    side.model = called  # type: ignore[assignment]
+    both = list(side.render(iter(_frames(23)), audio, ctx))
+    assert len(threads) == 4 and all(n.startswith("wav2lip-model") for n in threads), threads
+    # oneDNN's results depend on the threads a call has (1 each now): the plain schedule again
+    engine.in_flight = 0
+    plain1 = list(engine.render(iter(_frames(23)), audio, ctx))
+    for ref, other in ((plain, overlapped), (plain1, both)):
+        assert len(ref) == len(other) == 23
+        for i, (a, b) in enumerate(zip(ref, other, strict=True)):
+            assert (a is None) == (b is None) == (i % 3 == 2)
+            if a is not None:
+                assert a.box == b.box and np.array_equal(a.pixels, b.pixels)
     # the patches differ with the audio (the model's output is used, not a constant)
     shown = [p.pixels for p in plain if p is not None]
     assert max(np.abs(s.astype(int) - shown[0]).mean() for s in shown) > 1.0

@@ -12,7 +12,7 @@ import psutil
 import torch
 from support import put_file, put_manifest, wait_for
 
-from dropbox_daemon.render.engines.precision import cpu_has_bf16
+from dropbox_daemon.render.engines.precision import cpu_has_amx
 from dropbox_daemon.render.engines.wav2lip import CPU_BATCH
 
 
@@ -54,7 +54,7 @@ def test_wav2lip_renders_and_loads_the_model_once(daemon_factory, media) -> None
         task = d.wait_state(f"w{n}", timeout=120)
         assert task["state"] == "done" and task["engine"] == "wav2lip", task
     # the precision and batch of this CPU's class (make test-avx2 caps a bf16 host to fp32)
-    precision = "bf16" if cpu_has_bf16() else "fp32"
+    precision = "bf16" if cpu_has_amx() else "fp32"
     if torch.cuda.is_available():  # a GPU host: fp16 on CUDA, the batch fitted to its memory
         assert task["device"] == "cuda/fp16", task["device"]
         assert "wav2lip batch" in d.log_text() and "on the GPU" in d.log_text()

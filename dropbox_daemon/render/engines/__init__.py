@@ -39,6 +39,7 @@ def create(name: str, cfg: Config):  # noqa: ANN201 - returns an Engine
             batch=m.batch_size,
             cuda_batch=m.cuda_batch_size,
             host_bytes=m.batch_host_bytes,
+            cpu_streams=m.cpu_streams,
         )
     if name == "http":
         from dropbox_daemon.render.engines.http import HttpEngine

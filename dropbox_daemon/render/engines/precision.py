@@ -1,5 +1,5 @@
 """Which precision the wav2lip network runs in, and why: fp16 on CUDA, bf16 where the CPU
-has AVX512-BF16/AMX and oneDNN may use them, fp32 otherwise; [models] precision forces it.
+has AMX and oneDNN may use it, fp32 otherwise (AVX512-BF16 alone included); [models] precision forces it.
 The reason is said in one log line (and by doctor) so an operator can compare hosts."""
 
 from __future__ import annotations
@@ -42,8 +42,17 @@ def onednn_may_use_bf16() -> bool:
 
 
 def cpu_has_bf16() -> bool:
-    """bf16 that runs at speed: the CPU has AVX512-BF16/AMX and oneDNN may use them."""
+    """bf16 kernels here: the CPU has AVX512-BF16/AMX and oneDNN may use them."""
     return bool(cpu_flags() & BF16_FLAGS) and onednn_may_use_bf16()
+
+
+def cpu_has_amx() -> bool:
+    """bf16 faster than fp32 here: AMX tiles (amx_bf16) and oneDNN may use bf16.
+
+    AVX512-BF16 alone is not enough: on it the model ran slower in bf16 than in fp32 (2 cores
+    of a Xeon with avx512_bf16 but no AMX: 18-22 against 25-27 frames/s, two calls at once;
+    the bf16 conversions and fp32 blocks cost more than its dot products save)."""
+    return "amx_bf16" in cpu_flags() and onednn_may_use_bf16()
 
 
 def cpu_reason() -> str:
@@ -53,6 +62,11 @@ def cpu_reason() -> str:
     if found & BF16_FLAGS and not onednn_may_use_bf16():
         cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "unset")
         return f"CPU flags: {flags}, but oneDNN is capped below them (ONEDNN_MAX_CPU_ISA={cap})"
+    if "avx512_bf16" in found and "amx_bf16" not in found:
+        return (
+            f"CPU flags: {flags}; AVX512-BF16 without AMX runs this model faster in fp32 "
+            '(bench/wav2lip.py measures both; [models] precision = "bf16" forces it)'
+        )
     return f"CPU flags: {flags}"
 
 
@@ -74,12 +88,16 @@ def describe_precision(precision: str, device: str, dtype: torch.dtype) -> str:
     )
 
 
-def choose_dtype(precision: str, device: str, *, cpu_bf16: bool | None = None) -> torch.dtype:
+def choose_dtype(
+    precision: str, device: str, *, cpu_bf16: bool | None = None, cpu_amx: bool | None = None
+) -> torch.dtype:
     """The reduced precision of the bulk of the network: fp16 on CUDA, bf16 where the CPU
-    has AVX512-BF16/AMX, fp32 otherwise; `precision` in the config forces it. `cpu_bf16`
-    stands for the CPU's answer (None: ask this one), so both CPU classes are tested anywhere."""
+    has AMX, fp32 otherwise; `precision` in the config forces it. `cpu_bf16` and `cpu_amx`
+    stand for the CPU's answers (None: ask this one), so every CPU class is tested anywhere."""
     if cpu_bf16 is None:
         cpu_bf16 = cpu_has_bf16()
+    if cpu_amx is None:
+        cpu_amx = cpu_has_amx()
     if precision == "fp32":
         return torch.float32
     if device == "cuda":
@@ -93,7 +111,7 @@ def choose_dtype(precision: str, device: str, *, cpu_bf16: bool | None = None) -
     if precision == "fp16":
         logger.warning("precision fp16 is for CUDA; the CPU runs fp32")
         return torch.float32
-    return torch.bfloat16 if cpu_bf16 else torch.float32
+    return torch.bfloat16 if cpu_bf16 and cpu_amx else torch.float32
 
 
 # The audio encoder and the first face-encoder blocks stay fp32 in every precision: their

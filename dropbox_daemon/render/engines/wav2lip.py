@@ -1,9 +1,10 @@
 """wav2lip: the engine that renders with the published Wav2Lip generator (wav2lip_net.py).
 
 At load time BatchNorm is folded into the convolutions, the model is put in
-channels_last and, where the CPU has bf16 (AVX512-BF16/AMX) or on CUDA, the bulk
+channels_last and, where the CPU has AMX or on CUDA, the bulk
 of it runs in reduced precision unless the config says otherwise. Faces are
-batched; on CUDA one batch is in flight while the host prepares the next.
+batched; on CUDA one batch is in flight while the host prepares the next; on a CPU
+of 2 cores or more two batches run at once, each on half of them.
 Only the worker process imports this module (and torch).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,15 +40,12 @@ from dropbox_daemon.render.engines.precision import (
 from dropbox_daemon.render.engines.wav2lip_net import fold_batchnorm, load_reference
 
 FACE = 96  # the model's face crop, pixels
-# Frames per model call on the CPU where [models] batch_size is 0, by the precision it runs:
-# fp32 at 4 holds the fewest activations (the worker's peak on a 720p job: 700 MB at 4, 800
-# at 8, 940 at 16, measured while the engine still held each batch's frames: they are read
-# back from disk now, bf16 at 16 peaks at 600-690), which keeps the process tree under 1 GB.
-# The model alone is as fast at
-# 4 as at 8 (13.9-14.8 against 13.8-14.4 frames/s, AVX2 host); within a job, with the other
-# stages on the same two cores, 8 was up to 10% faster (docs/benchmarks.md). bf16: 8%
-# faster at 16.
-CPU_BATCH = {torch.float32: 4, torch.bfloat16: 16}
+# Frames per model call on the CPU where [models] batch_size is 0, by the precision it runs.
+# Two calls run at once on 2 cores and more (cpus.model_streams), each holding its batch's
+# activations: fp32 at 4 and bf16 at 8 keep the process tree under 1 GB on a 720p job at 14,
+# 60 and 180 s of audio (docs/benchmarks.md); two bf16 calls of 16 took it to 1010 MB for
+# 3-5% more speed. The frames themselves are not held: they are read back from disk.
+CPU_BATCH = {torch.float32: 4, torch.bfloat16: 8}
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class Pending:
 
     def __init__(
         self,
-        out: np.ndarray | torch.Tensor | list[Pending],
+        out: np.ndarray | torch.Tensor | list[Pending] | Future[np.ndarray],
         done: torch.cuda.Event | None = None,
         keep: tuple = (),
     ) -> None:
@@ -80,6 +79,8 @@ class Pending:
     def result(self) -> np.ndarray:
         if isinstance(self.out, list):
             return np.concatenate([p.result() for p in self.out])
+        if isinstance(self.out, Future):
+            return self.out.result()
         if self.done is not None:
             self.done.synchronize()
         return self.out if isinstance(self.out, np.ndarray) else self.out.float().numpy()
@@ -208,8 +209,11 @@ class Wav2LipEngine(Engine):
         batch: int = 0,  # 0: CPU_BATCH by precision
         cuda_batch: int = 128,
         host_bytes: int = 1 << 30,
+        cpu_streams: int = 0,  # 0: cpus.model_streams chooses
     ) -> None:
         self.weights = weights
+        self.cpu_streams = cpu_streams
+        self.streams: ThreadPoolExecutor | None = None  # on the CPU: the model calls at once
         self.host_bytes = host_bytes
         self.precision = precision
         self.batch = batch
@@ -229,8 +233,11 @@ class Wav2LipEngine(Engine):
             )
         from dropbox_daemon import cpus
 
-        cpus.apply(cpus.this_share())  # every core, or this GPU's share of them
+        share = cpus.this_share()
+        cpus.apply(share)  # every core, or this GPU's share of them
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            self._cpu_streams(share)
         self.model = FastWav2Lip(
             self.weights, device=device, precision=self.precision, lower_only=True
         )
@@ -257,11 +264,34 @@ class Wav2LipEngine(Engine):
         self.fitted, self._fits = self.batch, 0
         self.loads += 1
 
+    def _cpu_streams(self, share: int) -> None:
+        """Split the share into model calls running side by side, each on its own threads.
+
+        One call on every core stops at each layer's end until its slowest thread is done:
+        where the encoder, decoder or compositor takes one of its cores for a moment, all of
+        them wait. Two calls of half the threads each lose only what was taken (2 cores,
+        bf16 batch 16: 20.4-21.0 -> 22.3-23.3 frames/s alone, 14.5 -> 18.6 beside a
+        one-thread x264 encode; docs/benchmarks.md)."""
+        from dropbox_daemon import cpus
+
+        n = cpus.model_streams(self.cpu_streams, share)
+        torch.set_num_threads(max(1, share // n))
+        if n > 1 and self.streams is None:
+            self.streams = ThreadPoolExecutor(n, thread_name_prefix="wav2lip-model")
+        self.in_flight = n if n > 1 else 0
+        logger.info(
+            "wav2lip on the CPU: {} model call(s) at once, {} thread(s) each "
+            "([models] cpu_streams = 0 chooses by cores)",
+            n,
+            max(1, share // n),
+        )
+
     def render(
         self, frames: Iterator[FaceFrame], audio: AudioFeatures, ctx: RenderContext
     ) -> Iterator[Patch | None]:
         """Batches of `batch` faces; with `in_flight` batches started before the oldest is
-        pasted back (on CUDA: the GPU runs batch k while the host crops k+1 and pastes k-1)."""
+        pasted back (on CUDA: the GPU runs batch k while the host crops k+1 and pastes k-1;
+        on the CPU with two calls at once: both run while this thread crops and pastes)."""
         assert self.model is not None
         # each frame is cropped as it arrives and then let go (the chain holds it, or reads
         # it back from disk): a batch waiting to fill, or on its way, keeps crops and boxes
@@ -311,6 +341,8 @@ class Wav2LipEngine(Engine):
         its activations would still be held by the traceback); after GROW_AFTER batches in a
         row that fit, the batch doubles back towards the one the load fitted."""
         assert self.model is not None
+        if self.streams is not None:  # on the CPU: in a thread of its own, beside the others
+            return Pending(self.streams.submit(self.model, mel, faces))
         try:
             started = self.model.submit(mel, faces)
         except Exception as e:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
