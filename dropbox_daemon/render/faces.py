@@ -61,44 +61,38 @@ class HaarDetector(Detector):
         self.min_face = min_face  # smallest face, as a share of the frame's width
 
     def detect(self, bgr: np.ndarray, near: Box | None = None) -> list[Box]:
-        h, w = bgr.shape[:2]
         # a small picture is enlarged (up to 2x): the cascade misses faces under ~50 px
-        scale = min(MAX_UPSCALE, self.detect_width / w)
-        small = (
-            cv2.resize(
-                bgr,
-                (round(w * scale), round(h * scale)),
-                interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-            )
-            if scale != 1
-            else bgr
-        )
+        scale = min(MAX_UPSCALE, self.detect_width / bgr.shape[1])
         if near is not None:
             # a followed face is searched for in a window around it, at sizes close to its
             # own: a few times cheaper than the whole frame; the whole frame when it is not there
-            found = self._around(small, scale, near)
+            found = self._around(bgr, scale, near)
             if found:
                 return found
+        small = _scaled(bgr, scale)
         side = max(20, int(self.min_face * small.shape[1]))
         return self._search(small, scale, (0, 0), (side, side), None)
 
-    def _around(self, small: np.ndarray, scale: float, near: Box) -> list[Box]:
-        x0, y0, x1, y1 = (v * scale for v in near)
+    def _around(self, bgr: np.ndarray, scale: float, near: Box) -> list[Box]:
+        """Only the window is scaled down, not the whole frame (a 720p frame to 480 wide
+        took 4.3 ms, as long as the search in the window)."""
+        x0, y0, x1, y1 = near
         size = max(x1 - x0, y1 - y0)
         m = AROUND * size
-        h, w = small.shape[:2]
+        h, w = bgr.shape[:2]
         ax, ay = max(0, int(x0 - m)), max(0, int(y0 - m))
         bx, by = min(w, int(x1 + m) + 1), min(h, int(y1 + m) + 1)
-        lo, hi = max(20, int(size * 0.6)), int(size * 1.6) + 1
-        if min(bx - ax, by - ay) < lo:
+        lo, hi = max(20, int(size * scale * 0.6)), int(size * scale * 1.6) + 1
+        if min(bx - ax, by - ay) * scale < lo:
             return []
-        return self._search(small[ay:by, ax:bx], scale, (ax, ay), (lo, lo), (hi, hi))
+        part = _scaled(bgr[ay:by, ax:bx], scale)
+        return self._search(part, scale, (ax * scale, ay * scale), (lo, lo), (hi, hi))
 
     def _search(
         self,
         part: np.ndarray,
         scale: float,
-        offset: tuple[int, int],
+        offset: tuple[float, float],
         min_size: tuple[int, int],
         max_size: tuple[int, int] | None,
     ) -> list[Box]:
@@ -123,6 +117,14 @@ class HaarDetector(Detector):
             )
             for (x, y, fw, fh), _w in ranked
         ]
+
+
+def _scaled(bgr: np.ndarray, scale: float) -> np.ndarray:
+    h, w = bgr.shape[:2]
+    if scale == 1:
+        return bgr
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
 @dataclass(frozen=True)
