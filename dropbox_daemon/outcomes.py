@@ -59,6 +59,10 @@ class Outcomes:
             assert result.output is not None and result.timings is not None  # the protocol's
             total = result.timings.get("total", 0.0)
             self.store.catch_up(job, "store was unreachable", fence=generation)
+            # the output first, committed on its own: the move to done writes log.txt's line
+            # before its commit, and a crash between them must find the result recorded
+            # (store/resume.py), not render it again and log `done` twice
+            self.store.update(job_id, fence=generation, output=result.output)
             job = self.store.transition(
                 job_id,
                 "done",

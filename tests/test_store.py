@@ -254,3 +254,35 @@ def test_a_result_published_before_a_crash_is_recorded_not_run_again(
     )
     store.recover_interrupted()
     assert store.get("torn").state == "queued"
+
+
+def test_a_recorded_output_whose_done_never_committed_is_done_with_one_log_line(
+    store: Store, tmp_path
+) -> None:  # noqa: ANN001
+    """The output is committed before the move to done, whose log.txt line is written before
+    its own commit: a kill between the two leaves the line, and the restart must record the
+    job done (not render it again and log `done` twice; seen in the farm's kill -9 storm)."""
+    claim = tmp_path / "claims" / "c2"
+    claim.mkdir(parents=True)
+    new(store, "late", claim_dir=str(claim))
+    store.transition("late", "queued")
+    store.take_next("me", {})
+    store.transition("late", "rendering")
+    store.transition("late", "encoding")
+    (store.outbox.job_dir("late") / "result.mp4").write_bytes(b"x" * 99)
+    output = {"name": "result.mp4", "bytes": 99}
+    store.update("late", output=output)
+    job = store.get("late")
+    store.outbox.log("late", job.trace_id, "state encoding -> done: result.mp4 in 0.2 s", at=1.0)
+    store.recover_interrupted()
+    job = store.get("late")
+    assert job.state == "done" and job.attempts == 1 and job.output == output
+    log = (store.outbox.job_dir("late") / "log.txt").read_text()
+    assert log.count("-> done") == 1 and "queued" not in log.split("-> done")[-1], log
+    # an output whose file is gone (or not whole) runs again
+    new(store, "gone", claim_dir=str(claim))
+    store.transition("gone", "queued")
+    store.take_next("me", {})
+    store.update("gone", output={"name": "result.mp4", "bytes": 5})
+    store.recover_interrupted()
+    assert store.get("gone").state == "queued"

@@ -46,18 +46,21 @@ class Resume(StateMachine):
         return out
 
     def resume_plan(self, job: Job, why: str) -> tuple[str, dict[str, Any], str]:
-        """resume_plan, but a job whose result was published and whose task.json says done
-        (a crash between the outbox write and the database's commit) is done, not run again."""
-        task = self.outbox.read_task(job.job_id) if job.state in RUNNING else None
+        """resume_plan, but a job whose result was published is done, not run again: its
+        output recorded in the row before the move to done (a crash between that and the
+        commit of done, which had already written log.txt's line), or task.json saying done
+        under the same claim (a crash between the outbox write and the database's commit)."""
+        if job.state not in RUNNING:
+            return resume_plan(job, why)
+        if job.output and self._published(job.job_id, job.output):
+            return "done", {}, f"{why}; its result had been published: recorded as done"
+        task = self.outbox.read_task(job.job_id)
         out = (task or {}).get("output") or {}
-        final = self.outbox.job_dir(job.job_id) / str(out.get("name") or "")
         if (
             task is not None
             and task.get("state") == "done"
             and task.get("claim") == (Path(job.claim_dir).name if job.claim_dir else None)
-            and out.get("name")
-            and final.is_file()
-            and final.stat().st_size == out.get("bytes")
+            and self._published(job.job_id, out)
         ):
             return (
                 "done",
@@ -65,6 +68,13 @@ class Resume(StateMachine):
                 f"{why}; its result had been published: recorded as done",
             )
         return resume_plan(job, why)
+
+    def _published(self, job_id: str, out: dict[str, Any]) -> bool:
+        """The result `out` describes is in the outbox, whole."""
+        if not out.get("name"):
+            return False
+        final = self.outbox.job_dir(job_id) / str(out["name"])
+        return final.is_file() and final.stat().st_size == out.get("bytes")
 
     def catch_up(self, job: Job, why: str = "after a crash", fence: int | None = None) -> Job:
         """Walk a running job through the stages it missed, so that `done` is a legal move."""
