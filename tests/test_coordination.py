@@ -162,10 +162,15 @@ def test_a_busy_daemon_leaves_the_next_drop_to_an_idle_peer(make, media) -> None
         return
     b.farm.renew(time.time(), time.monotonic(), worker="busy")
     assert a.farm.capacity(running=True) == 1  # every worker busy: its prefetch keeps it fed
-    b.farm.next_renew = 0.0
-    b.farm.renew(time.time(), time.monotonic(), worker="idle")
-    a.farm.next_look = 0.0  # read the leases again now (once per lease period otherwise)
-    assert a.farm.capacity(running=True) == 0
+    # b's worker turns idle within its lease period: its lease says so at once, and a, which
+    # found no idle peer, looks again within IDLE_LOOK (not a whole lease period)
+    assert not b.farm.renew(time.time(), time.monotonic(), worker="busy")  # not due yet
+    assert b.farm.renew(time.time(), time.monotonic(), worker="idle")
+    assert not b.farm.renew(time.time(), time.monotonic(), worker="idle")  # said already
+    from dropbox_daemon.coordination.folder import IDLE_LOOK
+
+    assert a.farm.next_look - time.monotonic() <= IDLE_LOOK
+    wait_for(lambda: a.farm.capacity(running=True) == 0, 5, "a to see b idle")
     assert a.farm.capacity(running=False) == 2  # an idle daemon claims as ever
     b.farm.release()  # stopped: not a peer to leave work to
     a.farm.next_look = 0.0

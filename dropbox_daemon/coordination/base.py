@@ -94,6 +94,7 @@ class Coordination(ABC):
         self.next_sweep = 0.0
         self.renewing_since: float | None = None  # monotonic: renewals unbroken since then
         self.renewed: float | None = None  # monotonic: when the last renewal got through
+        self.said_worker: object = None  # the worker's state in the last renewal
 
     # -- what each way does its own way ----------------------------------------------
     @abstractmethod
@@ -160,9 +161,14 @@ class Coordination(ABC):
         self.renewing_since = time.monotonic()
 
     def renew(self, now: float, mono: float, **fields: object) -> bool:
-        """Renew the lease when due; True when it was renewed now."""
-        if mono < self.next_renew:
+        """Renew the lease when due, and at once when the worker has just become idle: a busy
+        peer claims nothing ahead while another's worker is idle, and reads that here (a
+        worker ready after start-up said "starting" for up to a lease period, and a busy
+        peer took the next drop behind its own render meanwhile); True when renewed now."""
+        idle_now = fields.get("worker") == "idle" and self.said_worker != "idle"
+        if mono < self.next_renew and not idle_now:
             return False
+        self.said_worker = fields.get("worker")
         self.next_renew = mono + self.lease_every
         if self.leases.renew(now, **fields):
             through = time.monotonic()  # when it got through, not when the pass began

@@ -20,6 +20,7 @@ from dropbox_daemon.outbox import TASK_JSON
 from dropbox_daemon.store import STATES, Job
 
 TASK_MAX_BYTES = 1 << 20  # a task.json is a few KiB; a bigger one is not a daemon's
+IDLE_LOOK = 0.25  # seconds between looks at the peers' leases while none said it was idle
 
 
 class FolderCoordination(Coordination):
@@ -44,10 +45,10 @@ class FolderCoordination(Coordination):
 
     def idle_peer(self) -> bool:
         """A live peer (its lease moving) says its worker is idle; looked at once per lease
-        period (a peer's lease says so within one)."""
+        period when one did, every IDLE_LOOK seconds while none did (a peer renews its lease
+        at once when its worker becomes idle)."""
         mono = time.monotonic()
         if mono >= self.next_look:
-            self.next_look = mono + self.lease_every
             leases = self.leases.observe(mono)
             self.peer_idle = any(
                 inst != self.instance
@@ -56,6 +57,7 @@ class FolderCoordination(Coordination):
                 and self.leases.silent_for(inst, mono) < self.stale
                 for inst, lease in leases.items()
             )
+            self.next_look = mono + (self.lease_every if self.peer_idle else IDLE_LOOK)
         return self.peer_idle
 
     def _take_over_rows(self) -> list[Job]:
