@@ -226,16 +226,22 @@ def test_recover_jobs_cut_off_during_intake(store: Store) -> None:
     assert bad.state == "rejected" and bad.error["code"] == "intake_interrupted"
 
 
+def encoding(store: Store, tmp_path, job_id: str, claim_name: str):  # noqa: ANN001, ANN201
+    """A job taken by this daemon and encoding, under a claim folder of its own."""
+    claim = tmp_path / "claims" / claim_name
+    claim.mkdir(parents=True)
+    new(store, job_id, claim_dir=str(claim))
+    store.transition(job_id, "queued")
+    store.take_next("me", {})
+    store.transition(job_id, "rendering")
+    store.transition(job_id, "encoding")
+    return claim
+
+
 def test_a_result_published_before_a_crash_is_recorded_not_run_again(
     store: Store, tmp_path
 ) -> None:  # noqa: ANN001
-    claim = tmp_path / "claims" / "c1"
-    claim.mkdir(parents=True)
-    new(store, "pub", claim_dir=str(claim))
-    store.transition("pub", "queued")
-    store.take_next("me", {})
-    store.transition("pub", "rendering")
-    store.transition("pub", "encoding")
+    claim = encoding(store, tmp_path, "pub", "c1")
     # the crash: task.json and the result were written, the database's commit never came
     result = store.outbox.job_dir("pub") / "result.mp4"
     result.write_bytes(b"x" * 1234)
@@ -262,13 +268,7 @@ def test_a_recorded_output_whose_done_never_committed_is_done_with_one_log_line(
     """The output is committed before the move to done, whose log.txt line is written before
     its own commit: a kill between the two leaves the line, and the restart must record the
     job done (not render it again and log `done` twice; seen in the farm's kill -9 storm)."""
-    claim = tmp_path / "claims" / "c2"
-    claim.mkdir(parents=True)
-    new(store, "late", claim_dir=str(claim))
-    store.transition("late", "queued")
-    store.take_next("me", {})
-    store.transition("late", "rendering")
-    store.transition("late", "encoding")
+    claim = encoding(store, tmp_path, "late", "c2")
     (store.outbox.job_dir("late") / "result.mp4").write_bytes(b"x" * 99)
     output = {"name": "result.mp4", "bytes": 99}
     store.update("late", output=output)

@@ -275,7 +275,8 @@ class Wav2LipEngine(Engine):
         from dropbox_daemon import cpus
 
         n = cpus.model_streams(self.cpu_streams, share)
-        torch.set_num_threads(max(1, share // n))
+        threads = max(1, share // n)
+        torch.set_num_threads(threads)
         if n > 1 and self.streams is None:
             self.streams = ThreadPoolExecutor(n, thread_name_prefix="wav2lip-model")
         self.in_flight = n if n > 1 else 0
@@ -283,7 +284,7 @@ class Wav2LipEngine(Engine):
             "wav2lip on the CPU: {} model call(s) at once, {} thread(s) each "
             "([models] cpu_streams = 0 chooses by cores)",
             n,
-            max(1, share // n),
+            threads,
         )
 
     def render(
