@@ -178,3 +178,69 @@ def test_the_frame_pipe_is_widened_to_a_mebibyte(tmp_path) -> None:  # noqa: ANN
     finally:
         proc.stdin.close()  # type: ignore[union-attr]
         proc.wait()
+
+
+def bt709_limited(bgr: np.ndarray) -> np.ndarray:
+    """The published BT.709 Y'CbCr (limited range) of 8-bit BGR, in floats, per pixel."""
+    b, g, r = (bgr[..., k].astype(np.float64) / 255 for k in range(3))
+    y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    cb, cr = (b - y) / 1.8556, (r - y) / 1.5748
+    return np.stack([16 + 219 * y, 128 + 224 * cb, 128 + 224 * cr], -1)
+
+
+def test_the_packer_makes_bt709_limited_range_4_2_0() -> None:
+    """Luma per pixel and chroma as the mean of each 2x2 block, within 1 code value of the
+    published formula, on noise (every rounding case) and on saturated colours."""
+    from dropbox_daemon.render.media.colour import I420Packer
+
+    bgr = np.random.default_rng(7).integers(0, 256, (48, 64, 3), np.uint8)
+    bgr[:8] = [(255, 255, 255), (0, 0, 0), (255, 0, 0), (0, 0, 255)] * 16  # edge colours
+    planes = np.frombuffer(I420Packer(64, 48)(bgr), np.uint8)
+    want = bt709_limited(bgr)
+    y = planes[: 64 * 48].reshape(48, 64)
+    cb = planes[64 * 48 : 64 * 48 + 32 * 24].reshape(24, 32)
+    cr = planes[64 * 48 + 32 * 24 :].reshape(24, 32)
+    chroma = want[..., 1:].reshape(24, 2, 32, 2, 2).mean(axis=(1, 3))
+    assert np.abs(y - want[..., 0]).max() <= 1
+    assert np.abs(cb - chroma[..., 0]).max() <= 1 and np.abs(cr - chroma[..., 1]).max() <= 1
+    assert y.min() >= 16 and y.max() <= 235
+    with pytest.raises(ValueError, match="even frame size"):
+        I420Packer(63, 48)
+
+
+def test_a_packed_encode_comes_back_as_its_colour_tagged_bt709(tmp_path: Path) -> None:
+    """Frames written as BGR into a packed encode (the SDR path of every job) decode to the
+    same Y'CbCr, tagged BT.709 limited range with centre-sited chroma."""
+    import av
+
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "sine=d=1", "-y", str(tmp_path / "a.wav")],
+        check=True,
+    )
+    args = E.encode_args(
+        FFMPEG, tmp_path / "out.mp4", size=(64, 48), fps=25.0, audio_path=tmp_path / "a.wav",
+        duration=0.4, crf=18, preset="veryfast", audio_bitrate="64k", metadata={}, packed=True,
+    )  # fmt: skip
+    assert option(args, "-pix_fmt") == "yuv420p" and "scale=" not in option(args, "-vf")
+    enc = E.Encoder(args, tmp_path / "ffmpeg.log", packed=True)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[:, :32] = (40, 160, 220)  # BGR: an orange, and a blue beside it
+    frame[:, 32:] = (200, 60, 30)
+    for _ in range(10):
+        enc.write(frame)
+    enc.close()
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        got = next(c.decode(video=0))
+    assert (got.colorspace, got.color_range, got.color_trc, got.color_primaries) == (1, 1, 1, 1)
+    planes = [np.frombuffer(got.planes[k], np.uint8).reshape(-1, got.planes[k].line_size) for k in range(3)]  # fmt: skip
+    want = bt709_limited(frame)
+    for x in (8, 56):  # inside each colour, away from the edge between them
+        have = (planes[0][24, x], planes[1][12, x // 2], planes[2][12, x // 2])
+        assert np.abs(np.array(have, float) - want[24, x]).max() <= 3, (x, have, want[24, x])
+    headers = subprocess.run(
+        [FFMPEG, "-hide_banner", "-i", str(tmp_path / "out.mp4"), "-c", "copy", "-bsf:v",
+         "trace_headers", "-f", "null", "-"], capture_output=True, text=True,
+    ).stderr  # fmt: skip
+    import re
+
+    assert re.search(r"chroma_sample_loc_type_top_field +\d+ = 1\n", headers), headers[-2000:]

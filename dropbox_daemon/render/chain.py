@@ -133,6 +133,7 @@ class StageChain:
                     "encoded with libx264",
                 }
             ),
+            packed=command.packed,
         )
         try:
             rendered = self._write(iter(stages[-1]), encoder, emit, cancel)

@@ -148,10 +148,12 @@ def encoder_args(
             threads=threads,
             vcodec=codec,
             colour=colour,
+            packed=colour.packed_here,
         )
 
     auto_nvenc = vcodec == "h264_nvenc" and cfg.media.video_encoder == "auto"
-    return EncodeCommand(args(vcodec), args("libx264") if auto_nvenc else None, colour)
+    fallback = args("libx264") if auto_nvenc else None
+    return EncodeCommand(args(vcodec), fallback, colour, colour.packed_here)
 
 
 def output_colour(found: Inputs, opts: dict[str, Any], emit: Emit) -> OutputColour:

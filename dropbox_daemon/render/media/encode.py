@@ -1,4 +1,5 @@
-"""The H.264 + AAC encoder: raw BGR frames on ffmpeg's stdin, the original audio muxed.
+"""The H.264 + AAC encoder: raw frames on ffmpeg's stdin (BT.709 4:2:0 made in the worker
+for SDR, BGR for a kept HDR template), the original audio muxed.
 
 Command lines are built with ffmpeg-python and run without a shell; ffmpeg's
 stderr goes to a log file whose tail becomes the error message on failure.
@@ -19,7 +20,7 @@ import ffmpeg
 import numpy as np
 
 from dropbox_daemon.errors import MediaError, RenderError
-from dropbox_daemon.render.media.colour import OutputColour
+from dropbox_daemon.render.media.colour import I420Packer, OutputColour
 
 STDERR_TAIL = 1500  # characters of ffmpeg's log quoted in an error
 NVIDIA_DEVICE = Path("/dev/nvidiactl")
@@ -125,6 +126,19 @@ def video_encoder(
     return "libx264", problem
 
 
+def quality(vcodec: str, crf: int, preset: str) -> dict[str, object]:
+    """The encoder's quality options: constant quality on NVENC (-rc vbr -cq N -b:v 0 is its
+    counterpart of libx264's -crf N), its p1-p7 preset for libx264's name."""
+    if vcodec == "h264_nvenc":
+        return {
+            "rc": "vbr",
+            "cq": crf,
+            "video_bitrate": 0,
+            "preset": NVENC_PRESETS.get(preset, "p4"),
+        }
+    return {"crf": crf, "preset": preset}
+
+
 def encode_args(
     ffmpeg_bin: str,
     out_path: Path,
@@ -140,27 +154,27 @@ def encode_args(
     threads: int = 0,
     vcodec: str = "libx264",
     colour: OutputColour | None = None,
+    packed: bool = False,
 ) -> list[str]:
     """The argument list of one encode (no shell ever sees it): BGR in, Y'CbCr out by the
-    result's matrix (BT.709 unless an HDR template is kept), the stream tagged to match."""
+    result's matrix (BT.709 unless an HDR template is kept), the stream tagged to match;
+    `packed`: the frames come as I420Packer's BT.709 4:2:0 instead of BGR."""
     colour = colour or OutputColour()
     video = ffmpeg.input(
-        "pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{size[0]}x{size[1]}", framerate=fps
+        "pipe:",
+        format="rawvideo",
+        pix_fmt="yuv420p" if packed else "bgr24",
+        s=f"{size[0]}x{size[1]}",
+        framerate=fps,
     )
     audio = ffmpeg.input(str(audio_path))
-    quality: dict[str, object] = (
-        # constant quality on NVENC: -rc vbr -cq N -b:v 0 is its counterpart of -crf N
-        {"rc": "vbr", "cq": crf, "video_bitrate": 0, "preset": NVENC_PRESETS.get(preset, "p4")}
-        if vcodec == "h264_nvenc"
-        else {"crf": crf, "preset": preset}
-    )
     opts: dict[str, object] = {
         "vcodec": vcodec,
-        "vf": colour.ffmpeg_filter(),
+        "vf": colour.ffmpeg_filter(packed),
         "pix_fmt": colour.pix_fmt,
         "color_range": "tv",
         **colour.ffmpeg_tags(),
-        **quality,
+        **quality(vcodec, crf, preset),
         "acodec": "aac",
         "audio_bitrate": audio_bitrate,
         # use_metadata_tags: keep custom keys (ai_generated) that mp4 has no atom for
@@ -171,6 +185,8 @@ def encode_args(
     }
     if threads:
         opts["threads"] = threads
+    if packed:  # I420Packer's chroma is the mean of each 2x2 block
+        opts["chroma_sample_location"] = "center"
     # the first audio stream only: a video file given as the audio may carry several
     args = ffmpeg.output(video.video, audio["a:0"], str(out_path), **opts).compile(
         cmd=ffmpeg_bin, overwrite_output=False
@@ -191,6 +207,7 @@ class EncodeCommand:
     args: list[str]
     fallback: list[str] | None = None
     colour: OutputColour = OutputColour()
+    packed: bool = False  # the frames go in as I420Packer's 4:2:0, not BGR
 
 
 PIPE_BYTES = 1 << 20  # the frame pipe's buffer: Linux's largest for any user by default
@@ -224,8 +241,12 @@ class Encoder:
         log_path: Path,
         fallback: list[str] | None = None,
         on_fallback: Callable[[str], None] | None = None,
+        packed: bool = False,
     ) -> None:
+        """`packed`: the commands take I420Packer's 4:2:0; write() still takes BGR frames."""
         self.args, self.log_path = args, log_path
+        self.packed = packed
+        self._packer: I420Packer | None = None
         self.fallback, self.on_fallback = fallback, on_fallback or (lambda why: None)
         self.held: list[np.ndarray] | None = [] if fallback else None
         self.held_bytes = 0
@@ -256,7 +277,12 @@ class Encoder:
 
     def _put(self, frame: np.ndarray) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(frame.data)
+        if self.packed:
+            if self._packer is None:
+                self._packer = I420Packer(frame.shape[1], frame.shape[0])
+            self.proc.stdin.write(self._packer(frame))  # written whole before it returns
+        else:
+            self.proc.stdin.write(frame.data)
         self.frames += 1
 
     def _opened(self) -> bool:
