@@ -123,10 +123,11 @@ def claim(inbox: Path, c: Candidate, instance: str, now: float, host: str = "") 
     cl = Claim(cid, cdir, c)
     try:
         os.rename(c.manifest, cl.manifest)
-    except FileNotFoundError:
-        (cdir / OWNER_FILE).unlink()
-        (cdir / DROP_SUBDIR).rmdir()
-        cdir.rmdir()
+    except FileNotFoundError:  # another daemon was first: undone as a draft, so that a
+        # kill in between leaves a draft or a whole empty claim (its owner's start-up
+        # discards either), never a claim folder without its owner.json
+        os.rename(cdir, draft)
+        remove_tree(draft)
         return None
     return cl
 

@@ -93,6 +93,28 @@ def test_claim_has_exactly_one_winner(tmp_path) -> None:  # noqa: ANN001
     assert len(os.listdir(inbox / ".dropbox" / "claimed")) == 1
 
 
+def test_a_daemon_killed_undoing_a_lost_claim_leaves_a_draft_its_start_up_discards(
+    tmp_path,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    """Another daemon took the manifest first; this one dies while removing its own claim
+    folder: what is left is a draft (no claim folder without its owner.json)."""
+    from dropbox_daemon import claims
+    from dropbox_daemon.recovery import discard_drafts
+
+    def killed(path) -> None:  # noqa: ANN001
+        raise KeyboardInterrupt  # the process ends here
+
+    monkeypatch.setattr(claims, "remove_tree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        claim(tmp_path, Candidate(tmp_path / "taken.json", tmp_path, False), "host0", 0.0)
+    root = tmp_path / ".dropbox" / "claimed"
+    assert claims.claim_folders(tmp_path) == []
+    assert [p.name.startswith(".draft-") for p in root.iterdir()] == [True]
+    monkeypatch.undo()
+    assert discard_drafts(tmp_path, "host0", 3600) and not list(root.iterdir())
+
+
 def test_network_file_systems_are_polled(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     from dropbox_daemon.config import InboxConfig
     from dropbox_daemon.watcher import mount_of, watch_mode
