@@ -153,7 +153,7 @@ def encoder_args(
 
     auto_nvenc = vcodec == "h264_nvenc" and cfg.media.video_encoder == "auto"
     fallback = args("libx264") if auto_nvenc else None
-    return EncodeCommand(args(vcodec), fallback, colour, colour.packed_here)
+    return EncodeCommand(args(vcodec), fallback, colour)
 
 
 def output_colour(found: Inputs, opts: dict[str, Any], emit: Emit) -> OutputColour:

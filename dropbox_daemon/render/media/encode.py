@@ -207,7 +207,11 @@ class EncodeCommand:
     args: list[str]
     fallback: list[str] | None = None
     colour: OutputColour = OutputColour()
-    packed: bool = False  # the frames go in as I420Packer's 4:2:0, not BGR
+
+    @property
+    def packed(self) -> bool:
+        """The frames go in as I420Packer's 4:2:0, not BGR (as encoder_args built `args`)."""
+        return self.colour.packed_here
 
 
 PIPE_BYTES = 1 << 20  # the frame pipe's buffer: Linux's largest for any user by default
