@@ -40,7 +40,7 @@ def main() -> None:
     (root / "out").mkdir()
     shutil.copyfile(audio, drop / Path(audio).name)
     shutil.copyfile(template, drop / Path(template).name)
-    data = {"inbox": [{"name": "b", "path": str(root)}], "daemon": {"state_dir": state}}
+    data = {"inbox": [{"name": "b", "path": str(root / "inbox")}], "daemon": {"state_dir": state}}
     if os.environ.get("DROPBOX_BENCH_WAV2LIP"):
         data["models"] = {
             "wav2lip": os.environ["DROPBOX_BENCH_WAV2LIP"],

@@ -24,6 +24,7 @@ from dropbox_daemon.config_net import (
     HttpConfig,
     Strict,
 )
+from dropbox_daemon.config_paths import check_layout
 from dropbox_daemon.errors import ConfigError
 
 # the engines a manifest or an inbox may name; `auto` is decided per job (engines.resolve)
@@ -388,4 +389,6 @@ def from_dict(data: dict, *, source: Path, env: dict[str, str] | None = None) ->
     except ValidationError as e:
         raise ConfigError(_describe(e, str(source)), hint="see config.toml for every key") from e
     cfg.source = source.resolve()
-    return _resolve_paths(cfg, source.resolve().parent)
+    cfg = _resolve_paths(cfg, source.resolve().parent)
+    check_layout(cfg, source)
+    return cfg

@@ -68,6 +68,72 @@ def test_cli_reports_bad_config_and_exits_3(tmp_path) -> None:  # noqa: ANN001
     assert "keep_days" in r.stderr and str(p) in r.stderr
 
 
+LAYOUTS = [  # (daemon table, inboxes as name=path, what the error names; "" where it loads)
+    ({}, ["a=in", "smoke=.state/smoke-inbox"], ""),  # the repo's layout
+    ({"outbox": "state/out", "state_dir": "state"}, ["a=in", "b=state/in"], ""),
+    ({"outbox": "share/out"}, ["a=share"], "the outbox (OUT) lies in inbox 'a'"),
+    ({"outbox": "share"}, ["a=share"], "the outbox (OUT) lies in inbox 'a'"),
+    ({"outbox": "share"}, ["a=share/in"], "inbox 'a' (ROOT/share/in) lies in the outbox"),
+    ({"state_dir": "in/.state"}, ["a=in"], "the state folder (STATE) lies in inbox 'a'"),
+    (
+        {"state_dir": "out/st", "outbox": "out"},
+        ["a=in"],
+        "the state folder (STATE) lies in the outbox",
+    ),
+    ({}, ["a=in", "b=in/b"], "inbox 'a' (ROOT/in) and inbox 'b' (ROOT/in/b) overlap"),
+    ({}, ["a=in", "b=in"], "inbox 'a' (ROOT/in) and inbox 'b' (ROOT/in) overlap"),
+    ({"outbox": "out"}, ["a=link"], "the outbox (OUT) lies in inbox 'a'"),  # link -> ROOT
+]
+
+
+@pytest.mark.parametrize(("daemon", "inboxes", "needle"), LAYOUTS)
+def test_no_folder_of_the_daemon_lies_in_an_inbox(
+    tmp_path: Path, daemon: dict, inboxes: list[str], needle: str
+) -> None:
+    (tmp_path / "link").symlink_to(tmp_path)  # an inbox named by a link to the outbox's parent
+    data = {
+        "daemon": daemon,
+        "inbox": [dict(zip(("name", "path"), i.split("="), strict=True)) for i in inboxes],
+    }
+    if not needle:
+        config.from_dict(data, source=tmp_path / "c.toml", env={})
+        return
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(data, source=tmp_path / "c.toml", env={})
+    out, state = (
+        tmp_path / daemon.get(k, d) for k, d in (("outbox", "outbox"), ("state_dir", ".state"))
+    )
+    expected = (
+        needle.replace("ROOT", str(tmp_path)).replace("OUT", str(out)).replace("STATE", str(state))
+    )
+    assert expected in e.value.message, e.value.message
+    assert "side by side" in e.value.hint
+
+
+def test_a_daemon_whose_outbox_lies_in_its_inbox_does_not_start(tmp_path: Path) -> None:
+    """A writer's job.json in an outbox inside the inbox would be claimed with every result in
+    it as its drop's files: such a layout is refused before anything is watched."""
+    import subprocess
+    import sys
+
+    share = tmp_path / "share"
+    (share / "out" / "j1").mkdir(parents=True)
+    (share / "out" / "j1" / "result.mp4").write_bytes(b"a result")
+    (share / "out" / "job.json").write_text('{"audio": "j1/result.mp4", "template": "x.png"}')
+    p = tmp_path / "c.toml"
+    p.write_text('[daemon]\noutbox = "share/out"\n[[inbox]]\nname = "a"\npath = "share"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 3, r.stderr
+    assert f"the outbox ({share / 'out'}) lies in inbox 'a'" in r.stderr, r.stderr
+    assert (share / "out" / "j1" / "result.mp4").read_bytes() == b"a result"
+    assert sorted(p.name for p in share.iterdir()) == ["out"]  # nothing claimed, nothing made
+
+
 def test_default_instance_id_is_per_state_folder(tmp_path: Path) -> None:
     a = config.default_instance_id("render-1", tmp_path / "gpu0")
     b = config.default_instance_id("render-1", tmp_path / "gpu1")
@@ -135,7 +201,7 @@ def test_passwords_in_urls_are_shown_as_stars(given: str, shown: str) -> None:
 def test_config_hash_covers_no_secret_and_errors_do_not_print_them(tmp_path: Path) -> None:
     base = {
         "daemon": {"state_dir": str(tmp_path / "s")},
-        "inbox": [{"name": "a", "path": str(tmp_path)}],
+        "inbox": [{"name": "a", "path": str(tmp_path / "in")}],
     }
 
     def cfg(**sections):  # noqa: ANN003, ANN202

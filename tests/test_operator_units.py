@@ -78,9 +78,10 @@ def test_status_says_one_thing(pid, beat, phase, healthy, words) -> None:  # noq
 
 def test_health_phases_and_their_status(tmp_path: Path) -> None:
     cfg_file = tmp_path / "c.toml"
+    (tmp_path / "in").mkdir()
     cfg_file.write_text(
         f'[daemon]\nstate_dir = "{tmp_path}/s"\noutbox = "{tmp_path}/o"\n'
-        f'[[inbox]]\nname = "a"\npath = "{tmp_path}"\n'
+        f'[[inbox]]\nname = "a"\npath = "{tmp_path}/in"\n'
     )
     cfg = load(str(cfg_file))
     v = health.DaemonView(worker_state="starting")

@@ -96,7 +96,9 @@ def test_shown_as_names_what_differs_from_the_stored_picture(tmp_path, media) ->
 def test_options_come_from_the_manifest_then_the_inbox_then_defaults(tmp_path, media) -> None:  # noqa: ANN001
     cfg = make_cfg(
         tmp_path,
-        inbox=[{"name": "default", "path": str(tmp_path), "output": {"crf": 30, "fps": 20}}],
+        inbox=[
+            {"name": "default", "path": str(tmp_path / "inbox"), "output": {"crf": 30, "fps": 20}}
+        ],
     )
     job = make_job(tmp_path, media.tone, media.image, cfg, fps=12, height=None)
     opts = plan.options_for(job)
