@@ -390,5 +390,6 @@ def from_dict(data: dict, *, source: Path, env: dict[str, str] | None = None) ->
         raise ConfigError(_describe(e, str(source)), hint="see config.toml for every key") from e
     cfg.source = source.resolve()
     cfg = _resolve_paths(cfg, source.resolve().parent)
-    check_layout(cfg, source)
+    inboxes = [(i.name, i.path) for i in cfg.inbox]
+    check_layout(inboxes, cfg.daemon.outbox, cfg.daemon.state_dir, source)
     return cfg

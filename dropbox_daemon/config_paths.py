@@ -12,13 +12,10 @@ smoke inbox's default) and the outbox.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dropbox_daemon.errors import ConfigError
-
-if TYPE_CHECKING:
-    from dropbox_daemon.config import Config
 
 
 def within(path: Path, folder: Path) -> bool:
@@ -26,28 +23,28 @@ def within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def layout_problems(cfg: Config) -> list[str]:
-    """What is wrong with where the inboxes, the outbox and the state folder lie; [] if nothing."""
-    out, state = cfg.daemon.outbox, cfg.daemon.state_dir
+def layout_problems(inboxes: Sequence[tuple[str, Path]], out: Path, state: Path) -> list[str]:
+    """What is wrong with where the inboxes (name, path), the outbox and the state folder lie
+    (paths resolved); [] if nothing."""
     found = []
-    for k, inbox in enumerate(cfg.inbox):
-        named = f"inbox {inbox.name!r} ({inbox.path})"
-        for other in cfg.inbox[k + 1 :]:
-            if within(inbox.path, other.path) or within(other.path, inbox.path):
+    for k, (name, path) in enumerate(inboxes):
+        named = f"inbox {name!r} ({path})"
+        for other, other_path in inboxes[k + 1 :]:
+            if within(path, other_path) or within(other_path, path):
                 found.append(
-                    f"{named} and inbox {other.name!r} ({other.path}) overlap: a drop in one "
+                    f"{named} and inbox {other!r} ({other_path}) overlap: a drop in one "
                     "would be a drop in the other too"
                 )
-        if within(out, inbox.path):
+        if within(out, path):
             found.append(
                 f"the outbox ({out}) lies in {named}: a manifest a writer puts in the outbox "
                 "would claim the results as its drop"
             )
-        elif within(inbox.path, out):
+        elif within(path, out):
             found.append(
                 f"{named} lies in the outbox ({out}), which holds job folders named by job id"
             )
-        if within(state, inbox.path):
+        if within(state, path):
             found.append(
                 f"the state folder ({state}) lies in {named}: writers would reach the database"
             )
@@ -56,9 +53,9 @@ def layout_problems(cfg: Config) -> list[str]:
     return found
 
 
-def check_layout(cfg: Config, source: Path) -> None:
+def check_layout(inboxes: Sequence[tuple[str, Path]], out: Path, state: Path, source: Path) -> None:
     """ConfigError naming every overlap, with the layout that works."""
-    problems = layout_problems(cfg)
+    problems = layout_problems(inboxes, out, state)
     if problems:
         raise ConfigError(
             f"{source}: " + "; ".join(problems),
