@@ -14,7 +14,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from dropbox_daemon import claims, drops, recovery
+from dropbox_daemon import access, claims, drops, recovery
+from dropbox_daemon.boundary import NOTED
 from dropbox_daemon.config import InboxConfig
 from dropbox_daemon.coordination import Coordination, best, prevalidate
 from dropbox_daemon.coordination.takeover import adopt
@@ -133,6 +134,16 @@ class Claiming:
         try:
             cl = claims.claim(inbox.path, cand, self.farm.instance, now, self.cfg.daemon.host)
         except OSError as e:
+            if access.denied(e) and e.filename == str(cand.manifest):  # the writer's doing
+                folder = cand.manifest.parent
+                NOTED.once(
+                    cand.base_dir if cand.job_folder else cand.manifest,
+                    f"cannot be claimed: the daemon may not move {cand.manifest.name} out of "
+                    f"{folder.name or folder} ({access.who(folder)})",
+                    access.TAKEN_ONCE + access.WRITER_FIX,
+                )
+                logger.debug("inbox {}: {} still cannot be claimed ({})", inbox.name, folder, e)
+                return False
             logger.error("inbox {}: cannot claim {}: {}; will retry", inbox.name, cand.manifest, e)
             return False
         if cl is None:

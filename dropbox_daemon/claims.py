@@ -90,7 +90,8 @@ def new_claim_id(now: float) -> str:
 
 
 def claim(inbox: Path, c: Candidate, instance: str, now: float, host: str = "") -> Claim | None:
-    """Rename the manifest into a fresh claim folder; None when another daemon was first.
+    """Rename the manifest into a fresh claim folder; None when another daemon was first,
+    OSError (and no claim folder left) where the claim folder or the rename cannot be made.
 
     The folder is made whole (drop/ and owner.json) under a draft name and renamed to its
     claim name in one step, so that every claim folder names its owner: a crash while it
@@ -123,12 +124,15 @@ def claim(inbox: Path, c: Candidate, instance: str, now: float, host: str = "") 
     cl = Claim(cid, cdir, c)
     try:
         os.rename(c.manifest, cl.manifest)
-    except FileNotFoundError:  # another daemon was first: undone as a draft, so that a
-        # kill in between leaves a draft or a whole empty claim (its owner's start-up
-        # discards either), never a claim folder without its owner.json
+    except OSError as e:  # another daemon was first, or the manifest may not be moved (its
+        # folder is not the daemon's to write): undone as a draft, so that a kill in between
+        # leaves a draft or a whole empty claim (its owner's start-up discards either),
+        # never a claim folder without its owner.json, and no empty claim for each try
         os.rename(cdir, draft)
         remove_tree(draft)
-        return None
+        if isinstance(e, FileNotFoundError):
+            return None
+        raise
     return cl
 
 

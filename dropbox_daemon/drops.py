@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dropbox_daemon import access
 from dropbox_daemon.boundary import NOTED, Refused, kind, lstat, read_bounded, walk
 from dropbox_daemon.manifest import JOB_FOLDER_MANIFESTS, is_manifest_name
 from dropbox_daemon.names import name_problem, relative_problem
@@ -93,8 +94,16 @@ def folder_candidate(folder: Path, st: os.stat_result | None = None) -> Candidat
         return None
     for name in JOB_FOLDER_MANIFESTS:
         m = folder / name
-        mst = lstat(m)
-        if mst is None:
+        try:
+            mst = os.lstat(m)
+        except PermissionError:  # a folder its writer made for itself alone
+            NOTED.once(
+                folder,
+                f"cannot be looked into ({access.who(folder)})",
+                "if it is a job folder, " + access.TAKEN_ONCE + access.WRITER_FIX,
+            )
+            return None
+        except (OSError, ValueError):
             continue
         if not stat.S_ISREG(mst.st_mode):
             NOTED.once(m, f"is {kind(mst)}, not a manifest file")

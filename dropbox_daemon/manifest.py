@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dropbox_daemon import access
 from dropbox_daemon.boundary import Refused, read_bounded
 from dropbox_daemon.config import ENGINE_NAMES, EngineName, LimitsConfig
 from dropbox_daemon.drop_paths import check_media_path
@@ -176,17 +177,29 @@ def _rejection_from(err: ValidationError) -> RejectedDrop:
     )
 
 
+def _unreadable(path: Path, e: Refused) -> RejectedDrop:
+    """The answer to a manifest that is not a file the daemon may read."""
+    if isinstance(e.__cause__, OSError) and access.denied(e.__cause__):
+        return RejectedDrop(
+            f"manifest {e.why} ({access.who(path)})",
+            code="manifest_unreadable",
+            field="(file)",
+            hint="let the daemon's user read it: " + access.WRITER_FIX,
+        )
+    return RejectedDrop(
+        f"manifest {e.why}",
+        code="manifest_unreadable" if e.code == "unreadable" else "not_a_file",
+        field="(file)",
+        hint="drop the manifest as a plain file (not a link, pipe or device)",
+    )
+
+
 def read_raw(path: Path, limits: LimitsConfig) -> dict[str, Any]:
     """Read and decode a manifest file into a mapping; RejectedDrop on any problem."""
     try:  # never through a link, never blocking on a FIFO, never more than the limit
         raw = read_bounded(path, limits.max_manifest_bytes)
     except Refused as e:
-        raise RejectedDrop(
-            f"manifest {e.why}",
-            code="manifest_unreadable" if e.code == "unreadable" else "not_a_file",
-            field="(file)",
-            hint="drop the manifest as a plain file (not a link, pipe or device)",
-        ) from e
+        raise _unreadable(path, e) from e
     if len(raw) > limits.max_manifest_bytes:
         raise RejectedDrop(
             f"manifest is over the limit of {limits.max_manifest_bytes} bytes",

@@ -130,6 +130,7 @@ class DaemonProc:
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.config = root / "config.toml"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.prefix: list[str] = []  # a command the daemon runs under (setpriv, say)
         self.logfile = root / "daemon.log"
         d = {
             "state_dir": str(self.state),
@@ -163,7 +164,15 @@ class DaemonProc:
         before = self.logfile.stat().st_size if self.logfile.exists() else 0
         log = open(self.logfile, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(self.config)],
+            [
+                *self.prefix,
+                sys.executable,
+                "-m",
+                "dropbox_daemon",
+                "run",
+                "--config",
+                str(self.config),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -115,6 +115,33 @@ def test_a_daemon_killed_undoing_a_lost_claim_leaves_a_draft_its_start_up_discar
     assert discard_drafts(tmp_path, "host0", 3600) and not list(root.iterdir())
 
 
+def test_a_manifest_that_may_not_be_moved_leaves_no_claim_folder(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The rename of the manifest is refused (its folder is its writer's alone): the error
+    reaches the caller, and the claim folder made for it is gone, not one more for each try."""
+    import errno
+    import os
+
+    from dropbox_daemon import claims
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (folder / "job.json").write_text("{}")
+    rename = os.rename
+
+    def refused(src, dst) -> None:  # noqa: ANN001
+        if str(src) == str(folder / "job.json"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        rename(src, dst)
+
+    monkeypatch.setattr(claims.os, "rename", refused)
+    for _ in range(3):
+        with pytest.raises(PermissionError) as e:
+            claim(tmp_path, Candidate(folder / "job.json", folder, True), "host0", 0.0)
+        assert e.value.filename == str(folder / "job.json")
+    assert list((tmp_path / ".dropbox" / "claimed").iterdir()) == []
+    assert (folder / "job.json").read_text() == "{}"
+
+
 def test_network_file_systems_are_polled(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     from dropbox_daemon.config import InboxConfig
     from dropbox_daemon.watcher import mount_of, watch_mode

@@ -3,11 +3,13 @@ crash in a decoder on hostile media takes down only the worker)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dropbox_daemon import access
 from dropbox_daemon.claims import DROP_SUBDIR
 from dropbox_daemon.config import Config, LimitsConfig
 from dropbox_daemon.errors import EngineError, RejectedDrop
@@ -51,6 +53,8 @@ def prepare_inputs(job: JobSpec, cfg: Config, emit: Emit) -> Inputs:
     drop = Path(job.claim_dir or "") / DROP_SUBDIR
     manifest = job.manifest
     audio_path, template_path = drop / manifest["audio"], drop / manifest["template"]
+    must_read("audio", audio_path)
+    must_read("template", template_path)
     found = Inputs(
         drop=drop,
         audio_path=audio_path,
@@ -62,6 +66,23 @@ def prepare_inputs(job: JobSpec, cfg: Config, emit: Emit) -> Inputs:
     emit({"type": "inputs", "inputs": input_records(found, manifest)})
     emit({"type": "log", "message": found.log_line()})
     return found
+
+
+def must_read(field: str, path: Path) -> None:
+    """RejectedDrop where the daemon's user may not read a file of the drop (its writer made it
+    for itself alone): said as such, not as media that does not decode."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError as e:
+        if access.denied(e):
+            raise RejectedDrop(
+                f"{field}: {path.name!r} cannot be read by the daemon ({access.who(path)})",
+                code="permission_denied",
+                field=field,
+                stage="preparing",
+                hint="let the daemon's user read it: " + access.WRITER_FIX,
+            ) from e
+        # anything else is the probe's to say
 
 
 def input_records(found: Inputs, manifest: dict[str, Any]) -> list[dict[str, Any]]:
