@@ -1,6 +1,7 @@
 """Drop to done through a real daemon: `dropbox-daemon run` as a subprocess, each job dropped
 as a job folder renamed into its inbox, timed from that rename to task.json saying done,
-with the peak resident memory of the daemon's whole process tree (daemon, worker, ffmpeg)."""
+with the peak resident memory of the daemon's whole process tree (daemon, worker, ffmpeg)
+and the CPU time each of them spent on the job."""
 
 from __future__ import annotations
 
@@ -79,6 +80,38 @@ class TreePeak:
         return out
 
 
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """(its own, its ended children's) CPU seconds, user + system, of a process."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(f[11]) + int(f[12])) / HZ, (int(f[13]) + int(f[14])) / HZ
+
+
+class TreeCpu:
+    """The CPU seconds the processes of a tree spend from now to used(), by kind: the daemon,
+    the worker, and the programs the worker ran and waited for (the ffmpeg encoder)."""
+
+    def __init__(self, pid: int) -> None:
+        self.before = {p: cpu_seconds(p) for p in [pid, *children(pid)]}
+
+    def used(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p, before in self.before.items():
+            now, name = cpu_seconds(p), process_name(p)
+            if before is None or now is None:
+                continue
+            out[name] = out.get(name, 0.0) + now[0] - before[0]
+            if now[1] > before[1]:
+                kid = "ffmpeg" if name == "worker" else f"{name}'s children"
+                out[kid] = out.get(kid, 0.0) + now[1] - before[1]
+        return out
+
+
 def process_name(pid: int) -> str:
     """daemon, worker, ffmpeg or the program's name, from /proc/<pid>/cmdline."""
     try:
@@ -110,7 +143,7 @@ def start_daemon(root: Path, engine: str, sections: dict[str, dict[str, Any]]) -
 
 def drop_and_wait(d: DaemonProc, job_id: str, audio: Path, template: Path) -> dict[str, Any]:
     """Drop one job; its wall time from the rename into the inbox to task.json's done, its
-    timings, and the process tree's peak memory while it ran."""
+    timings, the process tree's peak memory while it ran and the CPU seconds it took."""
     staging = d.root / "staging" / job_id
     staging.mkdir(parents=True)
     shutil.copyfile(audio, staging / audio.name)
@@ -118,7 +151,7 @@ def drop_and_wait(d: DaemonProc, job_id: str, audio: Path, template: Path) -> di
     manifest = {"job_id": job_id, "audio": audio.name, "template": template.name}
     (staging / "job.json").write_text(json.dumps(manifest))
     assert d.proc is not None
-    tree = TreePeak(d.proc.pid)
+    tree, cpu = TreePeak(d.proc.pid), TreeCpu(d.proc.pid)
     t = time.perf_counter()
     staging.rename(d.inbox / job_id)
     task = wait_for(
@@ -129,11 +162,13 @@ def drop_and_wait(d: DaemonProc, job_id: str, audio: Path, template: Path) -> di
     )
     wall = time.perf_counter() - t
     assert task["state"] == "done", task.get("error")
+    used = cpu.used()  # the worker has waited for ffmpeg before it reported the job done
     return {
         "wall": wall,
         "timings": task["timings"],
         "output": task["output"],
         "tree_peak_mb": tree.peak_mb(),
         "peak_by_process": tree.by_process(),
+        "cpu": used,
         "log": (d.outbox / job_id / "log.txt").read_text(),
     }

@@ -345,6 +345,21 @@ def report(  # noqa: PLR0913
             f"aim ≤ {floor}×) | - |"
         )
 
+    def cpu_floor(label: str, rs: list[dict]) -> str:
+        """Where the efficiency cannot go on these cores: the job's CPU seconds (every process
+        of the tree) spread perfectly over them, against the model alone."""
+        cores = cpus.this_share()
+        floors = sorted(sum(r["cpu"].values()) / cores / a for r, a in zip(rs, alones, strict=True))
+        used = median_of(rs)["cpu"]
+        parts = ", ".join(
+            f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.05
+        )
+        return (
+            f"| {label}: its CPU seconds over the {cores} cores against the model alone (median "
+            f"run: {parts}; the model alone {alone * cores:.1f}) | {statistics.median(floors):.2f}× "
+            f"(range {floors[0]:.2f}-{floors[-1]:.2f}) | - |"
+        )
+
     lines += [
         f"| practical peak: one large 3×3 convolution, all cores, fp32 | {peak32:.0f} GFLOP/s; the model reaches {fps32 * gflop / peak32:.0%} | - |",
         f"| model alone as the engine runs it here ({name}, batch {batch}, {streams} call(s) at once, lower face) | **{statistics.median(models['engine']):.1f} frames/s** (range {min(models['engine']):.1f}-{max(models['engine']):.1f}) | - |",
@@ -353,6 +368,8 @@ def report(  # noqa: PLR0913
         row("drop to done, the same template again (face track cached)", again),
         against_model("efficiency, first job", first, 1.35),
         against_model("efficiency, cached template", again, 1.2),
+        cpu_floor("the best efficiency the CPU work allows, first job", first),
+        cpu_floor("the same, cached template", again),
         f"| peak RSS of the process tree (daemon + worker + ffmpeg), 14 s / 60 s / 180 s of audio | {rss[14]:.0f} / {rss[60]:.0f} / {rss[180]:.0f} MB | {orig_rss} at 14 s, grows with length |",
         *other_rss_row(runs),
         "",
