@@ -145,6 +145,20 @@ class JobHandle:
             time.sleep(poll)
 
 
+def open_as_inbox(inbox: Path, folder: Path) -> None:
+    """Give a job folder and its files the access the inbox gives its group and others: the
+    daemon's user, another member of a group-writable inbox, may then move them out and read
+    them (a claim is a rename out of the folder), where the caller's umask 022 would have left
+    them to the caller alone. A share that keeps no modes (SMB) is left as it is."""
+    try:
+        extra = inbox.stat().st_mode & 0o077
+        os.chmod(folder, (folder.stat().st_mode & 0o7000) | 0o700 | extra)
+        for f in folder.iterdir():
+            os.chmod(f, 0o600 | (extra & 0o066))
+    except OSError:
+        pass
+
+
 def submit(
     inbox: str | os.PathLike[str],
     audio: str | os.PathLike[str],
@@ -174,6 +188,7 @@ def submit(
         shutil.copyfile(template, tmp / t_name)
         manifest = {"version": 1, "job_id": job_id, "audio": a_name, "template": t_name, **fields}
         (tmp / "job.json").write_text(json.dumps(manifest, indent=2))
+        open_as_inbox(inbox, tmp)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from dropbox_daemon import __version__
+from dropbox_daemon import __version__, access
 from dropbox_daemon.config import Config
 from dropbox_daemon.metrics import Metrics
 from dropbox_daemon.outbox import atomic_write_json, utc_iso
@@ -152,9 +152,7 @@ def evaluate(
             degraded.append(
                 f"{name} has {free >> 20} MiB free (under {cfg.health.disk_warn_bytes >> 20} MiB)"
             )
-    for inbox in cfg.inbox:
-        if not inbox.path.is_dir():
-            degraded.append(f"inbox {inbox.name} ({inbox.path}) is missing")
+    degraded += inbox_problems(cfg)
     if view.store_error:
         degraded.append(f"store: unreachable ({view.store_error})")
     status = "failing" if failing else "degraded" if degraded else "ok"
@@ -166,6 +164,21 @@ def evaluate(
             *degraded,
         ]
     return status, failing + degraded
+
+
+def inbox_problems(cfg: Config) -> list[str]:
+    """Inboxes no drop can be taken from: gone (an unmounted share), or not the daemon's to
+    write (a claim is a rename inside it: a chown or a read-only mount gone wrong)."""
+    out = []
+    for inbox in cfg.inbox:
+        if not inbox.path.is_dir():
+            out.append(f"inbox {inbox.name} ({inbox.path}) is missing")
+        elif not os.access(inbox.path, os.W_OK | os.X_OK):
+            out.append(
+                f"inbox {inbox.name} ({inbox.path}) is not writable by the daemon: no drop in "
+                f"it can be claimed ({access.who(inbox.path)})"
+            )
+    return out
 
 
 def holding(disks: dict[str, int | None], cfg: Config) -> str | None:

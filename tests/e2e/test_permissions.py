@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from support import put_file, put_manifest, wait_for
 
+from dropbox_daemon.client import submit
+
 NO_OVERRIDE = "-dac_override,-dac_read_search,-fowner"
 
 
@@ -34,6 +36,41 @@ def job_folder(inbox: Path, name: str, media, mode: int | None = None) -> Path: 
     return folder
 
 
+def as_service_user(d):  # noqa: ANN001, ANN201
+    """The daemon bound by file modes as a service user is (root without DAC override)."""
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root passes every file mode; setpriv (util-linux) drops that power")
+        d.prefix = ["setpriv", f"--inh-caps={NO_OVERRIDE}", f"--bounding-set={NO_OVERRIDE}", "--"]
+    return d
+
+
+def as_other_user(d, uid: int = 65534):  # noqa: ANN001, ANN201
+    """The daemon as another user (nobody, in its own group), with the state and outbox its
+    own and the inbox a setgid folder of its group (mode 2775) that the test, root, writes
+    into: the layout of a share where writers and the daemon are different users. It may read
+    everything (CAP_DAC_READ_SEARCH: this interpreter lives where only root may look) but
+    write only where the modes let it, as the claim's renames must."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("runs the daemon as another user: needs root and setpriv (util-linux)")
+    for p in (d.state, d.outbox):
+        p.mkdir(parents=True, exist_ok=True)
+        os.chown(p, uid, uid)
+    os.chown(d.inbox, 0, uid)
+    d.inbox.chmod(0o2775)
+    caps = "+dac_read_search"
+    ids = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    d.prefix = ["setpriv", *ids, f"--inh-caps={caps}", f"--ambient-caps={caps}", "--"]
+    return d
+
+
+def health(d) -> dict:  # noqa: ANN001
+    try:
+        return json.loads((d.daemon_dir / "health.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def ended(d, job_id: str) -> dict | None:  # noqa: ANN001
     task = d.task(job_id)
     return task if task and task["state"] in ("done", "failed", "rejected") else None
@@ -44,11 +81,7 @@ def test_drops_the_daemon_may_not_take_are_said_once_and_taken_once_opened(
     daemon_factory,
     media,  # noqa: ANN001
 ) -> None:
-    d = daemon_factory(inbox={"engine": "passthrough"})
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("root passes every file mode; setpriv (util-linux) drops that power")
-        d.prefix = ["setpriv", f"--inh-caps={NO_OVERRIDE}", f"--bounding-set={NO_OVERRIDE}", "--"]
+    d = as_service_user(daemon_factory(inbox={"engine": "passthrough"}))
     d.start()
     locked = job_folder(d.inbox, "locked", media, 0o555)  # its files cannot be moved out
     sealed = job_folder(d.inbox, "sealed", media, 0o000)  # it cannot be looked into
@@ -94,3 +127,34 @@ def test_drops_the_daemon_may_not_take_are_said_once_and_taken_once_opened(
         for p in (locked, sealed, secret / "a.wav"):
             if p.exists():
                 p.chmod(0o755)
+
+
+def test_an_inbox_the_daemon_may_not_write_is_named_in_its_health(daemon_factory) -> None:  # noqa: ANN001
+    """A chown or a mount gone wrong leaves the inbox to someone else: no drop in it can be
+    claimed, and health.json (so status and /health) says which inbox and whose it is."""
+    d = as_service_user(daemon_factory(sections={"health": {"heartbeat_seconds": 1.0}}))
+    d.start()
+    wait_for(lambda: health(d).get("status") == "ok", 30, "health ok", d)
+    d.inbox.chmod(0o555)
+    try:
+        h = wait_for(lambda: (h := health(d)).get("status") == "degraded" and h, 30, "degraded", d)
+        why = [r for r in h["reasons"] if "is not writable by the daemon" in r]
+        assert why and f"inbox default ({d.inbox})" in why[0] and "mode dr-xr-xr-x" in why[0], h
+    finally:
+        d.inbox.chmod(0o755)
+    wait_for(lambda: health(d).get("status") == "ok", 30, "health ok again", d)
+    assert d.alive()
+
+
+def test_the_clients_drop_is_taken_by_a_daemon_of_another_user(daemon_factory, media) -> None:  # noqa: ANN001
+    """A script submits under umask 022 into a group inbox: its job folder must still be the
+    daemon's to empty (the client gives it the access the inbox gives)."""
+    d = as_other_user(daemon_factory(inbox={"engine": "passthrough"}))
+    d.start()
+    old = os.umask(0o022)
+    try:
+        handle = submit(d.inbox, media.tone, media.tiny_image, outbox=d.outbox, job_id="grouped")
+    finally:
+        os.umask(old)
+    assert handle.wait(timeout=60)["state"] == "done"
+    assert "cannot be claimed" not in d.log_text()
