@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,18 +54,20 @@ def test_env_selects_the_file(tmp_path, monkeypatch) -> None:  # noqa: ANN001
         config.load(tmp_path / "nope.toml")
 
 
-def test_cli_reports_bad_config_and_exits_3(tmp_path) -> None:  # noqa: ANN001
-    import subprocess
-    import sys
-
-    p = tmp_path / "c.toml"
-    p.write_text('[[inbox]]\nname = "x"\npath = "in"\nkeep_days = -1\n')
-    r = subprocess.run(
-        [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(p)],
+def run_daemon(config_file: Path) -> subprocess.CompletedProcess[str]:
+    """`dropbox-daemon run` on a config that must not start: its exit and its words."""
+    return subprocess.run(
+        [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(config_file)],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_cli_reports_bad_config_and_exits_3(tmp_path) -> None:  # noqa: ANN001
+    p = tmp_path / "c.toml"
+    p.write_text('[[inbox]]\nname = "x"\npath = "in"\nkeep_days = -1\n')
+    r = run_daemon(p)
     assert r.returncode == 3
     assert "keep_days" in r.stderr and str(p) in r.stderr
 
@@ -113,8 +117,6 @@ def test_no_folder_of_the_daemon_lies_in_an_inbox(
 def test_a_daemon_whose_outbox_lies_in_its_inbox_does_not_start(tmp_path: Path) -> None:
     """A writer's job.json in an outbox inside the inbox would be claimed with every result in
     it as its drop's files: such a layout is refused before anything is watched."""
-    import subprocess
-    import sys
 
     share = tmp_path / "share"
     (share / "out" / "j1").mkdir(parents=True)
@@ -122,12 +124,7 @@ def test_a_daemon_whose_outbox_lies_in_its_inbox_does_not_start(tmp_path: Path) 
     (share / "out" / "job.json").write_text('{"audio": "j1/result.mp4", "template": "x.png"}')
     p = tmp_path / "c.toml"
     p.write_text('[daemon]\noutbox = "share/out"\n[[inbox]]\nname = "a"\npath = "share"\n')
-    r = subprocess.run(
-        [sys.executable, "-m", "dropbox_daemon", "run", "--config", str(p)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_daemon(p)
     assert r.returncode == 3, r.stderr
     assert f"the outbox ({share / 'out'}) lies in inbox 'a'" in r.stderr, r.stderr
     assert (share / "out" / "j1" / "result.mp4").read_bytes() == b"a result"
