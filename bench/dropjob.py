@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from common import DaemonProc, wait_for
 
 
@@ -80,16 +81,13 @@ class TreePeak:
         return out
 
 
-HZ = os.sysconf("SC_CLK_TCK")
-
-
 def cpu_seconds(pid: int) -> tuple[float, float] | None:
     """(its own, its ended children's) CPU seconds, user + system, of a process."""
     try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
-    return (int(f[11]) + int(f[12])) / HZ, (int(f[13]) + int(f[14])) / HZ
+    return t.user + t.system, t.children_user + t.children_system
 
 
 class TreeCpu:

@@ -9,6 +9,7 @@ read. The daemon cannot fix that itself; it says once which entry, whose it is, 
 from __future__ import annotations
 
 import errno
+import functools
 import grp
 import os
 import pwd
@@ -30,6 +31,7 @@ def denied(e: OSError) -> bool:
     return e.errno in (errno.EACCES, errno.EPERM)
 
 
+@functools.lru_cache(maxsize=256)  # a stuck drop is said at each rescan: no NSS lookup each time
 def _user(uid: int) -> str:
     try:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
@@ -37,6 +39,7 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+@functools.lru_cache(maxsize=256)
 def _group(gid: int) -> str:
     try:
         return f"{grp.getgrgid(gid).gr_name} (gid {gid})"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dropbox_daemon import access
+from dropbox_daemon.boundary import READ_FLAGS
 from dropbox_daemon.claims import DROP_SUBDIR
 from dropbox_daemon.config import Config, LimitsConfig
 from dropbox_daemon.errors import EngineError, RejectedDrop
@@ -72,7 +73,7 @@ def must_read(field: str, path: Path) -> None:
     """RejectedDrop where the daemon's user may not read a file of the drop (its writer made it
     for itself alone): said as such, not as media that does not decode."""
     try:
-        os.close(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC))
+        os.close(os.open(path, READ_FLAGS))
     except OSError as e:
         if access.denied(e):
             raise RejectedDrop(
